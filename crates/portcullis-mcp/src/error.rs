@@ -1,0 +1,310 @@
+//! The gateway's one error contract: every refusal as HTTP status, JSON-RPC code,
+//! message and `data`. docs/errors.md documents this table; keep the two in step.
+//!
+//! Gateway-defined codes live in -32003..=-32019: inside JSON-RPC's implementation-defined
+//! server range, outside MCP's reserved -32020..-32099, and clear of -32000..-32002
+//! that SDKs already use (connection closed, request timeout, resource not found).
+
+use std::fmt::Write as _;
+
+use crate::era::ProtocolVersion;
+
+/// JSON-RPC 2.0: the body is not JSON.
+pub const PARSE_ERROR: i32 = -32700;
+/// JSON-RPC 2.0: JSON, but not a valid request object.
+pub const INVALID_REQUEST: i32 = -32600;
+/// JSON-RPC 2.0: no such method.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+/// JSON-RPC 2.0: the params are wrong for the method.
+pub const INVALID_PARAMS: i32 = -32602;
+/// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
+pub const HEADER_MISMATCH: i32 = -32020;
+/// MCP 2026-07-28: the requested protocol revision is not supported.
+pub const UNSUPPORTED_PROTOCOL_VERSION: i32 = -32022;
+/// Gateway: no route serves this path.
+pub const NO_ROUTE: i32 = -32003;
+/// Gateway: the HTTP method is not allowed here.
+pub const HTTP_METHOD_NOT_ALLOWED: i32 = -32004;
+/// Gateway: Origin or Host failed DNS-rebinding validation.
+pub const ORIGIN_NOT_ALLOWED: i32 = -32005;
+/// Gateway: Accept lacks a media type the transport needs.
+pub const NOT_ACCEPTABLE: i32 = -32006;
+/// Gateway: Content-Type is not application/json.
+pub const UNSUPPORTED_MEDIA_TYPE: i32 = -32007;
+/// Gateway: the body exceeds the configured limit.
+pub const PAYLOAD_TOO_LARGE: i32 = -32008;
+/// Gateway: the upstream could not be reached or broke the exchange.
+pub const UPSTREAM_UNAVAILABLE: i32 = -32009;
+/// Gateway: the upstream did not answer in time.
+pub const UPSTREAM_TIMEOUT: i32 = -32010;
+/// Gateway: the gateway is draining or over a capacity limit.
+pub const UNAVAILABLE: i32 = -32011;
+
+/// A request the gateway refuses or cannot complete, with everything the answer needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400, -32700.
+    ParseError(String),
+    /// 400, -32600.
+    InvalidRequest(String),
+    /// 400, -32602.
+    InvalidParams(String),
+    /// 400, -32020: an `Mcp-Method`/`Mcp-Name` header and the body disagree.
+    HeaderMismatch(String),
+    /// 400, -32022, `data.supported` and `data.requested`.
+    UnsupportedProtocolVersion {
+        /// The value the client sent.
+        requested: String,
+    },
+    /// 403, -32005.
+    OriginNotAllowed(String),
+    /// 404, -32003.
+    NoRoute,
+    /// 405, -32004; the answer carries `Allow`.
+    MethodNotAllowed {
+        /// The methods this path accepts, for the `Allow` header.
+        allow: &'static str,
+    },
+    /// 406, -32006.
+    NotAcceptable(&'static str),
+    /// 413, -32008, `data.limit`.
+    PayloadTooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// 415, -32007.
+    UnsupportedMediaType,
+    /// 502, -32009, `data.upstream`.
+    UpstreamUnavailable {
+        /// The upstream's configured name.
+        upstream: String,
+        /// What failed, in words safe to show a client.
+        detail: String,
+    },
+    /// 504, -32010, `data.upstream`.
+    UpstreamTimeout {
+        /// The upstream's configured name.
+        upstream: String,
+    },
+    /// 503, -32011, with `Retry-After`.
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// The HTTP status code of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::ParseError(_)
+            | Refusal::InvalidRequest(_)
+            | Refusal::InvalidParams(_)
+            | Refusal::HeaderMismatch(_)
+            | Refusal::UnsupportedProtocolVersion { .. } => 400,
+            Refusal::OriginNotAllowed(_) => 403,
+            Refusal::NoRoute => 404,
+            Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::NotAcceptable(_) => 406,
+            Refusal::PayloadTooLarge { .. } => 413,
+            Refusal::UnsupportedMediaType => 415,
+            Refusal::UpstreamUnavailable { .. } => 502,
+            Refusal::ShuttingDown => 503,
+            Refusal::UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    /// The JSON-RPC error code.
+    pub fn code(&self) -> i32 {
+        match self {
+            Refusal::ParseError(_) => PARSE_ERROR,
+            Refusal::InvalidRequest(_) => INVALID_REQUEST,
+            Refusal::InvalidParams(_) => INVALID_PARAMS,
+            Refusal::HeaderMismatch(_) => HEADER_MISMATCH,
+            Refusal::UnsupportedProtocolVersion { .. } => UNSUPPORTED_PROTOCOL_VERSION,
+            Refusal::OriginNotAllowed(_) => ORIGIN_NOT_ALLOWED,
+            Refusal::NoRoute => NO_ROUTE,
+            Refusal::MethodNotAllowed { .. } => HTTP_METHOD_NOT_ALLOWED,
+            Refusal::NotAcceptable(_) => NOT_ACCEPTABLE,
+            Refusal::PayloadTooLarge { .. } => PAYLOAD_TOO_LARGE,
+            Refusal::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
+            Refusal::UpstreamUnavailable { .. } => UPSTREAM_UNAVAILABLE,
+            Refusal::UpstreamTimeout { .. } => UPSTREAM_TIMEOUT,
+            Refusal::ShuttingDown => UNAVAILABLE,
+        }
+    }
+
+    /// A short stable word for logs and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::ParseError(_) => "parse_error",
+            Refusal::InvalidRequest(_) => "invalid_request",
+            Refusal::InvalidParams(_) => "invalid_params",
+            Refusal::HeaderMismatch(_) => "header_mismatch",
+            Refusal::UnsupportedProtocolVersion { .. } => "unsupported_protocol_version",
+            Refusal::OriginNotAllowed(_) => "origin_not_allowed",
+            Refusal::NoRoute => "no_route",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+            Refusal::NotAcceptable(_) => "not_acceptable",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            Refusal::UnsupportedMediaType => "unsupported_media_type",
+            Refusal::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Refusal::UpstreamTimeout { .. } => "upstream_timeout",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::ParseError(d) => format!("Parse error: {d}"),
+            Refusal::InvalidRequest(d) => format!("Invalid request: {d}"),
+            Refusal::InvalidParams(d) => format!("Invalid params: {d}"),
+            Refusal::HeaderMismatch(d) => format!("Header mismatch: {d}"),
+            Refusal::UnsupportedProtocolVersion { requested } => {
+                format!("Unsupported protocol version: {requested}")
+            }
+            Refusal::OriginNotAllowed(d) => format!("Forbidden: {d}"),
+            Refusal::NoRoute => "Not found: no MCP route serves this path".to_owned(),
+            Refusal::MethodNotAllowed { allow } => {
+                format!("Method not allowed: this endpoint accepts {allow}")
+            }
+            Refusal::NotAcceptable(d) => format!("Not acceptable: {d}"),
+            Refusal::PayloadTooLarge { limit } => {
+                format!("Payload too large: the body exceeds {limit} bytes")
+            }
+            Refusal::UnsupportedMediaType => {
+                "Unsupported media type: Content-Type must be application/json".to_owned()
+            }
+            Refusal::UpstreamUnavailable { upstream, detail } => {
+                format!("Upstream {upstream} unavailable: {detail}")
+            }
+            Refusal::UpstreamTimeout { upstream } => {
+                format!("Upstream {upstream} did not answer in time")
+            }
+            Refusal::ShuttingDown => "Service unavailable: the gateway is draining".to_owned(),
+        }
+    }
+
+    /// Seconds for `Retry-After`, where the refusal is worth retrying.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Refusal::ShuttingDown => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error response body. `id` is the request id's JSON text, when known.
+    pub fn body(&self, id: Option<&str>) -> Vec<u8> {
+        let mut out = String::with_capacity(160);
+        out.push_str(r#"{"jsonrpc":"2.0","id":"#);
+        out.push_str(id.unwrap_or("null"));
+        let _ = write!(out, r#","error":{{"code":{},"message":"#, self.code());
+        push_json_string(&mut out, &self.message());
+        let mut data = format!(r#"{{"reason":"{}""#, self.reason());
+        match self {
+            Refusal::UnsupportedProtocolVersion { requested } => {
+                data.push_str(r#","supported":["#);
+                for (i, v) in ProtocolVersion::supported_list().iter().enumerate() {
+                    if i > 0 {
+                        data.push(',');
+                    }
+                    let _ = write!(data, "\"{v}\"");
+                }
+                data.push_str(r#"],"requested":"#);
+                push_json_string(&mut data, requested);
+            }
+            Refusal::PayloadTooLarge { limit } => {
+                let _ = write!(data, r#","limit":{limit}"#);
+            }
+            Refusal::UpstreamUnavailable { upstream, .. }
+            | Refusal::UpstreamTimeout { upstream } => {
+                data.push_str(r#","upstream":"#);
+                push_json_string(&mut data, upstream);
+            }
+            _ => {}
+        }
+        data.push('}');
+        out.push_str(r#","data":"#);
+        out.push_str(&data);
+        out.push_str("}}");
+        out.into_bytes()
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    // serde_json's escaping is the reference; a String never fails to serialize.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn all() -> Vec<Refusal> {
+        vec![
+            Refusal::ParseError("x".into()),
+            Refusal::InvalidRequest("x".into()),
+            Refusal::InvalidParams("x".into()),
+            Refusal::HeaderMismatch("x".into()),
+            Refusal::UnsupportedProtocolVersion {
+                requested: "1999\"".into(),
+            },
+            Refusal::OriginNotAllowed("x".into()),
+            Refusal::NoRoute,
+            Refusal::MethodNotAllowed { allow: "POST" },
+            Refusal::NotAcceptable("x"),
+            Refusal::PayloadTooLarge { limit: 10 },
+            Refusal::UnsupportedMediaType,
+            Refusal::UpstreamUnavailable {
+                upstream: "u".into(),
+                detail: "refused".into(),
+            },
+            Refusal::UpstreamTimeout {
+                upstream: "u".into(),
+            },
+            Refusal::ShuttingDown,
+        ]
+    }
+
+    #[test]
+    fn every_body_is_valid_json_rpc_with_the_id_echoed() {
+        for r in all() {
+            for id in [None, Some("7"), Some("\"a\\\"b\"")] {
+                let v: Value = serde_json::from_slice(&r.body(id)).expect("json");
+                assert_eq!(v["jsonrpc"], "2.0");
+                let want: Value = serde_json::from_str(id.unwrap_or("null")).expect("id");
+                assert_eq!(v["id"], want);
+                assert_eq!(v["error"]["code"], r.code());
+                assert_eq!(v["error"]["data"]["reason"], r.reason());
+                assert!(v["error"]["message"].as_str().is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn gateway_codes_stay_out_of_the_reserved_range() {
+        for r in all() {
+            let c = r.code();
+            let spec_defined = c == HEADER_MISMATCH || c == UNSUPPORTED_PROTOCOL_VERSION;
+            assert!(spec_defined || !(-32099..=-32020).contains(&c), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_version_lists_supported_and_requested() {
+        let r = Refusal::UnsupportedProtocolVersion {
+            requested: "9".into(),
+        };
+        let v: Value = serde_json::from_slice(&r.body(Some("1"))).expect("json");
+        assert_eq!(v["error"]["data"]["requested"], "9");
+        assert!(v["error"]["data"]["supported"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "2026-07-28")));
+    }
+}
