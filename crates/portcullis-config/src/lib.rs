@@ -1,1 +1,32 @@
-//! placeholder
+//! Portcullis configuration: the YAML schema, validation into a ready-to-serve
+//! [`Config`], errors that name file, line and key, and the triggers (file change,
+//! SIGHUP) that ask for a reload. Nothing here touches the network or pingora.
+
+mod error;
+mod file;
+mod locate;
+mod size;
+mod validate;
+pub mod watch;
+
+pub use error::ConfigError;
+pub use file::{
+    AccessLogFile, ConfigFile, HttpFile, ListenersFile, RouteFile, ServerFile, UpstreamFile,
+};
+pub use size::ByteSize;
+pub use validate::{Config, OriginRule, Route, Upstream};
+
+use std::path::Path;
+
+/// Reads, parses and validates a config file. Every error names the file, and where
+/// it can, the line and the key.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    load_str(path, &text)
+}
+
+/// Parses and validates config text that came from `path` (used in error messages).
+pub fn load_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = file::parse(path, text)?;
+    validate::validate(path, text, file)
+}

@@ -1,0 +1,234 @@
+//! The config file's schema as written by operators: every key, its default, and
+//! `deny_unknown_fields` everywhere so a typo is an error rather than a silent default.
+//! docs/configuration.md documents each key; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::size::ByteSize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where the gateway listens.
+    #[serde(default)]
+    pub listeners: ListenersFile,
+    /// Process-level settings.
+    #[serde(default)]
+    pub server: ServerFile,
+    /// HTTP-level limits and checks on the public listener.
+    #[serde(default)]
+    pub http: HttpFile,
+    /// The structured access log.
+    #[serde(default)]
+    pub access_log: AccessLogFile,
+    /// Public paths and the upstream each forwards to.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    /// Upstream MCP servers by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+}
+
+/// `listeners:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersFile {
+    /// MCP traffic. Default `127.0.0.1:8080`.
+    #[serde(default = "default_public")]
+    pub public: String,
+    /// Health, readiness and metrics. Default `127.0.0.1:9090`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+}
+
+impl Default for ListenersFile {
+    fn default() -> Self {
+        ListenersFile {
+            public: default_public(),
+            admin: default_admin(),
+        }
+    }
+}
+
+/// `server:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Worker threads for the public listener. Default: the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// After SIGTERM, how long in-flight requests and streams may run before exit. Default 10s.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        ServerFile {
+            threads: None,
+            grace_period: default_grace(),
+        }
+    }
+}
+
+/// `http:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Largest request body accepted; larger ones get 413. Default 4MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_size: ByteSize,
+    /// Origins allowed to call (DNS-rebinding protection). A request with an Origin
+    /// not listed gets 403. Entries: `https://app.example.com`, `http://localhost:*`
+    /// (any port), or `*`. Default: none, so only clients that send no Origin pass.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Host names accepted in the `Host` header (the port is not compared), e.g.
+    /// `localhost`, `mcp.example.com`. Default: any host.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// How long a client may take to send its request body. Default 30s.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpFile {
+    fn default() -> Self {
+        HttpFile {
+            max_body_size: default_max_body(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            body_timeout: default_body_timeout(),
+        }
+    }
+}
+
+/// `access_log:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// Write one JSON line per request. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `stdout` (default), `stderr`, or a file path (appended to).
+    #[serde(default = "default_stdout")]
+    pub output: String,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            enabled: true,
+            output: default_stdout(),
+        }
+    }
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// The public path, e.g. `/mcp` or `/github/mcp`. Matched exactly.
+    pub path: String,
+    /// The name of an entry in `upstreams:`.
+    pub upstream: String,
+    /// A name for logs and metrics. Default: the path.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One entry of `upstreams:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The upstream's MCP endpoint, `http://host:port/path`.
+    pub url: String,
+    /// `host:port` addresses to connect to instead of the URL's host (replicas of one
+    /// server). Default: the URL's host and port.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// TCP connect timeout. Default 2s.
+    #[serde(default = "default_connect", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's next bytes (response headers or the next stream
+    /// chunk). Default 300s, so long tool calls that stream progress are not cut.
+    #[serde(default = "default_read", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest wait to write the request to the upstream. Default 30s.
+    #[serde(default = "default_write", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle keep-alive connection stays in the pool. Default 60s.
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Extra headers sent on every request to this upstream.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_public() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_stdout() -> String {
+    "stdout".to_owned()
+}
+fn default_connect() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_write() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Parses YAML into the schema, turning serde errors into file:line:column + key.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, ConfigFile>(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let location = inner.location();
+        // serde_yaml appends " at line L column C"; the location is reported separately.
+        let mut message = inner.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        // It also starts with its own idea of the path; the key is reported separately.
+        if let Some((head, rest)) = message.split_once(": ") {
+            if !head.contains(char::is_whitespace) {
+                message = rest.to_owned();
+            }
+        }
+        ConfigError {
+            file: path.to_owned(),
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            key: (key != "." && !key.is_empty()).then_some(key),
+            message,
+        }
+    })
+}

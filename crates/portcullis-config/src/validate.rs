@@ -1,0 +1,555 @@
+//! Turns a parsed [`ConfigFile`] into a [`Config`] ready to serve: addresses parsed,
+//! upstream URLs split, endpoints resolved, headers checked, references followed.
+//! A config either validates whole or is refused with the first error found.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use sha2::{Digest, Sha256};
+
+use crate::error::ConfigError;
+use crate::file::{AccessLogFile, ConfigFile};
+use crate::locate::{line_of, Step};
+
+/// A validated configuration. Cheap to share; built off the hot path.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// A short content hash of the file, shown in logs and the config-info metric.
+    pub version: String,
+    /// Public listener address.
+    pub public_addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// Worker threads for the public listener.
+    pub threads: usize,
+    /// Drain time after SIGTERM.
+    pub grace_period: Duration,
+    /// Largest accepted request body in bytes.
+    pub max_body_size: usize,
+    /// Longest time to receive a request body.
+    pub body_timeout: Duration,
+    /// Allowed `Origin` values; empty means only requests without Origin pass.
+    pub allowed_origins: Vec<OriginRule>,
+    /// Allowed `Host` names; empty means any.
+    pub allowed_hosts: Vec<String>,
+    /// Access log settings.
+    pub access_log: AccessLogFile,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+    /// Upstreams, referenced by index from routes.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// A public path and where it goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Exact public path.
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// An upstream MCP server, ready to connect to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Its name in the file.
+    pub name: String,
+    /// The `Host` header to send (the URL's authority).
+    pub authority: String,
+    /// The upstream's endpoint path (with query, if the URL had one).
+    pub path: String,
+    /// Addresses to connect to, tried round-robin.
+    pub endpoints: Vec<SocketAddr>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes from the upstream.
+    pub read_timeout: Duration,
+    /// Longest wait to write to the upstream.
+    pub write_timeout: Duration,
+    /// Keep-alive idle time in the pool.
+    pub idle_timeout: Duration,
+    /// Extra headers for every request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One allowed Origin: exact, any port of a scheme and host, or anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginRule {
+    /// `*`
+    Any,
+    /// `http://localhost:*`: the part before `:*`, lowercased.
+    AnyPort(String),
+    /// An exact origin, lowercased.
+    Exact(String),
+}
+
+impl OriginRule {
+    fn parse(s: &str) -> OriginRule {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            OriginRule::Any
+        } else if let Some(base) = s.strip_suffix(":*") {
+            OriginRule::AnyPort(base.to_owned())
+        } else {
+            OriginRule::Exact(s.trim_end_matches('/').to_owned())
+        }
+    }
+
+    /// Whether an `Origin` header value is allowed by this rule.
+    pub fn matches(&self, origin: &str) -> bool {
+        match self {
+            OriginRule::Any => true,
+            OriginRule::Exact(o) => origin.eq_ignore_ascii_case(o),
+            OriginRule::AnyPort(base) => {
+                let Some(rest) = origin
+                    .get(..base.len())
+                    .filter(|p| p.eq_ignore_ascii_case(base))
+                    .map(|_| &origin[base.len()..])
+                else {
+                    return false;
+                };
+                rest.is_empty()
+                    || rest
+                        .strip_prefix(':')
+                        .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The route serving an exact path, if any.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.path == path)
+    }
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, steps: &[Step<'_>], message: String) -> ConfigError {
+        let key = steps
+            .iter()
+            .map(|s| match s {
+                Step::Key(k) => format!(".{k}"),
+                Step::Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>();
+        ConfigError::at(
+            self.path,
+            line_of(self.text, steps),
+            key.trim_start_matches('.'),
+            message,
+        )
+    }
+}
+
+pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Config, ConfigError> {
+    let cx = Ctx { path, text };
+    let public_addr = parse_addr(&cx, &file.listeners.public, "public")?;
+    let admin_addr = parse_addr(&cx, &file.listeners.admin, "admin")?;
+    if public_addr == admin_addr {
+        return Err(cx.err(
+            &[Step::Key("listeners"), Step::Key("admin")],
+            "the admin listener must differ from the public one".into(),
+        ));
+    }
+    let threads = match file.server.threads {
+        Some(0) => {
+            return Err(cx.err(
+                &[Step::Key("server"), Step::Key("threads")],
+                "threads must be at least 1".into(),
+            ))
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let max_body_size = file.http.max_body_size.0;
+    if max_body_size == 0 || max_body_size > 1 << 30 {
+        return Err(cx.err(
+            &[Step::Key("http"), Step::Key("max_body_size")],
+            "max_body_size must be between 1 byte and 1GiB".into(),
+        ));
+    }
+
+    let mut upstreams = Vec::with_capacity(file.upstreams.len());
+    for (name, up) in &file.upstreams {
+        let at = |k: &'static str| [Step::Key("upstreams"), Step::Key(name), Step::Key(k)];
+        let uri: Uri = up
+            .url
+            .parse()
+            .map_err(|e| cx.err(&at("url"), format!("`{}` is not a URL: {e}", up.url)))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(cx.err(
+                    &at("url"),
+                    "https upstreams are not supported yet; use http inside the cluster".into(),
+                ))
+            }
+            _ => {
+                return Err(cx.err(
+                    &at("url"),
+                    format!("`{}` must be an absolute http:// URL", up.url),
+                ))
+            }
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(cx.err(&at("url"), format!("`{}` has no host", up.url)));
+        };
+        let host_port = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let targets: Vec<&str> = if up.endpoints.is_empty() {
+            vec![host_port.as_str()]
+        } else {
+            up.endpoints.iter().map(String::as_str).collect()
+        };
+        let mut endpoints = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let steps = if up.endpoints.is_empty() {
+                at("url").to_vec()
+            } else {
+                vec![
+                    Step::Key("upstreams"),
+                    Step::Key(name),
+                    Step::Key("endpoints"),
+                    Step::Index(i),
+                ]
+            };
+            let resolved = t
+                .to_socket_addrs()
+                .map_err(|e| cx.err(&steps, format!("cannot resolve `{t}`: {e}")))?;
+            let before = endpoints.len();
+            endpoints.extend(resolved);
+            if endpoints.len() == before {
+                return Err(cx.err(&steps, format!("`{t}` resolves to no address")));
+            }
+        }
+        for (k, d) in [
+            ("connect_timeout", up.connect_timeout),
+            ("read_timeout", up.read_timeout),
+            ("write_timeout", up.write_timeout),
+            ("idle_timeout", up.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(cx.err(&at(k), format!("{k} must be more than zero")));
+            }
+        }
+        let mut headers = Vec::with_capacity(up.headers.len());
+        for (k, v) in &up.headers {
+            let hat = [
+                Step::Key("upstreams"),
+                Step::Key(name),
+                Step::Key("headers"),
+                Step::Key(k),
+            ];
+            let hn = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| cx.err(&hat, format!("`{k}` is not a valid header name")))?;
+            if is_reserved_header(hn.as_str()) {
+                return Err(cx.err(
+                    &hat,
+                    format!("`{k}` is set by the gateway and cannot be configured"),
+                ));
+            }
+            let hv = HeaderValue::from_str(v).map_err(|_| {
+                cx.err(
+                    &hat,
+                    format!("the value of `{k}` is not a valid header value"),
+                )
+            })?;
+            headers.push((hn, hv));
+        }
+        upstreams.push(Upstream {
+            name: name.clone(),
+            authority: authority.as_str().to_owned(),
+            path: uri
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+            endpoints,
+            connect_timeout: up.connect_timeout,
+            read_timeout: up.read_timeout,
+            write_timeout: up.write_timeout,
+            idle_timeout: up.idle_timeout,
+            headers,
+        });
+    }
+
+    if file.routes.is_empty() {
+        return Err(cx.err(
+            &[],
+            "no routes: add at least one entry under `routes:`".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.iter().enumerate() {
+        let at = |k: &'static str| [Step::Key("routes"), Step::Index(i), Step::Key(k)];
+        if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
+            return Err(cx.err(
+                &at("path"),
+                format!(
+                    "`{}` must be an absolute path without query or fragment",
+                    r.path
+                ),
+            ));
+        }
+        if r.path.starts_with("/.well-known/") {
+            return Err(cx.err(&at("path"), "/.well-known/ is reserved".into()));
+        }
+        if !seen.insert(r.path.as_str()) {
+            return Err(cx.err(&at("path"), format!("`{}` is routed twice", r.path)));
+        }
+        let Some(upstream) = upstreams.iter().position(|u| u.name == r.upstream) else {
+            return Err(cx.err(
+                &at("upstream"),
+                format!("no upstream named `{}` under `upstreams:`", r.upstream),
+            ));
+        };
+        routes.push(crate::Route {
+            name: r.name.clone().unwrap_or_else(|| r.path.clone()),
+            path: r.path.clone(),
+            upstream,
+        });
+    }
+
+    let digest = Sha256::digest(text.as_bytes());
+    let version = digest
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+
+    Ok(Config {
+        source: path.to_owned(),
+        version,
+        public_addr,
+        admin_addr,
+        threads,
+        grace_period: file.server.grace_period,
+        max_body_size,
+        body_timeout: file.http.body_timeout,
+        allowed_origins: file
+            .http
+            .allowed_origins
+            .iter()
+            .map(|o| OriginRule::parse(o))
+            .collect(),
+        allowed_hosts: file
+            .http
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
+        access_log: file.access_log,
+        routes,
+        upstreams,
+    })
+}
+
+fn parse_addr(cx: &Ctx<'_>, value: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        cx.err(
+            &[Step::Key("listeners"), Step::Key(key)],
+            format!("`{value}` is not an address such as 0.0.0.0:8080"),
+        )
+    })
+}
+
+/// Headers the gateway owns on the way upstream.
+fn is_reserved_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "content-type"
+            | "accept"
+            | "mcp-session-id"
+            | "mcp-protocol-version"
+            | "mcp-method"
+            | "mcp-name"
+    ) || portcullis_hop_by_hop(name)
+}
+
+fn portcullis_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        crate::load_str(Path::new("gw.yaml"), text)
+    }
+
+    const GOOD: &str = "\
+listeners:
+  public: 127.0.0.1:0
+  admin: 127.0.0.1:1
+routes:
+  - path: /mcp
+    upstream: demo
+upstreams:
+  demo:
+    url: http://127.0.0.1:3001/mcp
+    connect_timeout: 1s
+    headers:
+      x-api-key: abc
+";
+
+    #[test]
+    fn a_good_file_validates_with_defaults_filled_in() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.routes[0].path, "/mcp");
+        assert_eq!(c.upstreams[0].path, "/mcp");
+        assert_eq!(c.upstreams[0].authority, "127.0.0.1:3001");
+        assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.upstreams[0].read_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_body_size, 4 << 20);
+        assert_eq!(c.version.len(), 12);
+        assert!(c.route("/mcp").is_some() && c.route("/other").is_none());
+    }
+
+    fn err(text: &str) -> ConfigError {
+        load(text).expect_err("should be refused")
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_key() {
+        let e = err(&GOOD.replace("connect_timeout: 1s", "conect_timeout: 1s"));
+        assert_eq!(e.line, Some(10), "{e}");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("upstreams.demo.conect_timeout"),
+            "{e}"
+        );
+        assert!(
+            e.message.starts_with("unknown field `conect_timeout`"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("gw.yaml:10:5: key `upstreams.demo.conect_timeout`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_line_and_key() {
+        let e = err(&GOOD.replace("1s", "soon"));
+        assert_eq!(e.line, Some(10), "{e}");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("upstreams.demo.connect_timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dangling_upstream_reference_names_the_route_line() {
+        let e = err(&GOOD.replace("upstream: demo", "upstream: nope"));
+        assert_eq!(e.line, Some(6), "{e}");
+        assert_eq!(e.key.as_deref(), Some("routes[0].upstream"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_refused() {
+        for (from, to, key) in [
+            (
+                "http://127.0.0.1:3001/mcp",
+                "https://x/mcp",
+                "upstreams.demo.url",
+            ),
+            (
+                "http://127.0.0.1:3001/mcp",
+                "/relative",
+                "upstreams.demo.url",
+            ),
+            ("path: /mcp", "path: mcp", "routes[0].path"),
+            ("path: /mcp", "path: /.well-known/x", "routes[0].path"),
+            ("x-api-key: abc", "host: abc", "upstreams.demo.headers.host"),
+            (
+                "x-api-key: abc",
+                "\"bad name\": abc",
+                "upstreams.demo.headers.bad name",
+            ),
+            ("public: 127.0.0.1:0", "public: nowhere", "listeners.public"),
+            (
+                "admin: 127.0.0.1:1",
+                "admin: 127.0.0.1:0",
+                "listeners.admin",
+            ),
+            (
+                "connect_timeout: 1s",
+                "connect_timeout: 0s",
+                "upstreams.demo.connect_timeout",
+            ),
+        ] {
+            let e = err(&GOOD.replace(from, to));
+            assert_eq!(e.key.as_deref(), Some(key), "{from} -> {to}: {e}");
+            assert!(e.line.is_some(), "{from} -> {to}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_routes_and_empty_route_lists_are_refused() {
+        let dup = GOOD.replace("routes:\n", "routes:\n  - path: /mcp\n    upstream: demo\n");
+        assert_eq!(err(&dup).key.as_deref(), Some("routes[1].path"));
+        let none = "routes: []\n";
+        assert!(err(none).message.contains("no routes"));
+    }
+
+    #[test]
+    fn hostile_yaml_is_an_error_not_a_panic() {
+        for text in [
+            "",
+            "::::",
+            "routes: [",
+            "\u{0}\u{1}",
+            "routes: !!binary aGk=",
+            "a: &a [*a]",
+            "routes:\n  - path: /x\n    upstream: [1, 2]\n",
+            &"[".repeat(10_000),
+        ] {
+            assert!(load(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn origin_rules_match_exact_any_port_and_any() {
+        let any_port = OriginRule::parse("http://localhost:*");
+        assert!(any_port.matches("http://localhost:6274"));
+        assert!(any_port.matches("http://localhost"));
+        assert!(!any_port.matches("http://localhost.evil.com"));
+        assert!(!any_port.matches("http://localhost:"));
+        assert!(!any_port.matches("http://localhost:12x"));
+        let exact = OriginRule::parse("https://App.example.com/");
+        assert!(exact.matches("https://app.example.com"));
+        assert!(!exact.matches("https://app.example.com:444"));
+        assert!(OriginRule::parse("*").matches("null"));
+    }
+}
