@@ -39,6 +39,10 @@ pub const UPSTREAM_UNAVAILABLE: i32 = -32009;
 pub const UPSTREAM_TIMEOUT: i32 = -32010;
 /// Gateway: the gateway is draining or over a capacity limit.
 pub const UNAVAILABLE: i32 = -32011;
+/// Gateway: the client did not send its request body in time.
+pub const REQUEST_TIMEOUT: i32 = -32012;
+/// Gateway: the `Mcp-Session-Id` names no session this gateway can route.
+pub const SESSION_NOT_FOUND: i32 = -32013;
 
 /// A request the gateway refuses or cannot complete, with everything the answer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +92,10 @@ pub enum Refusal {
     },
     /// 503, -32011, with `Retry-After`.
     ShuttingDown,
+    /// 408, -32012.
+    RequestTimeout,
+    /// 404, -32013: the client must start a new session.
+    SessionNotFound,
 }
 
 impl Refusal {
@@ -100,7 +108,8 @@ impl Refusal {
             | Refusal::HeaderMismatch(_)
             | Refusal::UnsupportedProtocolVersion { .. } => 400,
             Refusal::OriginNotAllowed(_) => 403,
-            Refusal::NoRoute => 404,
+            Refusal::NoRoute | Refusal::SessionNotFound => 404,
+            Refusal::RequestTimeout => 408,
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::NotAcceptable(_) => 406,
             Refusal::PayloadTooLarge { .. } => 413,
@@ -128,6 +137,8 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => UPSTREAM_UNAVAILABLE,
             Refusal::UpstreamTimeout { .. } => UPSTREAM_TIMEOUT,
             Refusal::ShuttingDown => UNAVAILABLE,
+            Refusal::RequestTimeout => REQUEST_TIMEOUT,
+            Refusal::SessionNotFound => SESSION_NOT_FOUND,
         }
     }
 
@@ -148,6 +159,8 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => "upstream_unavailable",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::RequestTimeout => "request_timeout",
+            Refusal::SessionNotFound => "session_not_found",
         }
     }
 
@@ -180,6 +193,12 @@ impl Refusal {
                 format!("Upstream {upstream} did not answer in time")
             }
             Refusal::ShuttingDown => "Service unavailable: the gateway is draining".to_owned(),
+            Refusal::RequestTimeout => {
+                "Request timeout: the request body did not arrive in time".to_owned()
+            }
+            Refusal::SessionNotFound => {
+                "Session not found: start a new session with initialize".to_owned()
+            }
         }
     }
 
@@ -269,6 +288,8 @@ mod tests {
                 upstream: "u".into(),
             },
             Refusal::ShuttingDown,
+            Refusal::RequestTimeout,
+            Refusal::SessionNotFound,
         ]
     }
 

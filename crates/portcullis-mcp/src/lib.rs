@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod era;
 pub mod error;
 pub mod headers;
+pub mod methods;
 
 pub use envelope::{Body, Envelope, EnvelopeError, Kind, MAX_DEPTH, MAX_ID_LEN};
 pub use era::{Era, ProtocolVersion};

@@ -1,1 +1,19 @@
-//! placeholder
+//! The Portcullis gateway on pingora: the public MCP listener and its upstream
+//! client, the admin listener, metrics, the access log, hot reload and readiness.
+//!
+//! Rooms, in the order a request walks through them: [`app`] (edge checks),
+//! [`forward`] (the upstream exchange), [`access_log`] and [`metrics`] (what is
+//! recorded). [`server`] assembles them; [`reload`] and [`health`] run beside them.
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+mod forward;
+pub mod health;
+pub mod listen;
+pub mod metrics;
+pub mod reload;
+pub mod server;
+pub mod snapshot;
+
+pub use server::{prepare, spawn, Prepared, Running};

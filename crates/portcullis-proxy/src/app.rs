@@ -1,0 +1,666 @@
+//! The public MCP listener: one pingora `HttpServerApp` that checks each request at
+//! the edge (route, Host, Origin, method, media types, body, envelope, headers) and
+//! forwards what passes to its route's upstream through [`crate::forward`].
+//!
+//! It implements `HttpServerApp` rather than pingora's `ProxyHttp` pipeline: the body
+//! must be read and judged before any upstream work, and pingora 0.9.1's proxy only
+//! replays 64 KiB of a body read in `request_filter` (see docs/architecture.md).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_error::ErrorType;
+use pingora_http::ResponseHeader;
+use portcullis_mcp::envelope::{Body, EnvelopeError};
+use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
+
+use crate::access_log::{AccessLog, Record};
+use crate::forward::{self, Upstreamed};
+use crate::metrics::Metrics;
+use crate::snapshot::{Live, Snapshot};
+
+/// Idle seconds a client connection is kept open between requests.
+const KEEPALIVE_SECS: u64 = 60;
+/// Methods the MCP endpoint answers, for `Allow`.
+const ALLOW: &str = "GET, POST, DELETE, OPTIONS";
+/// Request headers a browser client may send cross-origin.
+const CORS_ALLOW_HEADERS: &str = "content-type, accept, authorization, mcp-session-id, \
+mcp-protocol-version, mcp-method, mcp-name, last-event-id";
+/// Response headers a browser client may read cross-origin.
+const CORS_EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version, www-authenticate";
+
+/// The public listener's application.
+pub struct Gateway {
+    live: Live,
+    connector: Connector,
+    metrics: Arc<Metrics>,
+    access: AccessLog,
+    in_flight: Arc<AtomicUsize>,
+    options: HttpServerOptions,
+}
+
+/// What the handling of one request learnt, for the access log and metrics.
+#[derive(Default)]
+pub(crate) struct Exchange {
+    pub route: Option<usize>,
+    pub rpc_method: Option<String>,
+    pub rpc_id: Option<String>,
+    pub target: Option<String>,
+    pub upstream: Option<usize>,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub status: u16,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub reason: Option<&'static str>,
+    /// The allowed Origin to echo in CORS headers.
+    pub cors_origin: Option<String>,
+    /// Set when the connection must not be reused.
+    pub close: bool,
+}
+
+/// A refusal and the request id to answer it with.
+pub(crate) struct Refused {
+    pub refusal: Refusal,
+    pub id: Option<String>,
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused { refusal, id: None }
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize, &'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize, m: &'a Metrics) -> InFlight<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        m.in_flight.inc();
+        InFlight(n, m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.in_flight.dec();
+    }
+}
+
+impl Gateway {
+    /// Builds the app. `in_flight` counts requests being handled, for draining.
+    pub fn new(
+        live: Live,
+        metrics: Arc<Metrics>,
+        access: AccessLog,
+        in_flight: Arc<AtomicUsize>,
+        pool_size: usize,
+    ) -> Gateway {
+        let mut options = HttpServerOptions::default();
+        options.keepalive_request_limit = None;
+        Gateway {
+            live,
+            connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
+            metrics,
+            access,
+            in_flight,
+            options,
+        }
+    }
+
+    async fn handle(
+        &self,
+        snap: &Snapshot,
+        ds: &mut ServerSession,
+        ex: &mut Exchange,
+    ) -> Result<(), Refused> {
+        let req = ds.req_header();
+        let Some(route_idx) = snap
+            .config
+            .routes
+            .iter()
+            .position(|r| r.path == req.uri.path())
+        else {
+            return Err(Refusal::NoRoute.into());
+        };
+        ex.route = Some(route_idx);
+        check_host(snap, ds)?;
+        if let Some(origin) = ds.get_header("origin") {
+            let origin = origin.to_str().unwrap_or("");
+            if !snap
+                .config
+                .allowed_origins
+                .iter()
+                .any(|r| r.matches(origin))
+            {
+                return Err(
+                    Refusal::OriginNotAllowed(format!("Origin {origin:?} is not allowed")).into(),
+                );
+            }
+            ex.cors_origin = Some(origin.to_owned());
+        }
+        let method = ds.req_header().method.clone();
+        match method {
+            Method::POST => self.post(snap, ds, ex, route_idx).await,
+            Method::GET | Method::DELETE => {
+                if let Some(v) = protocol_version(ds)? {
+                    if v.era() == Era::Stateless {
+                        // 2026-07-28 has no GET stream and no sessions to delete.
+                        return Err(Refusal::MethodNotAllowed { allow: "POST" }.into());
+                    }
+                }
+                if method == Method::GET {
+                    let acc = headers::accepts(
+                        ds.req_header()
+                            .headers
+                            .get_all("accept")
+                            .iter()
+                            .map(|v| v.as_bytes()),
+                    );
+                    if !acc.sse {
+                        return Err(Refusal::NotAcceptable(
+                            "Accept must include text/event-stream",
+                        )
+                        .into());
+                    }
+                }
+                ex.rpc_method = Some(
+                    if method == Method::GET {
+                        "stream"
+                    } else {
+                        "end_session"
+                    }
+                    .to_owned(),
+                );
+                self.forward(snap, ds, ex, route_idx, method, None).await
+            }
+            Method::OPTIONS => {
+                ex.status = 204;
+                write_preflight(ds, ex).await;
+                Ok(())
+            }
+            _ => Err(Refusal::MethodNotAllowed { allow: ALLOW }.into()),
+        }
+    }
+
+    async fn post(
+        &self,
+        snap: &Snapshot,
+        ds: &mut ServerSession,
+        ex: &mut Exchange,
+        route_idx: usize,
+    ) -> Result<(), Refused> {
+        let req = ds.req_header();
+        let ct_ok = req
+            .headers
+            .get("content-type")
+            .is_some_and(|v| headers::is_json_content_type(v.as_bytes()));
+        if !ct_ok {
+            ex.close = true;
+            return Err(Refusal::UnsupportedMediaType.into());
+        }
+        let acc = headers::accepts(req.headers.get_all("accept").iter().map(|v| v.as_bytes()));
+        if !(acc.json && acc.sse) {
+            ex.close = true;
+            return Err(Refusal::NotAcceptable(
+                "Accept must include both application/json and text/event-stream",
+            )
+            .into());
+        }
+        let version = protocol_version(ds)?;
+        let body = read_body(ds, snap.config.max_body_size, snap.config.body_timeout, ex).await?;
+        ex.bytes_in = body.len();
+        let parsed = Body::parse(&body).map_err(envelope_refusal)?;
+        match &parsed {
+            Body::Batch(items) => {
+                ex.rpc_method = Some("batch".to_owned());
+                if !version
+                    .unwrap_or(ProtocolVersion::ASSUMED_WITHOUT_HEADER)
+                    .allows_batch()
+                {
+                    return Err(Refusal::InvalidRequest(
+                        "JSON-RPC batches are only allowed in protocol revision 2025-03-26".into(),
+                    )
+                    .into());
+                }
+                if items.iter().any(|e| e.method_str() == "initialize") {
+                    return Err(Refusal::InvalidRequest(
+                        "initialize must not be part of a batch".into(),
+                    )
+                    .into());
+                }
+            }
+            Body::Single(env) => {
+                ex.rpc_id = env.id.map(|r| r.get().to_owned());
+                ex.rpc_method = env.method.as_deref().map(str::to_owned);
+                ex.target = env.target.as_deref().map(str::to_owned);
+                let fail = |r: Refusal| Refused {
+                    refusal: r,
+                    id: ex.rpc_id.clone(),
+                };
+                let header_version = ds.req_header().headers.get(MCP_PROTOCOL_VERSION);
+                let stateless = version == Some(ProtocolVersion::V2026_07_28);
+                if let Some(meta) = env.meta_protocol_version.as_deref() {
+                    if header_version.map(|h| h.as_bytes()) != Some(meta.as_bytes()) {
+                        return Err(fail(Refusal::HeaderMismatch(
+                            "MCP-Protocol-Version header does not match params._meta protocolVersion".into(),
+                        )));
+                    }
+                } else if stateless && env.kind == Kind::Request {
+                    return Err(fail(Refusal::HeaderMismatch(
+                        "2026-07-28 requests carry params._meta io.modelcontextprotocol/protocolVersion".into(),
+                    )));
+                }
+                if stateless {
+                    let h = &ds.req_header().headers;
+                    headers::check_stateless_headers(
+                        env,
+                        h.get(MCP_METHOD).map(|v| v.as_bytes()),
+                        h.get(MCP_NAME).map(|v| v.as_bytes()),
+                    )
+                    .map_err(fail)?;
+                }
+            }
+        }
+        drop(parsed);
+        self.forward(snap, ds, ex, route_idx, Method::POST, Some(body))
+            .await
+    }
+
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        ds: &mut ServerSession,
+        ex: &mut Exchange,
+        route_idx: usize,
+        method: Method,
+        body: Option<Bytes>,
+    ) -> Result<(), Refused> {
+        let up_idx = snap.config.routes[route_idx].upstream;
+        ex.upstream = Some(up_idx);
+        let upstream = &snap.upstreams[up_idx];
+        let route_name = snap.config.routes[route_idx].name.as_str();
+        let outcome = forward::exchange(
+            &self.connector,
+            upstream,
+            ds,
+            method,
+            body,
+            ex,
+            &self.metrics,
+            route_name,
+        )
+        .await;
+        let count = |kind: &str| {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[upstream.config.name.as_str(), kind])
+                .inc();
+        };
+        match outcome {
+            Ok(Upstreamed::Complete) => Ok(()),
+            Ok(Upstreamed::ClientGone) => {
+                ex.close = true;
+                ex.reason = Some("client_closed");
+                Ok(())
+            }
+            Ok(Upstreamed::Broken(kind)) => {
+                // Headers were already sent: the only honest signal left is closing.
+                ex.close = true;
+                ex.reason = Some("upstream_broken");
+                count(kind);
+                Ok(())
+            }
+            Err((refusal, kind)) => {
+                if let Some(kind) = kind {
+                    count(kind);
+                }
+                Err(Refused {
+                    refusal,
+                    id: ex.rpc_id.clone(),
+                })
+            }
+        }
+    }
+
+    fn finish_record(&self, snap: &Snapshot, ds: &ServerSession, ex: &Exchange, start: Instant) {
+        let route = ex.route.map(|i| snap.config.routes[i].name.as_str());
+        let upstream = ex.upstream.map(|i| snap.upstreams[i].config.name.as_str());
+        let duration = start.elapsed();
+        let http_method = ds.req_header().method.as_str();
+        let label = ex.rpc_method.as_deref().map_or("none", |m| match m {
+            "batch" | "stream" | "end_session" => m_static(m),
+            other => portcullis_mcp::methods::label(other),
+        });
+        let status = status_label(ex.status);
+        self.metrics
+            .requests
+            .with_label_values(&[
+                route.unwrap_or(""),
+                http_method_label(http_method),
+                label,
+                status,
+            ])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[route.unwrap_or(""), label])
+            .observe(duration.as_secs_f64());
+        if let Some(reason) = ex.reason {
+            self.metrics
+                .refusals
+                .with_label_values(&[route.unwrap_or(""), reason])
+                .inc();
+        }
+        self.access.write(&Record {
+            route,
+            http_method,
+            rpc_method: ex.rpc_method.as_deref(),
+            rpc_id: ex.rpc_id.as_deref(),
+            target: ex.target.as_deref(),
+            status: ex.status,
+            duration,
+            upstream,
+            endpoint: ex.endpoint.map(|a| a.to_string()),
+            session_id: ds.get_header(MCP_SESSION_ID).map(|v| v.as_bytes()),
+            bytes_in: ex.bytes_in,
+            bytes_out: ex.bytes_out,
+            reason: ex.reason,
+            client: ds.client_addr().map(|a| a.to_string()),
+        });
+    }
+}
+
+fn m_static(m: &str) -> &'static str {
+    match m {
+        "batch" => "batch",
+        "stream" => "stream",
+        _ => "end_session",
+    }
+}
+
+fn http_method_label(m: &str) -> &'static str {
+    match m {
+        "GET" => "GET",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_label(s: u16) -> &'static str {
+    // A fixed table keeps the label set bounded and allocation-free.
+    match s {
+        200 => "200",
+        202 => "202",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        406 => "406",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The `MCP-Protocol-Version` header, if sent; an unknown value is refused.
+fn protocol_version(ds: &ServerSession) -> Result<Option<ProtocolVersion>, Refused> {
+    let values = ds.req_header().headers.get_all(MCP_PROTOCOL_VERSION);
+    let mut iter = values.iter();
+    let Some(first) = iter.next() else {
+        return Ok(None);
+    };
+    if iter.next().is_some() {
+        return Err(Refusal::InvalidRequest(
+            "MCP-Protocol-Version header sent more than once".into(),
+        )
+        .into());
+    }
+    let text = first.to_str().unwrap_or("");
+    ProtocolVersion::parse(text).map(Some).ok_or_else(|| {
+        Refusal::UnsupportedProtocolVersion {
+            requested: String::from_utf8_lossy(first.as_bytes()).into_owned(),
+        }
+        .into()
+    })
+}
+
+fn check_host(snap: &Snapshot, ds: &ServerSession) -> Result<(), Refused> {
+    let allowed = &snap.config.allowed_hosts;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let req = ds.req_header();
+    let host = req
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let name = host_name(host).to_ascii_lowercase();
+    if allowed.iter().any(|a| *a == name) {
+        Ok(())
+    } else {
+        Err(Refusal::OriginNotAllowed(format!("Host {host:?} is not allowed")).into())
+    }
+}
+
+/// The name part of a Host value: `[::1]:80` -> `::1`, `a.example:8080` -> `a.example`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn envelope_refusal(e: EnvelopeError) -> Refused {
+    let id = e.id().map(str::to_owned);
+    let refusal = match e {
+        EnvelopeError::Parse(r) => Refusal::ParseError(r),
+        EnvelopeError::Invalid { reason, .. } => Refusal::InvalidRequest(reason),
+        EnvelopeError::InvalidParams { reason, .. } => Refusal::InvalidParams(reason),
+    };
+    Refused { refusal, id }
+}
+
+/// Reads the whole request body, refusing past `limit` bytes or `timeout`.
+async fn read_body(
+    ds: &mut ServerSession,
+    limit: usize,
+    timeout: std::time::Duration,
+    ex: &mut Exchange,
+) -> Result<Bytes, Refused> {
+    let declared = ds
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        ex.close = true;
+        return Err(Refusal::PayloadTooLarge { limit }.into());
+    }
+    let expects_continue = ds
+        .get_header("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && ds.write_continue_response().await.is_err() {
+        ex.close = true;
+        return Err(Refusal::RequestTimeout.into());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, ds.read_request_body()).await;
+        match chunk {
+            Err(_) => {
+                ex.close = true;
+                return Err(Refusal::RequestTimeout.into());
+            }
+            Ok(Err(e)) => {
+                ex.close = true;
+                let refusal = if matches!(e.etype(), ErrorType::ReadTimedout) {
+                    Refusal::RequestTimeout
+                } else {
+                    Refusal::InvalidRequest(format!(
+                        "request body could not be read: {}",
+                        e.etype().as_str()
+                    ))
+                };
+                return Err(refusal.into());
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(bytes))) => {
+                if buf.len() + bytes.len() > limit {
+                    ex.close = true;
+                    return Err(Refusal::PayloadTooLarge { limit }.into());
+                }
+                buf.extend_from_slice(&bytes);
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Adds CORS response headers when the request came with an allowed Origin.
+pub(crate) fn add_cors(resp: &mut ResponseHeader, ex: &Exchange) {
+    if let Some(origin) = &ex.cors_origin {
+        let _ = resp.insert_header("access-control-allow-origin", origin.as_str());
+        let _ = resp.insert_header("access-control-expose-headers", CORS_EXPOSE_HEADERS);
+        let _ = resp.insert_header("vary", "Origin");
+    }
+}
+
+async fn write_preflight(ds: &mut ServerSession, ex: &Exchange) {
+    let Ok(mut resp) = ResponseHeader::build(204, Some(6)) else {
+        return;
+    };
+    let _ = resp.insert_header("allow", ALLOW);
+    if ex.cors_origin.is_some() {
+        add_cors(&mut resp, ex);
+        let _ = resp.insert_header("access-control-allow-methods", ALLOW);
+        let _ = resp.insert_header("access-control-allow-headers", CORS_ALLOW_HEADERS);
+        let _ = resp.insert_header("access-control-max-age", "600");
+    }
+    let _ = resp.insert_header("content-length", "0");
+    let _ = ds.write_response_header(Box::new(resp)).await;
+}
+
+async fn write_refusal(ds: &mut ServerSession, refused: &Refused, ex: &mut Exchange) {
+    let r = &refused.refusal;
+    let body = r.body(refused.id.as_deref());
+    ex.status = r.status();
+    ex.reason = Some(r.reason());
+    let Ok(mut resp) = ResponseHeader::build(r.status(), Some(6)) else {
+        return;
+    };
+    let _ = resp.insert_header("content-type", "application/json");
+    let _ = resp.insert_header("content-length", body.len().to_string());
+    if let Refusal::MethodNotAllowed { allow } = r {
+        let _ = resp.insert_header("allow", *allow);
+    }
+    if let Some(secs) = r.retry_after_secs() {
+        let _ = resp.insert_header("retry-after", secs.to_string());
+    }
+    add_cors(&mut resp, ex);
+    if ds.write_response_header(Box::new(resp)).await.is_ok() {
+        let _ = ds.write_response_body(Bytes::from(body), true).await;
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut ds: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match ds.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = ds.respond_error(400).await;
+                }
+                return None;
+            }
+        }
+        let start = Instant::now();
+        // read_request() resets keep-alive to "forever"; bound idle connections again.
+        ds.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(KEEPALIVE_SECS)
+        });
+        let _in_flight = InFlight::enter(&self.in_flight, &self.metrics);
+        let snap = self.live.load_full();
+        let mut ex = Exchange::default();
+        if let Err(refused) = self.handle(&snap, &mut ds, &mut ex).await {
+            if ds.response_written().is_none() {
+                write_refusal(&mut ds, &refused, &mut ex).await;
+            } else {
+                ex.close = true;
+            }
+        }
+        self.finish_record(&snap, &ds, &ex, start);
+        if ex.close {
+            ds.set_keepalive(None);
+        }
+        let settings = HttpPersistentSettings::for_session(&ds);
+        match ds.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_drop_ports_and_brackets() {
+        assert_eq!(host_name("localhost:8080"), "localhost");
+        assert_eq!(host_name("localhost"), "localhost");
+        assert_eq!(host_name("[::1]:80"), "::1");
+        assert_eq!(host_name("[::1"), "::1");
+        assert_eq!(host_name(""), "");
+    }
+
+    #[test]
+    fn status_labels_are_bounded() {
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(599), "5xx");
+        assert_eq!(status_label(0), "5xx");
+    }
+}

@@ -1,0 +1,418 @@
+//! One exchange with an upstream MCP server: dial (pooled keep-alive), send the
+//! request with the gateway's headers, relay the response. JSON bodies are copied;
+//! SSE streams are relayed chunk by chunk as they arrive, flushed each time, while
+//! watching for the client to go away so an abandoned stream frees its upstream.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use portcullis_mcp::headers::{self, MCP_SESSION_ID};
+use portcullis_mcp::Refusal;
+
+use crate::app::{add_cors, Exchange};
+use crate::metrics::Metrics;
+use crate::snapshot::UpstreamRuntime;
+
+/// How an exchange ended once a response had started.
+pub(crate) enum Upstreamed {
+    /// The whole response was relayed.
+    Complete,
+    /// The client went away; the upstream connection was dropped.
+    ClientGone,
+    /// The upstream failed mid-response (a metric `kind`).
+    Broken(&'static str),
+}
+
+/// A failure before any response byte reached the client: the refusal to send, and
+/// the `kind` label for `portcullis_upstream_errors_total` (None: not the upstream's fault).
+pub(crate) type Failed = (Refusal, Option<&'static str>);
+
+/// Request headers the gateway never forwards as the client sent them: it sets them
+/// itself (host, framing, accept, session), or they are the client's credentials.
+const NOT_FORWARDED: [&str; 8] = [
+    "host",
+    "content-length",
+    "accept",
+    "authorization",
+    "cookie",
+    "expect",
+    "x-forwarded-for",
+    "mcp-session-id",
+];
+
+struct StreamGauge(prometheus::IntGauge);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Runs one request against `upstream`, writing the response to `ds`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn exchange(
+    connector: &Connector,
+    upstream: &UpstreamRuntime,
+    ds: &mut ServerSession,
+    method: Method,
+    body: Option<Bytes>,
+    ex: &mut Exchange,
+    metrics: &Metrics,
+    route_name: &str,
+) -> Result<Upstreamed, Failed> {
+    let pinned = upstream.peers.len() > 1;
+    let client_sid = ds.get_header(MCP_SESSION_ID).map(|v| v.as_bytes().to_vec());
+    let (idx, upstream_sid) = match (&client_sid, pinned) {
+        (Some(sid), true) => match unpin(sid, upstream.peers.len()) {
+            Some((i, s)) => (i, Some(s.to_vec())),
+            None => return Err((Refusal::SessionNotFound, None)),
+        },
+        (sid, _) => (upstream.pick(), sid.clone()),
+    };
+    let peer = &upstream.peers[idx];
+    ex.endpoint = Some(upstream.config.endpoints[idx]);
+    let client = ds
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string());
+    let req = upstream_request(
+        ds.req_header(),
+        upstream,
+        &method,
+        body.as_ref().map(Bytes::len),
+        upstream_sid.as_deref(),
+        client.as_deref(),
+    )
+    .map_err(|e| {
+        (
+            Refusal::InvalidRequest(format!("cannot forward request: {e}")),
+            None,
+        )
+    })?;
+    // A standalone GET stream may stay quiet for long; only its client ends it.
+    let read_timeout = (method != Method::GET).then_some(upstream.config.read_timeout);
+
+    let sent_at = Instant::now();
+    let mut us = match send(connector, peer, upstream, &req, body.as_ref(), read_timeout).await {
+        Ok(us) => us,
+        Err(e) => return Err(classify(&e, &upstream.config.name)),
+    };
+    metrics
+        .upstream_latency
+        .with_label_values(&[upstream.config.name.as_str()])
+        .observe(sent_at.elapsed().as_secs_f64());
+
+    let Some(up_resp) = us.resp_header() else {
+        return Err(classify(
+            &Error::explain(ErrorType::InvalidHTTPHeader, "no response header"),
+            &upstream.config.name,
+        ));
+    };
+    let status = up_resp.status.as_u16();
+    let resp = downstream_response(up_resp, pinned.then_some(idx), ex).map_err(|e| {
+        (
+            Refusal::UpstreamUnavailable {
+                upstream: upstream.config.name.clone(),
+                detail: format!("invalid response header: {e}"),
+            },
+            Some("protocol"),
+        )
+    })?;
+    let streaming = !up_resp.headers.contains_key("content-length");
+    let is_sse = up_resp
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    ex.status = status;
+    if ds.write_response_header(Box::new(resp)).await.is_err() {
+        return Ok(Upstreamed::ClientGone);
+    }
+    let _stream_gauge = is_sse.then(|| {
+        let g = metrics.open_streams.with_label_values(&[route_name]);
+        g.inc();
+        StreamGauge(g)
+    });
+
+    let mut watch_client = streaming;
+    loop {
+        let next = if watch_client {
+            tokio::select! {
+                biased;
+                r = us.read_body_bytes() => r,
+                gone = ds.read_body_or_idle(true) => {
+                    match gone {
+                        Err(_) => return Ok(Upstreamed::ClientGone),
+                        // Anything else (a pipelined request) is left for later.
+                        Ok(_) => { watch_client = false; continue; }
+                    }
+                }
+            }
+        } else {
+            us.read_body_bytes().await
+        };
+        match next {
+            Ok(Some(chunk)) => {
+                ex.bytes_out += chunk.len();
+                if ds.write_response_body(chunk, false).await.is_err() {
+                    return Ok(Upstreamed::ClientGone);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Ok(Upstreamed::Broken(classify(&e, "").1.unwrap_or("other"))),
+        }
+    }
+    if ds.finish_body().await.is_err() {
+        return Ok(Upstreamed::ClientGone);
+    }
+    connector
+        .release_http_session(us, peer, Some(upstream.config.idle_timeout))
+        .await;
+    Ok(Upstreamed::Complete)
+}
+
+/// Dials (or reuses) a connection and sends the request; retries once on a fresh
+/// connection when a pooled one turns out to have been closed by the upstream.
+async fn send(
+    connector: &Connector,
+    peer: &HttpPeer,
+    upstream: &UpstreamRuntime,
+    req: &RequestHeader,
+    body: Option<&Bytes>,
+    read_timeout: Option<Duration>,
+) -> Result<HttpSession, Box<Error>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (mut us, reused) = connector.get_http_session(peer).await?;
+        us.read_timeout = read_timeout;
+        us.write_timeout = Some(upstream.config.write_timeout);
+        match send_on(&mut us, req, body).await {
+            Ok(()) => return Ok(us),
+            Err(mut e) => {
+                e.retry.decide_reuse(reused);
+                if attempt == 1 && reused && e.retry() {
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn send_on(
+    us: &mut HttpSession,
+    req: &RequestHeader,
+    body: Option<&Bytes>,
+) -> Result<(), Box<Error>> {
+    us.write_request_header(Box::new(req.clone())).await?;
+    if let Some(b) = body {
+        us.write_body(b).await?;
+    }
+    us.finish_body().await?;
+    loop {
+        us.read_response().await?;
+        match us.get_status() {
+            Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Maps a pingora error to the client's refusal and a metric kind.
+fn classify(e: &Error, upstream: &str) -> Failed {
+    use ErrorType::*;
+    let unavailable = |detail: &str, kind| {
+        (
+            Refusal::UpstreamUnavailable {
+                upstream: upstream.to_owned(),
+                detail: detail.to_owned(),
+            },
+            Some(kind),
+        )
+    };
+    let timeout = |kind| {
+        (
+            Refusal::UpstreamTimeout {
+                upstream: upstream.to_owned(),
+            },
+            Some(kind),
+        )
+    };
+    match e.etype() {
+        ConnectTimedout => timeout("connect_timeout"),
+        ReadTimedout | WriteTimedout => timeout("timeout"),
+        ConnectRefused => unavailable("connection refused", "connect_refused"),
+        ConnectNoRoute | ConnectError | BindError | SocketError => {
+            unavailable("cannot connect", "connect_error")
+        }
+        ConnectionClosed => unavailable("connection closed before the response ended", "reset"),
+        InvalidHTTPHeader | H1Error | InvalidH2 | H2Error => {
+            unavailable("invalid HTTP response", "protocol")
+        }
+        ReadError | WriteError => unavailable("connection failed", "reset"),
+        _ => unavailable("exchange failed", "other"),
+    }
+}
+
+/// Connection-listed header names (`Connection: foo` makes `foo` hop-by-hop).
+fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn upstream_request(
+    client_req: &RequestHeader,
+    upstream: &UpstreamRuntime,
+    method: &Method,
+    body_len: Option<usize>,
+    session: Option<&[u8]>,
+    client_ip: Option<&str>,
+) -> pingora_error::Result<RequestHeader> {
+    let cfg = &upstream.config;
+    let mut req = RequestHeader::build(
+        method.as_str(),
+        cfg.path.as_bytes(),
+        Some(client_req.headers.len() + cfg.headers.len() + 4),
+    )?;
+    let listed = connection_listed(&client_req.headers);
+    for (name, value) in client_req.headers.iter() {
+        let n = name.as_str();
+        if headers::is_hop_by_hop(n) || NOT_FORWARDED.contains(&n) || listed.iter().any(|l| l == n)
+        {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+    req.insert_header("host", cfg.authority.as_str())?;
+    match *method {
+        Method::POST => {
+            req.insert_header("accept", "application/json, text/event-stream")?;
+            req.insert_header("content-length", body_len.unwrap_or(0).to_string())?;
+        }
+        Method::GET => {
+            req.insert_header("accept", "text/event-stream")?;
+        }
+        _ => {
+            if let Some(a) = client_req.headers.get("accept") {
+                req.insert_header("accept", a.clone())?;
+            }
+        }
+    }
+    if let Some(sid) = session {
+        req.insert_header(
+            MCP_SESSION_ID,
+            http::HeaderValue::from_bytes(sid)
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid session id"))?,
+        )?;
+    }
+    if let Some(ip) = client_ip {
+        let forwarded = match client_req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_owned(),
+        };
+        req.insert_header("x-forwarded-for", forwarded)?;
+    }
+    for (k, v) in &cfg.headers {
+        req.insert_header(k.clone(), v.clone())?;
+    }
+    Ok(req)
+}
+
+fn downstream_response(
+    up: &ResponseHeader,
+    pin: Option<usize>,
+    ex: &Exchange,
+) -> pingora_error::Result<ResponseHeader> {
+    let status = up.status.as_u16();
+    let mut resp = ResponseHeader::build(status, Some(up.headers.len() + 4))?;
+    let listed = connection_listed(&up.headers);
+    for (name, value) in up.headers.iter() {
+        let n = name.as_str();
+        if headers::is_hop_by_hop(n) || listed.iter().any(|l| l == n) {
+            continue;
+        }
+        if n == MCP_SESSION_ID {
+            if let Some(idx) = pin {
+                resp.append_header(name.clone(), pin_session(idx, value.as_bytes()))?;
+                continue;
+            }
+        }
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    let body_allowed = !(status == 204 || status == 304 || (100..200).contains(&status));
+    if body_allowed && !up.headers.contains_key("content-length") {
+        resp.insert_header("transfer-encoding", "chunked")?;
+    }
+    let is_sse = up
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if is_sse {
+        // Tell any buffering proxy in front of us (nginx ingress) to pass events through.
+        resp.insert_header("x-accel-buffering", "no")?;
+        if !up.headers.contains_key("cache-control") {
+            resp.insert_header("cache-control", "no-cache")?;
+        }
+    }
+    add_cors(&mut resp, ex);
+    Ok(resp)
+}
+
+/// The session id a client sees when an upstream has several endpoints: the endpoint's
+/// index, a dot, then the upstream's own id, so later requests reach the same replica.
+fn pin_session(idx: usize, upstream_sid: &[u8]) -> String {
+    format!("{idx}.{}", String::from_utf8_lossy(upstream_sid))
+}
+
+fn unpin(client_sid: &[u8], endpoints: usize) -> Option<(usize, &[u8])> {
+    let dot = client_sid.iter().position(|b| *b == b'.')?;
+    let idx: usize = std::str::from_utf8(&client_sid[..dot]).ok()?.parse().ok()?;
+    let rest = &client_sid[dot + 1..];
+    (idx < endpoints && !rest.is_empty()).then_some((idx, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_session_ids_round_trip_and_reject_garbage() {
+        let s = pin_session(2, b"abc-123");
+        assert_eq!(unpin(s.as_bytes(), 3), Some((2, b"abc-123".as_slice())));
+        assert_eq!(unpin(s.as_bytes(), 2), None);
+        for bad in [
+            &b""[..],
+            b"abc",
+            b".x",
+            b"1.",
+            b"x.y",
+            b"99999999999999999999999.z",
+        ] {
+            assert_eq!(unpin(bad, 3), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connection_listed_headers_are_found() {
+        let mut h = http::HeaderMap::new();
+        h.append("connection", "keep-alive, X-Secret".parse().expect("value"));
+        assert_eq!(connection_listed(&h), vec!["keep-alive", "x-secret"]);
+    }
+}

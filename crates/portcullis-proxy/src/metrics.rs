@@ -1,0 +1,171 @@
+//! Prometheus metrics of the gateway. Every label's values are bounded: routes and
+//! upstreams come from config, JSON-RPC methods from the MCP method list (others are
+//! `other`), statuses from what HTTP allows. docs/metrics.md lists each metric.
+
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics, registered in one registry served at `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+    /// `portcullis_requests_total{route,http_method,rpc_method,status}`
+    pub requests: IntCounterVec,
+    /// `portcullis_request_duration_seconds{route,rpc_method}`: request start to response end.
+    pub duration: HistogramVec,
+    /// `portcullis_requests_in_flight`
+    pub in_flight: IntGauge,
+    /// `portcullis_refusals_total{route,reason}`
+    pub refusals: IntCounterVec,
+    /// `portcullis_upstream_errors_total{upstream,kind}`
+    pub upstream_errors: IntCounterVec,
+    /// `portcullis_upstream_response_seconds{upstream}`: request sent to response headers.
+    pub upstream_latency: HistogramVec,
+    /// `portcullis_open_streams{route}`: SSE responses being relayed.
+    pub open_streams: IntGaugeVec,
+    /// `portcullis_upstream_up{upstream}`: 1 when an endpoint accepted the last probe.
+    pub upstream_up: IntGaugeVec,
+    /// `portcullis_config_info{version}`: 1 for the live version.
+    pub config_info: IntGaugeVec,
+    /// `portcullis_config_reloads_total{result}`
+    pub reloads: IntCounterVec,
+    /// `portcullis_config_last_reload_timestamp_seconds`
+    pub last_reload: Gauge,
+    /// `portcullis_access_log_dropped_total`: lines dropped because the log writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    // 100 us .. ~100 s: gateway refusals sit at the bottom, long tool calls at the top.
+    let buckets = exponential_buckets(0.0001, 2.5, 16).expect("static buckets");
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition");
+    r.register(Box::new(h.clone())).expect("unique metric name");
+    h
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let in_flight = IntGauge::new(
+            "portcullis_requests_in_flight",
+            "Requests being handled, streams included",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(in_flight.clone()))
+            .expect("unique metric name");
+        let last_reload = Gauge::new(
+            "portcullis_config_last_reload_timestamp_seconds",
+            "Unix time of the last successful config load",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(last_reload.clone()))
+            .expect("unique metric name");
+        Metrics {
+            requests: counter(
+                &r,
+                "portcullis_requests_total",
+                "Requests answered, by route, HTTP method, JSON-RPC method and status",
+                &["route", "http_method", "rpc_method", "status"],
+            ),
+            duration: histogram(
+                &r,
+                "portcullis_request_duration_seconds",
+                "Time from request start to the end of the response, streams included",
+                &["route", "rpc_method"],
+            ),
+            in_flight,
+            refusals: counter(
+                &r,
+                "portcullis_refusals_total",
+                "Requests the gateway refused or could not complete, by reason",
+                &["route", "reason"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "portcullis_upstream_errors_total",
+                "Failed exchanges with an upstream, by kind",
+                &["upstream", "kind"],
+            ),
+            upstream_latency: histogram(
+                &r,
+                "portcullis_upstream_response_seconds",
+                "Time from sending a request upstream to its response headers",
+                &["upstream"],
+            ),
+            open_streams: gauge_vec(
+                &r,
+                "portcullis_open_streams",
+                "Server-sent event streams being relayed",
+                &["route"],
+            ),
+            upstream_up: gauge_vec(
+                &r,
+                "portcullis_upstream_up",
+                "1 when at least one endpoint of the upstream accepted the last TCP probe",
+                &["upstream"],
+            ),
+            config_info: gauge_vec(
+                &r,
+                "portcullis_config_info",
+                "1 for the config version being served",
+                &["version"],
+            ),
+            reloads: counter(
+                &r,
+                "portcullis_config_reloads_total",
+                "Config reload attempts by result (success, failure, unchanged)",
+                &["result"],
+            ),
+            last_reload,
+            access_log_dropped: {
+                let c = IntCounter::new(
+                    "portcullis_access_log_dropped_total",
+                    "Access log lines dropped because the writer fell behind",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone())).expect("unique metric name");
+                c
+            },
+            registry: r,
+        }
+    }
+
+    /// Marks `version` as the live config (and no other).
+    pub fn set_config_version(&self, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_reload.set(now);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

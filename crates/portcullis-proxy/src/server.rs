@@ -1,0 +1,209 @@
+//! Assembles a pingora `Server` from a config file: the public MCP listener, the admin
+//! listener, the reloader and the upstream prober, sockets bound up front so their
+//! addresses are known before the server runs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service as Listening;
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::app::Gateway;
+use crate::health::{Health, Prober};
+use crate::listen::{Prebound, PreboundService};
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::snapshot::Snapshot;
+
+/// Upstream keep-alive connections kept per worker thread.
+const POOL_PER_THREAD: usize = 128;
+
+/// A gateway built and bound, ready to run.
+pub struct Prepared {
+    server: Server,
+    /// The public listener's bound address.
+    pub public: SocketAddr,
+    /// The admin listener's bound address.
+    pub admin: SocketAddr,
+    /// Requests being handled right now (for draining).
+    pub in_flight: Arc<AtomicUsize>,
+    /// The configured drain time.
+    pub grace_period: Duration,
+    /// The live config version.
+    pub version: String,
+}
+
+/// Loads `config_path`, binds both listeners and builds every service.
+pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
+    let config = portcullis_config::load(config_path).map_err(|e| e.to_string())?;
+    let public_sock = Prebound::bind(config.public_addr).map_err(|e| {
+        format!(
+            "cannot listen on {} (listeners.public): {e}",
+            config.public_addr
+        )
+    })?;
+    let admin_sock = Prebound::bind(config.admin_addr).map_err(|e| {
+        format!(
+            "cannot listen on {} (listeners.admin): {e}",
+            config.admin_addr
+        )
+    })?;
+    let (public, admin) = (public_sock.addr, admin_sock.addr);
+
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_config_version(&config.version);
+    let access = AccessLog::start(
+        config.access_log.enabled,
+        &config.access_log.output,
+        metrics.access_log_dropped.clone(),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot open access_log.output {:?}: {e}",
+            config.access_log.output
+        )
+    })?;
+    let threads = config.threads;
+    let grace_period = config.grace_period;
+    let version = config.version.clone();
+    let source = config.source.clone();
+    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(grace_period.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: POOL_PER_THREAD,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let gateway = Gateway::new(
+        live.clone(),
+        metrics.clone(),
+        access,
+        in_flight.clone(),
+        POOL_PER_THREAD * threads,
+    );
+    let mut public_svc = Listening::new("portcullis".to_owned(), gateway);
+    public_svc.add_tcp(&public_sock.key());
+    public_svc.threads = Some(threads);
+    server.add_service(PreboundService::new(public_svc, public_sock));
+
+    let health = Arc::new(Health::default());
+    let admin_app = HttpServer::new_app(Admin {
+        live: live.clone(),
+        health: health.clone(),
+        metrics: metrics.clone(),
+    });
+    let mut admin_svc = Listening::new("admin".to_owned(), admin_app);
+    admin_svc.add_tcp(&admin_sock.key());
+    admin_svc.threads = Some(1);
+    server.add_service(PreboundService::new(admin_svc, admin_sock));
+
+    server.add_service(background_service(
+        "reload",
+        Reloader {
+            path: source,
+            live: live.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "probe",
+        Prober {
+            live,
+            health,
+            metrics,
+        },
+    ));
+
+    Ok(Prepared {
+        server,
+        public,
+        admin,
+        in_flight,
+        grace_period,
+        version,
+    })
+}
+
+impl Prepared {
+    /// Runs until the signal watch says stop; blocks the calling (non-async) thread.
+    pub fn run(self, signal: Box<dyn ShutdownSignalWatch>) {
+        self.server.run(RunArgs {
+            shutdown_signal: signal,
+        });
+    }
+}
+
+/// A gateway running on its own thread, stopped on demand (tests and the demo).
+pub struct Running {
+    /// The public listener's address.
+    pub public: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct ChannelSignal(tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Prepares and runs a gateway on a background thread.
+pub fn spawn(config_path: &Path) -> Result<Running, String> {
+    let prepared = prepare(config_path)?;
+    let (public, admin) = (prepared.public, prepared.admin);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("portcullis".into())
+        .spawn(move || prepared.run(Box::new(ChannelSignal(rx))))
+        .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
+    Ok(Running {
+        public,
+        admin,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+impl Running {
+    /// Asks the gateway to drain and waits for it to exit.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

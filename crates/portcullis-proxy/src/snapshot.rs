@@ -1,0 +1,65 @@
+//! The immutable per-request view of the gateway: a validated config plus what it
+//! compiles to (upstream peers). Requests load it once from an `ArcSwap`; a reload
+//! builds a new one off the hot path and swaps it in, and requests in flight keep theirs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora_core::upstreams::peer::HttpPeer;
+use portcullis_config::{Config, Upstream};
+
+/// The live snapshot, shared by every service of the process.
+pub type Live = Arc<ArcSwap<Snapshot>>;
+
+/// Config and compiled state for one config version.
+pub struct Snapshot {
+    /// The validated config.
+    pub config: Config,
+    /// One per `config.upstreams`, same order.
+    pub upstreams: Vec<UpstreamRuntime>,
+}
+
+/// An upstream ready to dial.
+pub struct UpstreamRuntime {
+    /// The config it was built from.
+    pub config: Upstream,
+    /// One peer per endpoint, same order as `config.endpoints`.
+    pub peers: Vec<HttpPeer>,
+    next: AtomicUsize,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. Cheap: no I/O (endpoints were resolved in validation).
+    pub fn build(config: Config) -> Snapshot {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamRuntime {
+                peers: u
+                    .endpoints
+                    .iter()
+                    .map(|addr| {
+                        let mut peer = HttpPeer::new(*addr, false, String::new());
+                        peer.options.connection_timeout = Some(u.connect_timeout);
+                        peer.options.idle_timeout = Some(u.idle_timeout);
+                        peer
+                    })
+                    .collect(),
+                config: u.clone(),
+                next: AtomicUsize::new(0),
+            })
+            .collect();
+        Snapshot { config, upstreams }
+    }
+}
+
+impl UpstreamRuntime {
+    /// The next endpoint, round-robin.
+    pub fn pick(&self) -> usize {
+        if self.peers.len() <= 1 {
+            return 0;
+        }
+        self.next.fetch_add(1, Ordering::Relaxed) % self.peers.len()
+    }
+}
