@@ -24,6 +24,8 @@ impl Prebound {
     /// Binds and listens on `addr` (port 0 picks a free port).
     pub fn bind(addr: SocketAddr) -> std::io::Result<Prebound> {
         let listener = TcpListener::bind(addr)?;
+        // pingora drives it with tokio, which needs a non-blocking socket.
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         Ok(Prebound {
             addr,

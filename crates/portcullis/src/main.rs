@@ -1,0 +1,125 @@
+//! The `portcullis` command: `run` a gateway from a config file, `check` a config file,
+//! or start the `demo` (a built-in MCP server behind the gateway).
+
+mod demo;
+mod signals;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+// glibc malloc was a sixth of a pingora proxy's profile; mimalloc cuts most of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// An edge gateway for fleets of MCP servers.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    /// Operational log format (the access log is always JSON).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file; reloads it on change and on SIGHUP, drains on SIGTERM.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and everything it refers to, then exit.
+    Check {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a built-in demo MCP server behind the gateway and print how to connect.
+    Demo {
+        /// Public MCP listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin listener (health, readiness, metrics).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn,pingora_core=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Run { config } => run(&config, None),
+        Command::Check { config } => check(&config),
+        Command::Demo { listen, admin } => demo::run(&listen, &admin),
+    }
+}
+
+/// Serves `config` until SIGTERM (drain) or SIGINT (stop now). `banner` is printed once
+/// the listeners are bound.
+pub(crate) fn run(
+    config: &std::path::Path,
+    banner: Option<&dyn Fn(&portcullis_proxy::Prepared)>,
+) -> ExitCode {
+    let prepared = match portcullis_proxy::prepare(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(
+        public = %prepared.public,
+        admin = %prepared.admin,
+        version = %prepared.version,
+        config = %config.display(),
+        "portcullis listening"
+    );
+    if let Some(banner) = banner {
+        banner(&prepared);
+    }
+    let watch = signals::Signals::new(prepared.in_flight.clone());
+    prepared.run(Box::new(watch));
+    ExitCode::SUCCESS
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match portcullis_config::load(config) {
+        Ok(c) => {
+            println!(
+                "ok: {} (version {}): {} route(s), {} upstream(s)",
+                config.display(),
+                c.version,
+                c.routes.len(),
+                c.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
