@@ -158,7 +158,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
     let cx = Ctx { path, text };
     let public_addr = parse_addr(&cx, &file.listeners.public, "public")?;
     let admin_addr = parse_addr(&cx, &file.listeners.admin, "admin")?;
-    if public_addr == admin_addr {
+    if public_addr == admin_addr && public_addr.port() != 0 {
         return Err(cx.err(
             &[Step::Key("listeners"), Step::Key("admin")],
             "the admin listener must differ from the public one".into(),

@@ -16,4 +16,4 @@ pub mod reload;
 pub mod server;
 pub mod snapshot;
 
-pub use server::{prepare, spawn, Prepared, Running};
+pub use server::{prepare, spawn, Prepared, Running, ShutdownKind};

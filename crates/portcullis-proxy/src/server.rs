@@ -82,7 +82,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
 
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(grace_period.as_secs().max(1)),
+        grace_period_seconds: Some(grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: POOL_PER_THREAD,
         ..Default::default()
@@ -154,18 +154,30 @@ pub struct Running {
     pub public: SocketAddr,
     /// The admin listener's address.
     pub admin: SocketAddr,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
+    stop: Option<tokio::sync::watch::Sender<Option<ShutdownKind>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-struct ChannelSignal(tokio::sync::watch::Receiver<bool>);
+/// How a [`Running`] gateway is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownKind {
+    /// Stop accepting, let in-flight work run for the grace period.
+    Graceful,
+    /// Stop now.
+    Fast,
+}
+
+struct ChannelSignal(tokio::sync::watch::Receiver<Option<ShutdownKind>>);
 
 #[async_trait]
 impl ShutdownSignalWatch for ChannelSignal {
     async fn recv(&self) -> ShutdownSignal {
         let mut rx = self.0.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
-        ShutdownSignal::GracefulTerminate
+        let kind = rx.wait_for(Option::is_some).await.ok().and_then(|k| *k);
+        match kind {
+            Some(ShutdownKind::Graceful) => ShutdownSignal::GracefulTerminate,
+            _ => ShutdownSignal::FastShutdown,
+        }
     }
 }
 
@@ -173,7 +185,7 @@ impl ShutdownSignalWatch for ChannelSignal {
 pub fn spawn(config_path: &Path) -> Result<Running, String> {
     let prepared = prepare(config_path)?;
     let (public, admin) = (prepared.public, prepared.admin);
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::watch::channel(None);
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
         .spawn(move || prepared.run(Box::new(ChannelSignal(rx))))
@@ -187,14 +199,14 @@ pub fn spawn(config_path: &Path) -> Result<Running, String> {
 }
 
 impl Running {
-    /// Asks the gateway to drain and waits for it to exit.
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Asks the gateway to stop and waits for it to exit.
+    pub fn stop(mut self, kind: ShutdownKind) {
+        self.shutdown(kind);
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, kind: ShutdownKind) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(true);
+            let _ = tx.send(Some(kind));
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -204,6 +216,6 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(ShutdownKind::Fast);
     }
 }

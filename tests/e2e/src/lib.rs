@@ -1,0 +1,363 @@
+//! Harness for the end-to-end tests: real MCP upstreams (rmcp servers), a Portcullis
+//! gateway on loopback ports picked by the kernel, rmcp clients in both protocol eras,
+//! and a raw HTTP client for what SDKs will not send.
+
+#![allow(deprecated)] // rmcp 3.x marks parts of its API deprecated (SEP-2577).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::*;
+use rmcp::service::{NotificationContext, RequestContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{
+    tool, tool_handler, tool_router, ClientHandler, ClientServiceExt, ErrorData as McpError,
+    RoleClient, RoleServer, ServerHandler, ServiceExt,
+};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub use portcullis_proxy::ShutdownKind;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A gateway running in this process, with its config in a private directory.
+pub struct Gateway {
+    running: Option<portcullis_proxy::Running>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// `http://127.0.0.1:PORT/mcp`
+    pub url: String,
+    /// `http://127.0.0.1:ADMIN`
+    pub admin: String,
+    /// The config file; rewrite it to test reloads.
+    pub config_path: PathBuf,
+    /// The access log file.
+    pub access_log: PathBuf,
+}
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+fn scratch_dir() -> PathBuf {
+    let n = DIRS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("portcullis-e2e-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A config routing `/mcp` to `upstream_url`, listeners on port 0, plus `extra` YAML
+/// appended at top level (e.g. an `http:` block).
+pub fn config_for(upstream_url: &str, extra: &str) -> String {
+    format!(
+        "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+server:\n  threads: 2\n  grace_period: 0s\n\
+routes:\n  - path: /mcp\n    upstream: main\n\
+upstreams:\n  main:\n    url: {upstream_url}\n    connect_timeout: 1s\n\
+{extra}"
+    )
+}
+
+impl Gateway {
+    /// Starts a gateway on `yaml` (whose `access_log` block is added here) and waits
+    /// until `/healthz` answers.
+    pub async fn start(yaml: &str) -> Gateway {
+        let dir = scratch_dir();
+        let config_path = dir.join("portcullis.yaml");
+        let access_log = dir.join("access.log");
+        let text = format!("{yaml}\naccess_log:\n  output: {}\n", access_log.display());
+        std::fs::write(&config_path, text).expect("write config");
+        let running = portcullis_proxy::spawn(&config_path).expect("gateway starts");
+        let gw = Gateway {
+            base: format!("http://{}", running.public),
+            url: format!("http://{}/mcp", running.public),
+            admin: format!("http://{}", running.admin),
+            running: Some(running),
+            config_path,
+            access_log,
+        };
+        gw.wait_for("/healthz", 200).await;
+        gw
+    }
+
+    /// Starts a gateway in front of `upstream` with default settings plus `extra`.
+    pub async fn fronting(upstream: &Upstream, extra: &str) -> Gateway {
+        Gateway::start(&config_for(&upstream.url, extra)).await
+    }
+
+    /// Polls an admin path until it answers `status`, failing after [`DEADLINE`].
+    pub async fn wait_for(&self, path: &str, status: u16) {
+        let client = http_client();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(r) = client.get(format!("{}{path}", self.admin)).send().await {
+                if r.status().as_u16() == status {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{path} never answered {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http_client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Polls `/metrics` until `pred` holds, failing after [`DEADLINE`].
+    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let m = self.metrics().await;
+            if pred(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {what}:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Access log lines written so far, parsed.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
+            .collect()
+    }
+
+    /// Stops the gateway.
+    pub fn stop(mut self, kind: ShutdownKind) {
+        if let Some(r) = self.running.take() {
+            r.stop(kind);
+        }
+    }
+}
+
+/// A reqwest client that never pools across tests and never follows redirects.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(DEADLINE)
+        .build()
+        .expect("reqwest client")
+}
+
+/// A real MCP server on loopback.
+pub struct Upstream {
+    /// `http://127.0.0.1:PORT/mcp`
+    pub url: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Upstream {
+    /// The demo server (echo, add, slow, delete_file).
+    pub async fn demo() -> Upstream {
+        Upstream::serve(portcullis_demo::Demo::default).await
+    }
+
+    /// Any rmcp handler, served statefully (sessions) with rmcp's defaults.
+    pub async fn serve<H, F>(factory: F) -> Upstream
+    where
+        H: ServerHandler + Send + 'static,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(portcullis_demo::serve_handler(
+            listener,
+            factory,
+            stop.clone(),
+        ));
+        Upstream {
+            url: format!("http://{addr}/mcp"),
+            addr,
+            stop,
+        }
+    }
+}
+
+/// An upstream whose `gate` tool reports progress and then holds its answer until the
+/// test releases it, so streaming order can be observed without timing.
+#[derive(Clone)]
+pub struct GateServer {
+    /// Released by the test.
+    pub release: Arc<Notify>,
+    /// Counts calls that reached the upstream.
+    pub calls: Arc<AtomicUsize>,
+}
+
+#[tool_router]
+impl GateServer {
+    /// Sends one progress notification, then waits for the release.
+    #[tool(description = "Reports progress, then waits until the test releases it")]
+    async fn gate(&self, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, McpError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(t) = ctx.meta.get_progress_token() {
+            ctx.peer
+                .notify_progress(ProgressNotificationParam::new(t, 1.0).with_message("waiting"))
+                .await
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        }
+        self.release.notified().await;
+        Ok(CallToolResult::success(vec![ContentBlock::text(
+            "released",
+        )]))
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for GateServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+/// An rmcp client handler that forwards progress notifications to a channel.
+#[derive(Clone)]
+pub struct TestClient {
+    version: ProtocolVersion,
+    /// Progress notifications as they arrive.
+    pub progress: mpsc::UnboundedSender<ProgressNotificationParam>,
+}
+
+impl ClientHandler for TestClient {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("portcullis-e2e", "0.1.0"),
+        )
+        .with_protocol_version(self.version.clone())
+    }
+
+    async fn on_progress(
+        &self,
+        p: ProgressNotificationParam,
+        _cx: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.progress.send(p);
+    }
+}
+
+/// A connected rmcp client and its progress channel.
+pub struct Client {
+    /// The rmcp peer.
+    pub service: RunningService<RoleClient, TestClient>,
+    /// Progress notifications received.
+    pub progress: mpsc::UnboundedReceiver<ProgressNotificationParam>,
+}
+
+fn transport(url: &str) -> StreamableHttpClientTransport<reqwest::Client> {
+    StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(
+        url.to_owned(),
+    ))
+}
+
+/// Connects with `initialize` (2025-11-25, sessions).
+pub async fn connect_session(url: &str) -> Client {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = TestClient {
+        version: ProtocolVersion::V_2025_11_25,
+        progress: tx,
+    };
+    let service = handler
+        .serve(transport(url))
+        .await
+        .expect("initialize through the gateway");
+    Client {
+        service,
+        progress: rx,
+    }
+}
+
+/// Connects statelessly (2026-07-28: `server/discover`, no session).
+pub async fn connect_stateless(url: &str) -> Client {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = TestClient {
+        version: ProtocolVersion::V_2026_07_28,
+        progress: tx,
+    };
+    let service = handler
+        .serve_with_lifecycle(
+            transport(url),
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("discover through the gateway");
+    Client {
+        service,
+        progress: rx,
+    }
+}
+
+/// The `_meta` a 2026-07-28 request carries.
+pub fn stateless_meta() -> serde_json::Value {
+    serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "progressToken": "p1"
+    })
+}
+
+/// A raw 2026-07-28 `tools/call` POST with every header right.
+pub fn stateless_call(
+    client: &reqwest::Client,
+    url: &str,
+    tool: &str,
+    arguments: serde_json::Value,
+) -> reqwest::RequestBuilder {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": stateless_meta()}
+    });
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .body(body.to_string())
+}
+
+/// The JSON-RPC messages in an SSE or JSON response body.
+pub fn messages(body: &str) -> Vec<serde_json::Value> {
+    if body.trim_start().starts_with('{') {
+        return vec![serde_json::from_str(body).expect("JSON body")];
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str(d).expect("SSE data is JSON"))
+        .collect()
+}

@@ -1,0 +1,241 @@
+//! Real rmcp clients through Portcullis to a real rmcp server, in both protocol eras.
+
+#![allow(deprecated)]
+
+use portcullis_e2e::*;
+use rmcp::model::*;
+
+fn args(v: serde_json::Value) -> JsonObject {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_era_initialize_list_call_progress_ping_and_delete() {
+    let upstream = Upstream::demo().await;
+    let gw = Gateway::fronting(&upstream, "").await;
+    let mut c = connect_session(&gw.url).await;
+    let info = c.service.peer_info().expect("initialize result");
+    assert_eq!(info.protocol_version, ProtocolVersion::V_2025_11_25);
+
+    let tools = c.service.list_tools(None).await.expect("tools/list");
+    let mut names: Vec<_> = tools.tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["add", "delete_file", "echo", "slow"]);
+
+    let r = c
+        .service
+        .call_tool(
+            CallToolRequestParams::new("echo")
+                .with_arguments(args(serde_json::json!({"text": "hi"}))),
+        )
+        .await
+        .expect("echo");
+    assert_eq!(text(&r), "hi");
+    let r = c
+        .service
+        .call_tool(
+            CallToolRequestParams::new("add")
+                .with_arguments(args(serde_json::json!({"a": 2, "b": 3}))),
+        )
+        .await
+        .expect("add");
+    assert_eq!(text(&r), "5");
+
+    let r = c
+        .service
+        .call_tool(
+            CallToolRequestParams::new("slow")
+                .with_arguments(args(serde_json::json!({"steps": 3, "delay_ms": 1}))),
+        )
+        .await
+        .expect("slow");
+    assert_eq!(text(&r), "done after 3 steps");
+    let mut seen = Vec::new();
+    while let Ok(p) = c.progress.try_recv() {
+        seen.push(p.progress);
+    }
+    assert_eq!(
+        seen,
+        [1.0, 2.0, 3.0],
+        "every progress notification reached the client"
+    );
+
+    let pong = c
+        .service
+        .send_request(ClientRequest::PingRequest(PingRequest::default()))
+        .await
+        .expect("ping");
+    assert!(matches!(pong, ServerResult::EmptyResult(_)));
+
+    // Closing the client DELETEs the session; the session id is then unknown: 404.
+    let sid = session_id_of(&gw).await;
+    c.service.cancel().await.expect("close session");
+    let after = http_client()
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("post after delete");
+    assert_eq!(after.status(), 404, "a deleted session is gone");
+}
+
+/// Opens a raw session through the gateway and returns its id (as the client sees it).
+async fn session_id_of(gw: &Gateway) -> String {
+    let r = http_client()
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-11-25","capabilities":{},
+                "clientInfo":{"name":"raw","version":"1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(r.status(), 200);
+    let sid = r
+        .headers()
+        .get("mcp-session-id")
+        .expect("session id header passes through")
+        .to_str()
+        .expect("visible ASCII")
+        .to_owned();
+    let _ = r.text().await;
+    // Delete it again through the gateway so the test covers DELETE explicitly.
+    let del = http_client()
+        .delete(&gw.url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("delete");
+    assert!(
+        del.status().is_success(),
+        "DELETE forwarded: {}",
+        del.status()
+    );
+    sid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_era_notifications_are_accepted_with_202_and_get_opens_a_stream() {
+    let upstream = Upstream::demo().await;
+    let gw = Gateway::fronting(&upstream, "").await;
+    let http = http_client();
+    let init = http
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-11-25","capabilities":{},
+                "clientInfo":{"name":"raw","version":"1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    let sid = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let _ = init.text().await;
+    let note = http
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .send()
+        .await
+        .expect("notification");
+    assert_eq!(note.status(), 202);
+    assert_eq!(note.text().await.expect("body"), "");
+
+    let get = http
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("GET stream");
+    assert_eq!(get.status(), 200);
+    assert!(get.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/event-stream"));
+    drop(get);
+    gw.wait_metrics("the GET stream closed", |m| {
+        m.contains("portcullis_open_streams{route=\"/mcp\"} 0")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_era_discover_list_call_and_progress() {
+    let upstream = Upstream::demo().await;
+    let gw = Gateway::fronting(&upstream, "").await;
+    let mut c = connect_stateless(&gw.url).await;
+    let tools = c.service.list_tools(None).await.expect("tools/list");
+    assert_eq!(tools.tools.len(), 4);
+    let r = c
+        .service
+        .call_tool(
+            CallToolRequestParams::new("echo")
+                .with_arguments(args(serde_json::json!({"text": "stateless"}))),
+        )
+        .await
+        .expect("echo");
+    assert_eq!(text(&r), "stateless");
+    let r = c
+        .service
+        .call_tool(
+            CallToolRequestParams::new("slow")
+                .with_arguments(args(serde_json::json!({"steps": 2, "delay_ms": 1}))),
+        )
+        .await
+        .expect("slow");
+    assert_eq!(text(&r), "done after 2 steps");
+    let mut n = 0;
+    while c.progress.try_recv().is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    // The access log names the tool and no session (stateless).
+    let lines = gw.access_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l["method"] == "tools/call" && l["target"] == "slow" && l["status"] == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_get_and_delete_are_405_at_the_gateway() {
+    let upstream = Upstream::demo().await;
+    let gw = Gateway::fronting(&upstream, "").await;
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let r = http_client()
+            .request(method.clone(), &gw.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 405, "{method}");
+        assert_eq!(r.headers()["allow"], "POST");
+    }
+}
