@@ -1,0 +1,219 @@
+//! The `portcullis` binary as an operator runs it: `check` exit codes and messages,
+//! SIGHUP reload, and SIGTERM draining an in-flight call before exiting.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::*;
+use serde_json::json;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+#[test]
+fn check_accepts_a_good_file_and_names_file_line_and_key_of_a_bad_one() {
+    let dir = scratch("check");
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, config_for("http://127.0.0.1:9/mcp", "")).expect("write");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config_for("http://127.0.0.1:9/mcp", "").replace("upstream: main", "upstream: missing"),
+    )
+    .expect("write");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:9: key `routes[0].upstream`: no upstream named `missing`"),
+        "{err}"
+    );
+
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(dir.join("absent.yaml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `portcullis run` and returns it with its public and admin addresses, read
+/// from its "portcullis listening" log line.
+fn start(config: &std::path::Path) -> (Proc, String, String) {
+    let mut child = bin()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "no listening line");
+        let line = lines.next().expect("log line").expect("utf-8");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["fields"]["message"] == "portcullis listening" {
+            let public = v["fields"]["public"].as_str().expect("public").to_owned();
+            let admin = v["fields"]["admin"].as_str().expect("admin").to_owned();
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (Proc(child), public, admin);
+        }
+    }
+}
+
+fn signal(p: &Proc, sig: i32) {
+    let pid = i32::try_from(p.0.id()).expect("pid");
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+async fn wait_ok(url: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if let Ok(r) = http_client().get(url).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{url} never answered 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_drains_in_flight_calls() {
+    let upstream = Upstream::demo().await;
+    let dir = scratch("signals");
+    let config = dir.join("portcullis.yaml");
+    std::fs::write(
+        &config,
+        config_for(&upstream.url, "").replace("grace_period: 0s", "grace_period: 20s")
+            + "access_log:\n  enabled: false\n",
+    )
+    .expect("write");
+    let (proc_, public, admin) = tokio::task::spawn_blocking({
+        let c = config.clone();
+        move || start(&c)
+    })
+    .await
+    .expect("start");
+    wait_ok(&format!("http://{admin}/healthz")).await;
+
+    // SIGHUP reloads even when the file is unchanged.
+    signal(&proc_, libc::SIGHUP);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = http_client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if m.contains("portcullis_config_reloads_total{result=\"success\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A call in flight when SIGTERM arrives still completes; then the process exits.
+    let url = format!("http://{public}/mcp");
+    let call = tokio::spawn({
+        let url = url.clone();
+        async move {
+            stateless_call(
+                &http_client(),
+                &url,
+                "slow",
+                json!({"steps": 3, "delay_ms": 300}),
+            )
+            .send()
+            .await
+            .expect("answer")
+            .text()
+            .await
+            .expect("body")
+        }
+    });
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = http_client()
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if m.contains("portcullis_open_streams{route=\"/mcp\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "call never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&proc_, libc::SIGTERM);
+    let body = tokio::time::timeout(DEADLINE, call)
+        .await
+        .expect("call ends")
+        .expect("task");
+    assert!(body.contains("done after 3 steps"), "{body}");
+
+    let mut proc_ = proc_;
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = proc_.0.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "did not exit after draining");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .expect("wait task");
+    assert!(status.success(), "{status:?}");
+    // New connections are refused after the drain began.
+    assert!(http_client().post(&url).send().await.is_err());
+}
