@@ -1,0 +1,43 @@
+# Portcullis: `make run` starts the demo, `make test` runs every test.
+# Each target installs what it needs on a Debian machine with Rust (cmake for
+# pingora's build, Node.js for the interop suites); npm packages come from lock files.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: run test build deps deps-node lint bench clean
+
+run: deps
+	$(CARGO) run --release -p portcullis -- demo
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+test: deps deps-node build
+	$(CARGO) test --workspace --no-fail-fast
+	bash tests/interop/run.sh
+	bash tests/conformance/run.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps
+	bash bench/run.sh
+
+# cmake builds pingora's vendored C dependencies.
+deps:
+	@command -v cmake >/dev/null 2>&1 || { \
+	  echo "make: installing cmake (needed to build pingora)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
+
+# Node.js runs the official TypeScript SDK and the conformance suite.
+deps-node:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "make: installing nodejs and npm (interop and conformance suites)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+
+clean:
+	$(CARGO) clean
+	rm -rf tests/interop/node_modules tests/conformance/node_modules
