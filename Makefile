@@ -24,7 +24,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: deps
-	bash bench/run.sh
+	@command -v wrk >/dev/null 2>&1 || { echo "make: installing wrk"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(CARGO) build --release -p portcullis -p portcullis-bench
+	target/release/portcullis-bench run --portcullis target/release/portcullis
 
 # cmake builds pingora's vendored C dependencies.
 deps:

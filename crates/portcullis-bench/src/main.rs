@@ -1,0 +1,187 @@
+//! `make bench`: a loopback load of small `tools/call` requests against three targets
+//! measured in the same run — the upstream directly, a bare pingora pass-through built
+//! with Portcullis's pingora settings (the floor), and Portcullis — printed as req/s,
+//! p50/p99 and ratios, because absolute figures on shared machines drift.
+
+mod floor;
+mod load;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(about = "Portcullis benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole benchmark and print the table.
+    Run {
+        /// The portcullis binary to measure (a release build).
+        #[arg(long, default_value = "target/release/portcullis")]
+        portcullis: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Worker threads for the floor and for Portcullis.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Serve the echo upstream (used by `run` in a child process).
+    Upstream {
+        #[arg(long)]
+        listen: String,
+    },
+    /// Serve the bare pingora pass-through (used by `run` in a child process).
+    Floor {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+        #[arg(long)]
+        threads: usize,
+    },
+}
+
+fn main() {
+    match Cli::parse().command {
+        Cmd::Upstream { listen } => upstream::serve(&listen),
+        Cmd::Floor { listen, upstream, threads } => floor::serve(&listen, &upstream, threads),
+        Cmd::Run { portcullis, seconds, threads } => {
+            if let Err(e) = run(&portcullis, seconds, threads) {
+                eprintln!("bench: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn wait_listening(addr: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{addr} never accepted a connection"))
+}
+
+fn run(portcullis: &std::path::Path, seconds: u64, threads: usize) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let up = format!("127.0.0.1:{}", free_port()?);
+    let _upstream = Proc(
+        Command::new(&me)
+            .args(["upstream", "--listen", &up])
+            .spawn()
+            .map_err(|e| format!("upstream: {e}"))?,
+    );
+    wait_listening(&up)?;
+    let fl = format!("127.0.0.1:{}", free_port()?);
+    let _floor = Proc(
+        Command::new(&me)
+            .args(["floor", "--listen", &fl, "--upstream", &up, "--threads", &threads.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("floor: {e}"))?,
+    );
+    wait_listening(&fl)?;
+    let gw = format!("127.0.0.1:{}", free_port()?);
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let dir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let config = dir.join("portcullis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  public: {gw}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n\
+access_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n\
+upstreams:\n  echo:\n    url: http://{up}/mcp\n",
+            dir.join("access.log").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let _gateway = Proc(
+        Command::new(portcullis)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("portcullis ({}): {e}", portcullis.display()))?,
+    );
+    wait_listening(&gw)?;
+
+    let targets = [("direct", up.as_str()), ("pingora floor", fl.as_str()), ("portcullis", gw.as_str())];
+    let script = load::script(&dir)?;
+    println!(
+        "machine: {} CPUs, {}; {seconds}s per run, wrk on loopback; small tools/call (echo) POSTs",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load::cpu_model()
+    );
+    let mut table = Vec::new();
+    for conns in [50usize, 1] {
+        for (name, addr) in targets {
+            // Warm pools and caches, then measure.
+            load::wrk(&script, addr, conns, 2)?;
+            let r = load::wrk(&script, addr, conns, seconds)?;
+            table.push((conns, name, r));
+        }
+    }
+    println!("\n{:<6} {:<14} {:>10} {:>10} {:>10}", "conns", "target", "req/s", "p50", "p99");
+    for (c, name, r) in &table {
+        println!(
+            "{:<6} {:<14} {:>10.0} {:>8.0}us {:>8.0}us",
+            c, name, r.rps, r.p50_us, r.p99_us
+        );
+    }
+    let get = |c: usize, n: &str| {
+        table
+            .iter()
+            .find(|(cc, nn, _)| *cc == c && *nn == n)
+            .map(|(_, _, r)| *r)
+            .unwrap_or_default()
+    };
+    let (d50, f50, p50) = (get(50, "direct"), get(50, "pingora floor"), get(50, "portcullis"));
+    let (d1, f1, p1) = (get(1, "direct"), get(1, "pingora floor"), get(1, "portcullis"));
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    println!("\nratios (same run):");
+    println!("  50 conns  portcullis / floor  req/s  {:.2}   (target >= 0.90)", ratio(p50.rps, f50.rps));
+    println!("  50 conns  portcullis / direct req/s  {:.2}", ratio(p50.rps, d50.rps));
+    println!("  50 conns  floor / direct      req/s  {:.2}", ratio(f50.rps, d50.rps));
+    let added_gw = p1.p50_us - d1.p50_us;
+    let added_floor = f1.p50_us - d1.p50_us;
+    println!(
+        "  1 conn    added p50: portcullis {:.0}us, floor {:.0}us, ratio {:.2}   (target <= 1.20)",
+        added_gw,
+        added_floor,
+        ratio(added_gw, added_floor)
+    );
+    Ok(())
+}
