@@ -373,12 +373,12 @@ impl Gateway {
             status: ex.status,
             duration,
             upstream,
-            endpoint: ex.endpoint.map(|a| a.to_string()),
+            endpoint: ex.endpoint,
             session_id: ds.get_header(MCP_SESSION_ID).map(|v| v.as_bytes()),
             bytes_in: ex.bytes_in,
             bytes_out: ex.bytes_out,
             reason: ex.reason,
-            client: ds.client_addr().map(|a| a.to_string()),
+            client: ds.client_addr().and_then(|a| a.as_inet()).copied(),
         });
     }
 }

@@ -41,6 +41,8 @@ pub struct Prepared {
     pub grace_period: Duration,
     /// The live config version.
     pub version: String,
+    /// The access log, to flush before the process exits.
+    pub access_log: AccessLog,
 }
 
 /// Loads `config_path`, binds both listeners and builds every service.
@@ -92,7 +94,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     let gateway = Gateway::new(
         live.clone(),
         metrics.clone(),
-        access,
+        access.clone(),
         in_flight.clone(),
         POOL_PER_THREAD * threads,
     );
@@ -136,6 +138,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         in_flight,
         grace_period,
         version,
+        access_log: access,
     })
 }
 

@@ -100,7 +100,7 @@ pub(crate) fn run(
     if let Some(banner) = banner {
         banner(&prepared);
     }
-    let watch = signals::Signals::new(prepared.in_flight.clone());
+    let watch = signals::Signals::new(prepared.in_flight.clone(), prepared.access_log.clone());
     prepared.run(Box::new(watch));
     ExitCode::SUCCESS
 }

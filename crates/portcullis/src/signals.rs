@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use portcullis_proxy::access_log::AccessLog;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often the drain checks whether anything is still in flight.
@@ -16,12 +17,17 @@ const DRAIN_POLL: Duration = Duration::from_millis(25);
 /// Waits for SIGTERM or SIGINT and tells pingora which shutdown to perform.
 pub struct Signals {
     in_flight: Arc<AtomicUsize>,
+    access_log: AccessLog,
 }
 
 impl Signals {
-    /// `in_flight` is the gateway's count of requests being handled.
-    pub fn new(in_flight: Arc<AtomicUsize>) -> Signals {
-        Signals { in_flight }
+    /// `in_flight` is the gateway's count of requests being handled; `access_log` is
+    /// flushed before an early exit.
+    pub fn new(in_flight: Arc<AtomicUsize>, access_log: AccessLog) -> Signals {
+        Signals {
+            in_flight,
+            access_log,
+        }
     }
 }
 
@@ -39,14 +45,16 @@ impl ShutdownSignalWatch for Signals {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining (no new connections; in-flight requests and streams may finish)");
                 let in_flight = self.in_flight.clone();
+                let access_log = self.access_log.clone();
                 // pingora waits out the whole grace period; exit as soon as nothing is left.
                 let _ = std::thread::Builder::new().name("drain".into()).spawn(move || {
                     let mut quiet = 0;
                     loop {
                         std::thread::sleep(DRAIN_POLL);
                         quiet = if in_flight.load(Ordering::Relaxed) == 0 { quiet + 1 } else { 0 };
-                        // Two quiet polls: nothing in flight, and the access log had time to write.
+                        // Two quiet polls: nothing in flight, not even a request just accepted.
                         if quiet >= 2 {
+                            access_log.flush();
                             tracing::info!("drained; exiting");
                             std::process::exit(0);
                         }
