@@ -32,7 +32,12 @@ wrk.headers[\"Mcp-Name\"] = \"echo\"\n"
 }
 
 /// Runs wrk for `seconds` with `conns` connections on one thread.
-pub fn wrk(script: &Path, addr: &str, conns: usize, seconds: u64) -> std::result::Result<Result, String> {
+pub fn wrk(
+    script: &Path,
+    addr: &str,
+    conns: usize,
+    seconds: u64,
+) -> std::result::Result<Result, String> {
     let out = Command::new("wrk")
         .args(["-t1", "--latency"])
         .arg(format!("-c{conns}"))

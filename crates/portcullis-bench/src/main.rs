@@ -56,8 +56,16 @@ enum Cmd {
 fn main() {
     match Cli::parse().command {
         Cmd::Upstream { listen } => upstream::serve(&listen),
-        Cmd::Floor { listen, upstream, threads } => floor::serve(&listen, &upstream, threads),
-        Cmd::Run { portcullis, seconds, threads } => {
+        Cmd::Floor {
+            listen,
+            upstream,
+            threads,
+        } => floor::serve(&listen, &upstream, threads),
+        Cmd::Run {
+            portcullis,
+            seconds,
+            threads,
+        } => {
             if let Err(e) = run(&portcullis, seconds, threads) {
                 eprintln!("bench: {e}");
                 std::process::exit(1);
@@ -106,7 +114,15 @@ fn run(portcullis: &std::path::Path, seconds: u64, threads: usize) -> Result<(),
     let fl = format!("127.0.0.1:{}", free_port()?);
     let _floor = Proc(
         Command::new(&me)
-            .args(["floor", "--listen", &fl, "--upstream", &up, "--threads", &threads.to_string()])
+            .args([
+                "floor",
+                "--listen",
+                &fl,
+                "--upstream",
+                &up,
+                "--threads",
+                &threads.to_string(),
+            ])
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("floor: {e}"))?,
@@ -138,7 +154,11 @@ upstreams:\n  echo:\n    url: http://{up}/mcp\n",
     );
     wait_listening(&gw)?;
 
-    let targets = [("direct", up.as_str()), ("pingora floor", fl.as_str()), ("portcullis", gw.as_str())];
+    let targets = [
+        ("direct", up.as_str()),
+        ("pingora floor", fl.as_str()),
+        ("portcullis", gw.as_str()),
+    ];
     let script = load::script(&dir)?;
     println!(
         "machine: {} CPUs, {}; {seconds}s per run, wrk on loopback; small tools/call (echo) POSTs",
@@ -154,7 +174,10 @@ upstreams:\n  echo:\n    url: http://{up}/mcp\n",
             table.push((conns, name, r));
         }
     }
-    println!("\n{:<6} {:<14} {:>10} {:>10} {:>10}", "conns", "target", "req/s", "p50", "p99");
+    println!(
+        "\n{:<6} {:<14} {:>10} {:>10} {:>10}",
+        "conns", "target", "req/s", "p50", "p99"
+    );
     for (c, name, r) in &table {
         println!(
             "{:<6} {:<14} {:>10.0} {:>8.0}us {:>8.0}us",
@@ -168,13 +191,30 @@ upstreams:\n  echo:\n    url: http://{up}/mcp\n",
             .map(|(_, _, r)| *r)
             .unwrap_or_default()
     };
-    let (d50, f50, p50) = (get(50, "direct"), get(50, "pingora floor"), get(50, "portcullis"));
-    let (d1, f1, p1) = (get(1, "direct"), get(1, "pingora floor"), get(1, "portcullis"));
+    let (d50, f50, p50) = (
+        get(50, "direct"),
+        get(50, "pingora floor"),
+        get(50, "portcullis"),
+    );
+    let (d1, f1, p1) = (
+        get(1, "direct"),
+        get(1, "pingora floor"),
+        get(1, "portcullis"),
+    );
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!("\nratios (same run):");
-    println!("  50 conns  portcullis / floor  req/s  {:.2}   (target >= 0.90)", ratio(p50.rps, f50.rps));
-    println!("  50 conns  portcullis / direct req/s  {:.2}", ratio(p50.rps, d50.rps));
-    println!("  50 conns  floor / direct      req/s  {:.2}", ratio(f50.rps, d50.rps));
+    println!(
+        "  50 conns  portcullis / floor  req/s  {:.2}   (target >= 0.90)",
+        ratio(p50.rps, f50.rps)
+    );
+    println!(
+        "  50 conns  portcullis / direct req/s  {:.2}",
+        ratio(p50.rps, d50.rps)
+    );
+    println!(
+        "  50 conns  floor / direct      req/s  {:.2}",
+        ratio(f50.rps, d50.rps)
+    );
     let added_gw = p1.p50_us - d1.p50_us;
     let added_floor = f1.p50_us - d1.p50_us;
     println!(

@@ -231,8 +231,7 @@ impl<'a> Envelope<'a> {
         };
         if let Some(params) = w.params {
             env.read_params(params, id_text)?;
-        } else if env.target_key().is_some() {
-            let key = env.target_key().unwrap_or("name");
+        } else if let Some((key, true)) = env.target_key() {
             return Err(EnvelopeError::InvalidParams {
                 id: id_text,
                 reason: format!("params.{key} is required"),
@@ -241,11 +240,14 @@ impl<'a> Envelope<'a> {
         Ok(env)
     }
 
-    /// Which `params` member names this method's target, if the method has one.
-    fn target_key(&self) -> Option<&'static str> {
+    /// Which `params` member names this method's target, and whether every revision
+    /// requires it. `resources/subscribe` and `unsubscribe` do not exist in 2026-07-28,
+    /// where the upstream answers them with -32601; the gateway must not pre-empt that.
+    fn target_key(&self) -> Option<(&'static str, bool)> {
         match self.method.as_deref()? {
-            "tools/call" | "prompts/get" => Some("name"),
-            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+            "tools/call" | "prompts/get" => Some(("name", true)),
+            "resources/read" => Some(("uri", true)),
+            "resources/subscribe" | "resources/unsubscribe" => Some(("uri", false)),
             _ => None,
         }
     }
@@ -273,13 +275,14 @@ impl<'a> Envelope<'a> {
                 self.meta_protocol_version = m.protocol_version;
             }
         }
-        if let Some(key) = self.target_key() {
+        if let Some((key, required)) = self.target_key() {
             let raw = if key == "name" { head.name } else { head.uri };
             let value = raw
                 .and_then(|r| serde_json::from_str::<Cow<'a, str>>(r.get()).ok())
                 .filter(|s| !s.is_empty());
             match value {
                 Some(v) => self.target = Some(v),
+                None if !required => {}
                 None => {
                     return Err(EnvelopeError::InvalidParams {
                         id: id_text,
@@ -558,6 +561,17 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn subscribe_without_a_uri_is_left_to_the_upstream() {
+        // Removed in 2026-07-28: the upstream's -32601 must come through.
+        let e = one(r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{}}"#);
+        assert_eq!(e.target, None);
+        let e = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"a://b"}}"#,
+        );
+        assert_eq!(e.target.as_deref(), Some("a://b"));
     }
 
     #[test]

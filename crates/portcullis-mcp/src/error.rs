@@ -60,8 +60,10 @@ pub enum Refusal {
         /// The value the client sent.
         requested: String,
     },
-    /// 403, -32005.
+    /// 403, -32005: the `Origin` is not allowed.
     OriginNotAllowed(String),
+    /// 403, -32005: the `Host` is not allowed.
+    HostNotAllowed(String),
     /// 404, -32003.
     NoRoute,
     /// 405, -32004; the answer carries `Allow`.
@@ -107,7 +109,7 @@ impl Refusal {
             | Refusal::InvalidParams(_)
             | Refusal::HeaderMismatch(_)
             | Refusal::UnsupportedProtocolVersion { .. } => 400,
-            Refusal::OriginNotAllowed(_) => 403,
+            Refusal::OriginNotAllowed(_) | Refusal::HostNotAllowed(_) => 403,
             Refusal::NoRoute | Refusal::SessionNotFound => 404,
             Refusal::RequestTimeout => 408,
             Refusal::MethodNotAllowed { .. } => 405,
@@ -128,7 +130,7 @@ impl Refusal {
             Refusal::InvalidParams(_) => INVALID_PARAMS,
             Refusal::HeaderMismatch(_) => HEADER_MISMATCH,
             Refusal::UnsupportedProtocolVersion { .. } => UNSUPPORTED_PROTOCOL_VERSION,
-            Refusal::OriginNotAllowed(_) => ORIGIN_NOT_ALLOWED,
+            Refusal::OriginNotAllowed(_) | Refusal::HostNotAllowed(_) => ORIGIN_NOT_ALLOWED,
             Refusal::NoRoute => NO_ROUTE,
             Refusal::MethodNotAllowed { .. } => HTTP_METHOD_NOT_ALLOWED,
             Refusal::NotAcceptable(_) => NOT_ACCEPTABLE,
@@ -151,6 +153,7 @@ impl Refusal {
             Refusal::HeaderMismatch(_) => "header_mismatch",
             Refusal::UnsupportedProtocolVersion { .. } => "unsupported_protocol_version",
             Refusal::OriginNotAllowed(_) => "origin_not_allowed",
+            Refusal::HostNotAllowed(_) => "host_not_allowed",
             Refusal::NoRoute => "no_route",
             Refusal::MethodNotAllowed { .. } => "method_not_allowed",
             Refusal::NotAcceptable(_) => "not_acceptable",
@@ -174,7 +177,7 @@ impl Refusal {
             Refusal::UnsupportedProtocolVersion { requested } => {
                 format!("Unsupported protocol version: {requested}")
             }
-            Refusal::OriginNotAllowed(d) => format!("Forbidden: {d}"),
+            Refusal::OriginNotAllowed(d) | Refusal::HostNotAllowed(d) => format!("Forbidden: {d}"),
             Refusal::NoRoute => "Not found: no MCP route serves this path".to_owned(),
             Refusal::MethodNotAllowed { allow } => {
                 format!("Method not allowed: this endpoint accepts {allow}")
@@ -275,6 +278,7 @@ mod tests {
                 requested: "1999\"".into(),
             },
             Refusal::OriginNotAllowed("x".into()),
+            Refusal::HostNotAllowed("x".into()),
             Refusal::NoRoute,
             Refusal::MethodNotAllowed { allow: "POST" },
             Refusal::NotAcceptable("x"),

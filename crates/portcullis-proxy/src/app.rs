@@ -219,10 +219,17 @@ impl Gateway {
             )
             .into());
         }
-        let version = protocol_version(ds)?;
         let body = read_body(ds, snap.config.max_body_size, snap.config.body_timeout, ex).await?;
         ex.bytes_in = body.len();
         let parsed = Body::parse(&body).map_err(envelope_refusal)?;
+        if let Body::Single(env) = &parsed {
+            ex.rpc_id = env.id.map(|r| r.get().to_owned());
+        }
+        // Checked after parsing so the refusal carries the request's id.
+        let version = protocol_version(ds).map_err(|mut r| {
+            r.id = ex.rpc_id.clone();
+            r
+        })?;
         match &parsed {
             Body::Batch(items) => {
                 ex.rpc_method = Some("batch".to_owned());
@@ -243,7 +250,6 @@ impl Gateway {
                 }
             }
             Body::Single(env) => {
-                ex.rpc_id = env.id.map(|r| r.get().to_owned());
                 ex.rpc_method = env.method.as_deref().map(str::to_owned);
                 ex.target = env.target.as_deref().map(str::to_owned);
                 let fail = |r: Refusal| Refused {
@@ -259,7 +265,7 @@ impl Gateway {
                         )));
                     }
                 } else if stateless && env.kind == Kind::Request {
-                    return Err(fail(Refusal::HeaderMismatch(
+                    return Err(fail(Refusal::InvalidParams(
                         "2026-07-28 requests carry params._meta io.modelcontextprotocol/protocolVersion".into(),
                     )));
                 }
@@ -467,7 +473,7 @@ fn check_host(snap: &Snapshot, ds: &ServerSession) -> Result<(), Refused> {
     if allowed.iter().any(|a| *a == name) {
         Ok(())
     } else {
-        Err(Refusal::OriginNotAllowed(format!("Host {host:?} is not allowed")).into())
+        Err(Refusal::HostNotAllowed(format!("Host {host:?} is not allowed")).into())
     }
 }
 

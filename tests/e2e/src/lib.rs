@@ -142,6 +142,23 @@ impl Gateway {
             .collect()
     }
 
+    /// Polls the access log until a line satisfies `pred` (lines are batched and
+    /// written every 50 ms), failing after [`DEADLINE`].
+    pub async fn wait_access(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = self.access_lines().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no access log line for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the gateway.
     pub fn stop(mut self, kind: ShutdownKind) {
         if let Some(r) = self.running.take() {
@@ -263,6 +280,22 @@ impl ClientHandler for TestClient {
         _cx: NotificationContext<RoleClient>,
     ) {
         let _ = self.progress.send(p);
+    }
+}
+
+impl Client {
+    /// Waits for the next `n` progress notifications (handlers may run just after the
+    /// response they precede on the wire settles), failing after [`DEADLINE`].
+    pub async fn progress(&mut self, n: usize) -> Vec<f64> {
+        let mut seen = Vec::with_capacity(n);
+        while seen.len() < n {
+            let p = tokio::time::timeout(DEADLINE, self.progress.recv())
+                .await
+                .expect("progress notification in time")
+                .expect("progress channel open");
+            seen.push(p.progress);
+        }
+        seen
     }
 }
 

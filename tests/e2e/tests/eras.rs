@@ -57,10 +57,7 @@ async fn session_era_initialize_list_call_progress_ping_and_delete() {
         .await
         .expect("slow");
     assert_eq!(text(&r), "done after 3 steps");
-    let mut seen = Vec::new();
-    while let Ok(p) = c.progress.try_recv() {
-        seen.push(p.progress);
-    }
+    let seen = c.progress(3).await;
     assert_eq!(
         seen,
         [1.0, 2.0, 3.0],
@@ -211,16 +208,15 @@ async fn stateless_era_discover_list_call_and_progress() {
         .await
         .expect("slow");
     assert_eq!(text(&r), "done after 2 steps");
-    let mut n = 0;
-    while c.progress.try_recv().is_ok() {
-        n += 1;
-    }
-    assert_eq!(n, 2);
+    assert_eq!(c.progress(2).await, [1.0, 2.0]);
     // The access log names the tool and no session (stateless).
-    let lines = gw.access_lines();
-    assert!(lines
-        .iter()
-        .any(|l| l["method"] == "tools/call" && l["target"] == "slow" && l["status"] == 200));
+    let line = gw
+        .wait_access("the slow call", |l| {
+            l["method"] == "tools/call" && l["target"] == "slow"
+        })
+        .await;
+    assert_eq!(line["status"], 200);
+    assert!(line["session"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

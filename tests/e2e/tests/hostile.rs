@@ -166,7 +166,7 @@ async fn transport_rules_are_enforced_at_the_edge() {
     let (s, v, _) = post(&gw, &h, ping).await;
     assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32022)));
     assert_eq!(v["error"]["data"]["requested"], "1999-01-01");
-    assert_eq!(v["id"], Value::Null, "refused before the body was read");
+    assert_eq!(v["id"], 1, "the refusal carries the request's id");
 
     let mut h = json_post();
     h.push(("mcp-protocol-version", "2025-11-25"));

@@ -1,8 +1,6 @@
 //! Running it: dead and silent upstreams, hot reload (good and bad files), metrics,
 //! the access log and readiness.
 
-use std::time::Duration;
-
 use portcullis_e2e::*;
 use serde_json::{json, Value};
 
@@ -216,18 +214,9 @@ async fn metrics_access_log_and_readiness_describe_the_traffic() {
     let m = gw.metrics().await;
     assert!(!m.contains("evil"), "unbounded label leaked");
 
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let lines = loop {
-        let lines = gw.access_lines();
-        if lines.len() >= 3 || std::time::Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let call = lines
-        .iter()
-        .find(|l| l["method"] == "tools/call")
-        .expect("a tools/call line");
+    let call = gw
+        .wait_access("a tools/call", |l| l["method"] == "tools/call")
+        .await;
     for key in [
         "ts",
         "route",
