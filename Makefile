@@ -15,6 +15,7 @@ build: deps
 	$(CARGO) build --workspace --bins
 
 test: deps deps-node build
+	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --no-fail-fast
 	bash tests/interop/run.sh
 	bash tests/conformance/run.sh

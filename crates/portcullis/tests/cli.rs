@@ -75,14 +75,17 @@ impl Drop for Proc {
 /// Starts `portcullis run` and returns it with its public and admin addresses, read
 /// from its "portcullis listening" log line.
 fn start(config: &std::path::Path) -> (Proc, String, String) {
-    let mut child = bin()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
+    // Wrapped at once so the child is killed and reaped on every path, panics included.
+    let mut child = Proc(
+        bin()
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -96,7 +99,7 @@ fn start(config: &std::path::Path) -> (Proc, String, String) {
             let admin = v["fields"]["admin"].as_str().expect("admin").to_owned();
             // Keep draining stderr so the child never blocks on a full pipe.
             std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), public, admin);
+            return (child, public, admin);
         }
     }
 }

@@ -130,3 +130,119 @@ fn futures_body(bytes: Vec<u8>) -> reqwest::Body {
         .collect();
     reqwest::Body::wrap_stream(futures::stream::iter(chunks))
 }
+
+/// An upstream that answers every POST with the request headers it received.
+async fn header_mirror() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", l.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head and the whole body (Content-Length framed).
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            let head = serde_json::to_string(&text[..end]).unwrap_or_default();
+                            let body =
+                                format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"head":{head}}}}}"#);
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: keep-alive, x-hop\r\nx-hop: secret\r\nkeep-alive: timeout=5\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = s.write_all(resp.as_bytes()).await;
+                            buf.clear();
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_forwarded_as_a_proxy_must_and_credentials_never() {
+    let (url, _task) = header_mirror().await;
+    let yaml = config_for(&url, "").replace(
+        "connect_timeout: 1s",
+        "connect_timeout: 1s\n    headers:\n      x-upstream-key: from-config",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = stateless_call(
+        &http_client(),
+        &gw.url,
+        "echo",
+        serde_json::json!({"text": "h"}),
+    )
+    .header("authorization", "Bearer client-token")
+    .header("cookie", "session=client")
+    .header("connection", "x-private")
+    .header("x-private", "hop by hop")
+    .header("te", "trailers")
+    .header("mcp-param-region", "eu")
+    .header("x-forwarded-for", "203.0.113.9")
+    .send()
+    .await
+    .expect("answer");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("x-hop").is_none(),
+        "upstream's Connection-listed header stripped"
+    );
+    assert!(
+        resp.headers().get("keep-alive").is_none(),
+        "hop-by-hop response header stripped"
+    );
+    let v: serde_json::Value = resp.json().await.expect("json");
+    let head = v["result"]["head"]
+        .as_str()
+        .expect("head")
+        .to_ascii_lowercase();
+    let upstream_addr = url.trim_start_matches("http://").trim_end_matches("/mcp");
+    assert!(head.starts_with("post /mcp http/1.1"), "{head}");
+    assert!(head.contains(&format!("host: {upstream_addr}")), "{head}");
+    for absent in [
+        "authorization",
+        "cookie",
+        "x-private",
+        "\r\nte:",
+        "client-token",
+    ] {
+        assert!(
+            !head.contains(absent),
+            "{absent} reached the upstream:\n{head}"
+        );
+    }
+    for present in [
+        "mcp-param-region: eu",
+        "mcp-method: tools/call",
+        "mcp-name: echo",
+        "mcp-protocol-version: 2026-07-28",
+        "x-upstream-key: from-config",
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+        "accept: application/json, text/event-stream",
+    ] {
+        assert!(head.contains(present), "{present} missing:\n{head}");
+    }
+}
