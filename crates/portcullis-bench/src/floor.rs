@@ -28,13 +28,14 @@ impl ProxyHttp for PassThrough {
 }
 
 /// Serves until killed.
-pub fn serve(listen: &str, upstream: &str, threads: usize) {
+pub fn serve(listen: &str, upstream: &str, threads: usize, work_stealing: bool) {
     let Ok(addr) = upstream.parse::<std::net::SocketAddr>() else {
         eprintln!("floor: bad upstream address {upstream}");
         return;
     };
     let conf = ServerConf {
         threads,
+        work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 128,

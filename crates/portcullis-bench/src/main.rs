@@ -36,6 +36,9 @@ enum Cmd {
         /// Worker threads for the floor and for Portcullis.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// pingora's work-stealing runtime (true) or one runtime per thread, for both.
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        work_stealing: bool,
     },
     /// Serve the echo upstream (used by `run` in a child process).
     Upstream {
@@ -50,6 +53,8 @@ enum Cmd {
         upstream: String,
         #[arg(long)]
         threads: usize,
+        #[arg(long, action = clap::ArgAction::Set)]
+        work_stealing: bool,
     },
 }
 
@@ -60,13 +65,15 @@ fn main() {
             listen,
             upstream,
             threads,
-        } => floor::serve(&listen, &upstream, threads),
+            work_stealing,
+        } => floor::serve(&listen, &upstream, threads, work_stealing),
         Cmd::Run {
             portcullis,
             seconds,
             threads,
+            work_stealing,
         } => {
-            if let Err(e) = run(&portcullis, seconds, threads) {
+            if let Err(e) = run(&portcullis, seconds, threads, work_stealing) {
                 eprintln!("bench: {e}");
                 std::process::exit(1);
             }
@@ -98,10 +105,15 @@ fn wait_listening(addr: &str) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("{addr} never accepted a connection"))
+    Err(format!("{addr} never accepted a connection (20 s)"))
 }
 
-fn run(portcullis: &std::path::Path, seconds: u64, threads: usize) -> Result<(), String> {
+fn run(
+    portcullis: &std::path::Path,
+    seconds: u64,
+    threads: usize,
+    work_stealing: bool,
+) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let up = format!("127.0.0.1:{}", free_port()?);
     let _upstream = Proc(
@@ -122,6 +134,8 @@ fn run(portcullis: &std::path::Path, seconds: u64, threads: usize) -> Result<(),
                 &up,
                 "--threads",
                 &threads.to_string(),
+                "--work-stealing",
+                &work_stealing.to_string(),
             ])
             .stderr(Stdio::null())
             .spawn()
@@ -136,7 +150,7 @@ fn run(portcullis: &std::path::Path, seconds: u64, threads: usize) -> Result<(),
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  public: {gw}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n\
+            "listeners:\n  public: {gw}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
 access_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n\
 upstreams:\n  echo:\n    url: http://{up}/mcp\n",
             dir.join("access.log").display()
@@ -148,11 +162,18 @@ upstreams:\n  echo:\n    url: http://{up}/mcp\n",
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("portcullis.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .map_err(|e| format!("portcullis ({}): {e}", portcullis.display()))?,
     );
-    wait_listening(&gw)?;
+    wait_listening(&gw).map_err(|e| {
+        let log = std::fs::read_to_string(dir.join("portcullis.log")).unwrap_or_default();
+        format!("{e}; portcullis said:\n{log}")
+    })?;
 
     let targets = [
         ("direct", up.as_str()),
@@ -161,7 +182,8 @@ upstreams:\n  echo:\n    url: http://{up}/mcp\n",
     ];
     let script = load::script(&dir)?;
     println!(
-        "machine: {} CPUs, {}; {seconds}s per run, wrk on loopback; small tools/call (echo) POSTs",
+        "machine: {} CPUs, {}; {seconds}s per run, wrk on loopback; small tools/call (echo) POSTs; \
+pingora threads {threads}, work_stealing {work_stealing}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load::cpu_model()
     );

@@ -66,6 +66,11 @@ pub struct ServerFile {
     /// After SIGTERM, how long in-flight requests and streams may run before exit. Default 10s.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace_period: Duration,
+    /// One work-stealing runtime for all worker threads (true), or one single-threaded
+    /// runtime per thread (false, the default: fewer cross-thread wake-ups, measured
+    /// faster for a proxy's short I/O-bound tasks; see docs/benchmarks.md).
+    #[serde(default)]
+    pub work_stealing: bool,
 }
 
 impl Default for ServerFile {
@@ -73,6 +78,7 @@ impl Default for ServerFile {
         ServerFile {
             threads: None,
             grace_period: default_grace(),
+            work_stealing: false,
         }
     }
 }

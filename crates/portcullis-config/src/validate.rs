@@ -29,6 +29,8 @@ pub struct Config {
     pub threads: usize,
     /// Drain time after SIGTERM.
     pub grace_period: Duration,
+    /// Work-stealing runtime (true) or one runtime per thread.
+    pub work_stealing: bool,
     /// Largest accepted request body in bytes.
     pub max_body_size: usize,
     /// Longest time to receive a request body.
@@ -339,6 +341,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         admin_addr,
         threads,
         grace_period: file.server.grace_period,
+        work_stealing: file.server.work_stealing,
         max_body_size,
         body_timeout: file.http.body_timeout,
         allowed_origins: file

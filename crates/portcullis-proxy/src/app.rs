@@ -526,7 +526,8 @@ async fn read_body(
         ex.close = true;
         return Err(Refusal::RequestTimeout.into());
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    let mut buf = BodyBuf::Empty;
+    let mut received = 0usize;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let chunk = tokio::time::timeout_at(deadline, ds.read_request_body()).await;
@@ -549,15 +550,49 @@ async fn read_body(
             }
             Ok(Ok(None)) => break,
             Ok(Ok(Some(bytes))) => {
-                if buf.len() + bytes.len() > limit {
+                received += bytes.len();
+                if received > limit {
                     ex.close = true;
                     return Err(Refusal::PayloadTooLarge { limit }.into());
                 }
-                buf.extend_from_slice(&bytes);
+                buf.push(bytes, declared.unwrap_or(0));
             }
         }
     }
     Ok(buf.freeze())
+}
+
+/// A request body as it arrives: most bodies come in one chunk, kept without a copy.
+enum BodyBuf {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl BodyBuf {
+    fn push(&mut self, chunk: Bytes, declared: usize) {
+        *self = match std::mem::replace(self, BodyBuf::Empty) {
+            BodyBuf::Empty => BodyBuf::One(chunk),
+            BodyBuf::One(first) => {
+                let mut all = BytesMut::with_capacity(declared.max(first.len() + chunk.len()));
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                BodyBuf::Many(all)
+            }
+            BodyBuf::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                BodyBuf::Many(all)
+            }
+        };
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            BodyBuf::Empty => Bytes::new(),
+            BodyBuf::One(b) => b,
+            BodyBuf::Many(m) => m.freeze(),
+        }
+    }
 }
 
 /// Adds CORS response headers when the request came with an allowed Origin.

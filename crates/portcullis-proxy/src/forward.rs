@@ -100,7 +100,7 @@ pub(crate) async fn exchange(
     let read_timeout = (method != Method::GET).then_some(upstream.config.read_timeout);
 
     let sent_at = Instant::now();
-    let mut us = match send(connector, peer, upstream, &req, body.as_ref(), read_timeout).await {
+    let mut us = match send(connector, peer, upstream, req, body.as_ref(), read_timeout).await {
         Ok(us) => us,
         Err(e) => return Err(classify(&e, &upstream.config.name)),
     };
@@ -183,21 +183,29 @@ async fn send(
     connector: &Connector,
     peer: &HttpPeer,
     upstream: &UpstreamRuntime,
-    req: &RequestHeader,
+    req: RequestHeader,
     body: Option<&Bytes>,
     read_timeout: Option<Duration>,
 ) -> Result<HttpSession, Box<Error>> {
-    let mut attempt = 0;
+    let mut req = Some(Box::new(req));
     loop {
-        attempt += 1;
         let (mut us, reused) = connector.get_http_session(peer).await?;
         us.read_timeout = read_timeout;
         us.write_timeout = Some(upstream.config.write_timeout);
-        match send_on(&mut us, req, body).await {
+        // Only a pooled connection can be retried, so only then is a copy kept.
+        let Some(header) = req.take() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "request already sent",
+            ));
+        };
+        let retry_copy = reused.then(|| header.clone());
+        match send_on(&mut us, header, body).await {
             Ok(()) => return Ok(us),
             Err(mut e) => {
                 e.retry.decide_reuse(reused);
-                if attempt == 1 && reused && e.retry() {
+                if retry_copy.is_some() && e.retry() {
+                    req = retry_copy;
                     continue;
                 }
                 return Err(e);
@@ -208,10 +216,10 @@ async fn send(
 
 async fn send_on(
     us: &mut HttpSession,
-    req: &RequestHeader,
+    req: Box<RequestHeader>,
     body: Option<&Bytes>,
 ) -> Result<(), Box<Error>> {
-    us.write_request_header(Box::new(req.clone())).await?;
+    us.write_request_header(req).await?;
     if let Some(b) = body {
         us.write_body(b).await?;
     }

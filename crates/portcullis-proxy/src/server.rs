@@ -76,6 +76,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         )
     })?;
     let threads = config.threads;
+    let work_stealing = config.work_stealing;
     let grace_period = config.grace_period;
     let version = config.version.clone();
     let source = config.source.clone();
@@ -84,6 +85,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
 
     let conf = ServerConf {
         threads,
+        work_stealing,
         grace_period_seconds: Some(grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: POOL_PER_THREAD,
