@@ -502,8 +502,8 @@ upstreams:
             ),
             ("public: 127.0.0.1:0", "public: nowhere", "listeners.public"),
             (
-                "admin: 127.0.0.1:1",
-                "admin: 127.0.0.1:0",
+                "public: 127.0.0.1:0\n  admin: 127.0.0.1:1",
+                "public: 127.0.0.1:5\n  admin: 127.0.0.1:5",
                 "listeners.admin",
             ),
             (
