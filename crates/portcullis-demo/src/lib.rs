@@ -17,6 +17,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::*;
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{tool, tool_handler, tool_router, ErrorData as McpError, RoleServer, ServerHandler};
 use schemars::JsonSchema;
@@ -214,7 +215,8 @@ impl ServerHandler for Demo {
     }
 }
 
-/// Serves any rmcp handler over Streamable HTTP on `listener` until `stop` is cancelled.
+/// Serves any rmcp handler over Streamable HTTP on `listener` until `stop` is cancelled,
+/// with sessions for session-era clients.
 pub async fn serve_handler<H, F>(
     listener: tokio::net::TcpListener,
     factory: F,
@@ -223,10 +225,51 @@ pub async fn serve_handler<H, F>(
     H: ServerHandler + Send + 'static,
     F: Fn() -> H + Send + Sync + 'static,
 {
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = Some(Duration::from_secs(600));
-    let config = StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token());
-    let service = StreamableHttpService::new(move || Ok(factory()), Arc::new(sessions), config);
+    serve_with(listener, factory, true, stop).await
+}
+
+/// Serves any rmcp handler; `sessions: false` makes a stateless-only server (no GET
+/// stream, no DELETE: both answered 405).
+pub async fn serve_with<H, F>(
+    listener: tokio::net::TcpListener,
+    factory: F,
+    sessions_on: bool,
+    stop: CancellationToken,
+) where
+    H: ServerHandler + Send + 'static,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(sessions_on)
+        .with_cancellation_token(stop.child_token());
+    if sessions_on {
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config.keep_alive = Some(Duration::from_secs(600));
+        let service = StreamableHttpService::new(move || Ok(factory()), Arc::new(sessions), config);
+        accept_loop(listener, service, stop).await
+    } else {
+        // No session manager at all: no event store, so GET is 405 too.
+        let sessions = NeverSessionManager::default();
+        let service = StreamableHttpService::new(move || Ok(factory()), Arc::new(sessions), config);
+        accept_loop(listener, service, stop).await
+    }
+}
+
+async fn accept_loop<S>(listener: tokio::net::TcpListener, service: S, stop: CancellationToken)
+where
+    S: Clone + Send + 'static,
+    TowerToHyperService<S>: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<
+                http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>,
+            >,
+        > + Send
+        + 'static,
+    <TowerToHyperService<S> as hyper::service::Service<hyper::Request<hyper::body::Incoming>>>::Future:
+        Send + 'static,
+    <TowerToHyperService<S> as hyper::service::Service<hyper::Request<hyper::body::Incoming>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {

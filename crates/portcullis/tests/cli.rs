@@ -50,7 +50,7 @@ fn check_accepts_a_good_file_and_names_file_line_and_key_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad.yaml:9: key `routes[0].upstream`: no upstream named `missing`"),
+        err.contains("bad.yaml:10: key `routes[0].upstream`: no upstream named `missing`"),
         "{err}"
     );
 
@@ -130,7 +130,10 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_calls() {
     let config = dir.join("portcullis.yaml");
     std::fs::write(
         &config,
-        config_for(&upstream.url, "").replace("grace_period: 0s", "grace_period: 20s")
+        // The process default (per-thread runtimes), unlike the in-process harness.
+        config_for(&upstream.url, "")
+            .replace("grace_period: 0s", "grace_period: 20s")
+            .replace("  work_stealing: true\n", "")
             + "access_log:\n  enabled: false\n",
     )
     .expect("write");

@@ -53,10 +53,17 @@ fn scratch_dir() -> PathBuf {
 
 /// A config routing `/mcp` to `upstream_url`, listeners on port 0, plus `extra` YAML
 /// appended at top level (e.g. an `http:` block).
+///
+/// In-process gateways use the work-stealing runtime: pingora 0.9.1's per-thread
+/// runtimes find their pool through a `thread_local::ThreadLocal`, whose slots are
+/// reused by later threads, so a second server started in the same process after a
+/// first one stopped would spawn onto the dead one's runtimes. Production runs one
+/// server per process; the default (per-thread runtimes) is covered by the tests that
+/// run the binary (crates/portcullis/tests, tests/interop, tests/conformance).
 pub fn config_for(upstream_url: &str, extra: &str) -> String {
     format!(
         "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
-server:\n  threads: 2\n  grace_period: 0s\n\
+server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
 routes:\n  - path: /mcp\n    upstream: main\n\
 upstreams:\n  main:\n    url: {upstream_url}\n    connect_timeout: 1s\n\
 {extra}"
@@ -203,14 +210,28 @@ impl Upstream {
         H: ServerHandler + Send + 'static,
         F: Fn() -> H + Send + Sync + 'static,
     {
+        Upstream::serve_with(factory, true).await
+    }
+
+    /// The demo server without sessions (stateless only: GET and DELETE get 405).
+    pub async fn demo_stateless() -> Upstream {
+        Upstream::serve_with(portcullis_demo::Demo::default, false).await
+    }
+
+    async fn serve_with<H, F>(factory: F, sessions: bool) -> Upstream
+    where
+        H: ServerHandler + Send + 'static,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let stop = CancellationToken::new();
-        tokio::spawn(portcullis_demo::serve_handler(
+        tokio::spawn(portcullis_demo::serve_with(
             listener,
             factory,
+            sessions,
             stop.clone(),
         ));
         Upstream {

@@ -57,7 +57,10 @@ async fn session_era_initialize_list_call_progress_ping_and_delete() {
         .await
         .expect("slow");
     assert_eq!(text(&r), "done after 3 steps");
-    let seen = c.progress(3).await;
+    // rmcp runs notification handlers concurrently, so callbacks may come out of wire
+    // order; order on the wire is checked in streaming.rs.
+    let mut seen = c.progress(3).await;
+    seen.sort_by(f64::total_cmp);
     assert_eq!(
         seen,
         [1.0, 2.0, 3.0],
@@ -208,7 +211,9 @@ async fn stateless_era_discover_list_call_and_progress() {
         .await
         .expect("slow");
     assert_eq!(text(&r), "done after 2 steps");
-    assert_eq!(c.progress(2).await, [1.0, 2.0]);
+    let mut seen = c.progress(2).await;
+    seen.sort_by(f64::total_cmp);
+    assert_eq!(seen, [1.0, 2.0]);
     // The access log names the tool and no session (stateless).
     let line = gw
         .wait_access("the slow call", |l| {
@@ -234,4 +239,83 @@ async fn stateless_get_and_delete_are_405_at_the_gateway() {
         assert_eq!(r.status(), 405, "{method}");
         assert_eq!(r.headers()["allow"], "POST");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_without_a_get_stream_answers_405_through_the_gateway() {
+    let upstream = Upstream::demo_stateless().await;
+    let gw = Gateway::fronting(&upstream, "").await;
+    let r = http_client()
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", "7")
+        .send()
+        .await
+        .expect("answer");
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 405, "the upstream's 405 passes through: {body}");
+    // It still serves POSTs.
+    let mut c = connect_stateless(&gw.url).await;
+    assert_eq!(
+        c.service.list_tools(None).await.expect("list").tools.len(),
+        4
+    );
+    assert!(c.progress.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_on_the_replica_that_created_them() {
+    let a = Upstream::demo().await;
+    let b = Upstream::demo().await;
+    let yaml = config_for(&a.url, "").replace(
+        "connect_timeout: 1s",
+        &format!(
+            "connect_timeout: 1s\n    endpoints: [\"{}\", \"{}\"]",
+            a.addr, b.addr
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    // Round-robin would send every other request to the replica that never saw the
+    // session (rmcp answers 404 there); pinning keeps each session on its own replica.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(connect_session(&gw.url).await);
+    }
+    for c in &clients {
+        for i in 0..4 {
+            let r = c
+                .service
+                .call_tool(
+                    CallToolRequestParams::new("echo")
+                        .with_arguments(args(serde_json::json!({"text": format!("r{i}")}))),
+                )
+                .await
+                .expect("call on the pinned replica");
+            assert_eq!(text(&r), format!("r{i}"));
+        }
+    }
+    // Both replicas served sessions (new sessions go round-robin).
+    for replica in [a.addr, b.addr] {
+        gw.wait_access("a request on each replica", |l| {
+            l["endpoint"] == replica.to_string().as_str()
+        })
+        .await;
+    }
+    // A session id that names no replica is the gateway's 404.
+    let r = http_client()
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", "9.not-a-replica")
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], -32013);
+    assert_eq!(v["id"], 4);
 }
