@@ -147,22 +147,11 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_calls() {
 
     // SIGHUP reloads even when the file is unchanged.
     signal(&proc_, libc::SIGHUP);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let m = http_client()
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if m.contains("portcullis_config_reloads_total{result=\"success\"} 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let admin_url = format!("http://{admin}");
+    wait_metrics_at(&admin_url, "the SIGHUP reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
 
     // A call in flight when SIGTERM arrives still completes; then the process exits.
     let url = format!("http://{public}/mcp");
@@ -183,22 +172,10 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_calls() {
             .expect("body")
         }
     });
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let m = http_client()
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if m.contains("portcullis_open_streams{route=\"/mcp\"} 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "call never in flight");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metrics_at(&admin_url, "the call in flight", |m| {
+        m.contains("portcullis_open_streams{route=\"/mcp\"} 1")
+    })
+    .await;
     signal(&proc_, libc::SIGTERM);
     let body = tokio::time::timeout(DEADLINE, call)
         .await

@@ -114,30 +114,12 @@ impl Gateway {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        http_client()
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .expect("metrics answer")
-            .text()
-            .await
-            .expect("metrics body")
+        metrics_at(&self.admin).await
     }
 
     /// Polls `/metrics` until `pred` holds, failing after [`DEADLINE`].
     pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let m = self.metrics().await;
-            if pred(&m) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "metrics never showed {what}:\n{m}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_metrics_at(&self.admin, what, pred).await
     }
 
     /// Access log lines written so far, parsed.
@@ -171,6 +153,34 @@ impl Gateway {
         if let Some(r) = self.running.take() {
             r.stop(kind);
         }
+    }
+}
+
+/// The `/metrics` text of the admin listener at `admin` (`http://host:port`).
+pub async fn metrics_at(admin: &str) -> String {
+    http_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// Polls `admin`'s `/metrics` until `pred` holds, failing after [`DEADLINE`].
+pub async fn wait_metrics_at(admin: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let m = metrics_at(admin).await;
+        if pred(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed {what}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -74,9 +74,21 @@ async fn session_era_initialize_list_call_progress_ping_and_delete() {
         .expect("ping");
     assert!(matches!(pong, ServerResult::EmptyResult(_)));
 
-    // Closing the client DELETEs the session; the session id is then unknown: 404.
-    let sid = session_id_of(&gw).await;
-    c.service.cancel().await.expect("close session");
+    c.service.cancel().await.expect("close session (DELETE)");
+    // DELETE through the gateway ends a session; its id is then unknown: 404.
+    let sid = raw_initialize(&gw).await;
+    let del = http_client()
+        .delete(&gw.url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("delete");
+    assert!(
+        del.status().is_success(),
+        "DELETE forwarded: {}",
+        del.status()
+    );
     let after = http_client()
         .post(&gw.url)
         .header("content-type", "application/json")
@@ -91,7 +103,7 @@ async fn session_era_initialize_list_call_progress_ping_and_delete() {
 }
 
 /// Opens a raw session through the gateway and returns its id (as the client sees it).
-async fn session_id_of(gw: &Gateway) -> String {
+async fn raw_initialize(gw: &Gateway) -> String {
     let r = http_client()
         .post(&gw.url)
         .header("content-type", "application/json")
@@ -114,19 +126,6 @@ async fn session_id_of(gw: &Gateway) -> String {
         .expect("visible ASCII")
         .to_owned();
     let _ = r.text().await;
-    // Delete it again through the gateway so the test covers DELETE explicitly.
-    let del = http_client()
-        .delete(&gw.url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .await
-        .expect("delete");
-    assert!(
-        del.status().is_success(),
-        "DELETE forwarded: {}",
-        del.status()
-    );
     sid
 }
 
@@ -135,24 +134,7 @@ async fn session_era_notifications_are_accepted_with_202_and_get_opens_a_stream(
     let upstream = Upstream::demo().await;
     let gw = Gateway::fronting(&upstream, "").await;
     let http = http_client();
-    let init = http
-        .post(&gw.url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(
-            serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
-                "protocolVersion":"2025-11-25","capabilities":{},
-                "clientInfo":{"name":"raw","version":"1"}}})
-            .to_string(),
-        )
-        .send()
-        .await
-        .expect("initialize");
-    let sid = init.headers()["mcp-session-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
-    let _ = init.text().await;
+    let sid = raw_initialize(&gw).await;
     let note = http
         .post(&gw.url)
         .header("content-type", "application/json")
