@@ -68,6 +68,20 @@ pub fn wrk(
     Ok(r)
 }
 
+/// The per-field median of several measurements.
+pub fn median(runs: &[Result]) -> Result {
+    let mid = |f: fn(&Result) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    Result {
+        rps: mid(|r| r.rps),
+        p50_us: mid(|r| r.p50_us),
+        p99_us: mid(|r| r.p99_us),
+    }
+}
+
 fn micros(v: &str) -> f64 {
     let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
     let (n, unit) = v.split_at(split);

@@ -31,8 +31,12 @@ enum Cmd {
         #[arg(long, default_value = "target/release/portcullis")]
         portcullis: PathBuf,
         /// Seconds per measurement.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Rounds; targets are measured in turn each round, and the median is reported,
+        /// so slow drift of the machine hits all three alike.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Worker threads for the floor and for Portcullis.
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -70,10 +74,11 @@ fn main() {
         Cmd::Run {
             portcullis,
             seconds,
+            rounds,
             threads,
             work_stealing,
         } => {
-            if let Err(e) = run(&portcullis, seconds, threads, work_stealing) {
+            if let Err(e) = run(&portcullis, seconds, rounds.max(1), threads, work_stealing) {
                 eprintln!("bench: {e}");
                 std::process::exit(1);
             }
@@ -111,6 +116,7 @@ fn wait_listening(addr: &str) -> Result<(), String> {
 fn run(
     portcullis: &std::path::Path,
     seconds: u64,
+    rounds: usize,
     threads: usize,
     work_stealing: bool,
 ) -> Result<(), String> {
@@ -182,18 +188,25 @@ upstreams:\n  echo:\n    url: http://{up}/mcp\n",
     ];
     let script = load::script(&dir)?;
     println!(
-        "machine: {} CPUs, {}; {seconds}s per run, wrk on loopback; small tools/call (echo) POSTs; \
+        "machine: {} CPUs, {}; median of {rounds} rounds of {seconds}s, wrk on loopback; small tools/call (echo) POSTs; \
 pingora threads {threads}, work_stealing {work_stealing}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load::cpu_model()
     );
     let mut table = Vec::new();
     for conns in [50usize, 1] {
-        for (name, addr) in targets {
-            // Warm pools and caches, then measure.
+        // Warm pools and caches, then measure the targets in turn, round after round.
+        for (_, addr) in targets {
             load::wrk(&script, addr, conns, 2)?;
-            let r = load::wrk(&script, addr, conns, seconds)?;
-            table.push((conns, name, r));
+        }
+        let mut runs: Vec<Vec<load::Result>> = vec![Vec::new(); targets.len()];
+        for _ in 0..rounds {
+            for (i, (_, addr)) in targets.iter().enumerate() {
+                runs[i].push(load::wrk(&script, addr, conns, seconds)?);
+            }
+        }
+        for (i, (name, _)) in targets.iter().enumerate() {
+            table.push((conns, *name, load::median(&runs[i])));
         }
     }
     println!(

@@ -6,12 +6,12 @@
 //! must be read and judged before any upstream work, and pingora 0.9.1's proxy only
 //! replays 64 KiB of a body read in `request_filter` (see docs/architecture.md).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::header;
 use http::Method;
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
@@ -23,11 +23,11 @@ use pingora_core::server::ShutdownWatch;
 use pingora_error::ErrorType;
 use pingora_http::ResponseHeader;
 use portcullis_mcp::envelope::{Body, EnvelopeError};
-use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
 
 use crate::access_log::{AccessLog, Record};
-use crate::forward::{self, Upstreamed};
+use crate::forward::{self, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
 use crate::snapshot::{Live, Snapshot};
 
@@ -47,7 +47,6 @@ pub struct Gateway {
     connector: Connector,
     metrics: Arc<Metrics>,
     access: AccessLog,
-    in_flight: Arc<AtomicUsize>,
     options: HttpServerOptions,
 }
 
@@ -82,32 +81,26 @@ impl From<Refusal> for Refused {
     }
 }
 
-struct InFlight<'a>(&'a AtomicUsize, &'a Metrics);
+/// Counts a request in `portcullis_requests_in_flight` (which draining also reads)
+/// until it is dropped, on every path.
+struct InFlight<'a>(&'a prometheus::IntGauge);
 
 impl<'a> InFlight<'a> {
-    fn enter(n: &'a AtomicUsize, m: &'a Metrics) -> InFlight<'a> {
-        n.fetch_add(1, Ordering::Relaxed);
-        m.in_flight.inc();
-        InFlight(n, m)
+    fn enter(gauge: &'a prometheus::IntGauge) -> InFlight<'a> {
+        gauge.inc();
+        InFlight(gauge)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-        self.1.in_flight.dec();
+        self.0.dec();
     }
 }
 
 impl Gateway {
-    /// Builds the app. `in_flight` counts requests being handled, for draining.
-    pub fn new(
-        live: Live,
-        metrics: Arc<Metrics>,
-        access: AccessLog,
-        in_flight: Arc<AtomicUsize>,
-        pool_size: usize,
-    ) -> Gateway {
+    /// Builds the app.
+    pub fn new(live: Live, metrics: Arc<Metrics>, access: AccessLog, pool_size: usize) -> Gateway {
         let mut options = HttpServerOptions::default();
         options.keepalive_request_limit = None;
         Gateway {
@@ -115,7 +108,6 @@ impl Gateway {
             connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
             metrics,
             access,
-            in_flight,
             options,
         }
     }
@@ -137,7 +129,7 @@ impl Gateway {
         };
         ex.route = Some(route_idx);
         check_host(snap, ds)?;
-        if let Some(origin) = ds.get_header("origin") {
+        if let Some(origin) = ds.get_header(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
             if !snap
                 .config
@@ -165,7 +157,7 @@ impl Gateway {
                     let acc = headers::accepts(
                         ds.req_header()
                             .headers
-                            .get_all("accept")
+                            .get_all(header::ACCEPT)
                             .iter()
                             .map(|v| v.as_bytes()),
                     );
@@ -205,13 +197,18 @@ impl Gateway {
         let req = ds.req_header();
         let ct_ok = req
             .headers
-            .get("content-type")
+            .get(header::CONTENT_TYPE)
             .is_some_and(|v| headers::is_json_content_type(v.as_bytes()));
         if !ct_ok {
             ex.close = true;
             return Err(Refusal::UnsupportedMediaType.into());
         }
-        let acc = headers::accepts(req.headers.get_all("accept").iter().map(|v| v.as_bytes()));
+        let acc = headers::accepts(
+            req.headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         if !(acc.json && acc.sse) {
             ex.close = true;
             return Err(Refusal::NotAcceptable(
@@ -380,7 +377,7 @@ impl Gateway {
             duration,
             upstream,
             endpoint: ex.endpoint,
-            session_id: ds.get_header(MCP_SESSION_ID).map(|v| v.as_bytes()),
+            session_id: ds.get_header(&MCP_SESSION_ID_H).map(|v| v.as_bytes()),
             bytes_in: ex.bytes_in,
             bytes_out: ex.bytes_out,
             reason: ex.reason,
@@ -472,7 +469,7 @@ fn check_host(snap: &Snapshot, ds: &ServerSession) -> Result<(), Refused> {
     let req = ds.req_header();
     let host = req
         .headers
-        .get("host")
+        .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
@@ -512,7 +509,7 @@ async fn read_body(
     let declared = ds
         .req_header()
         .headers
-        .get("content-length")
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
@@ -520,7 +517,7 @@ async fn read_body(
         return Err(Refusal::PayloadTooLarge { limit }.into());
     }
     let expects_continue = ds
-        .get_header("expect")
+        .get_header(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue && ds.write_continue_response().await.is_err() {
         ex.close = true;
@@ -528,9 +525,9 @@ async fn read_body(
     }
     let mut buf = BodyBuf::Empty;
     let mut received = 0usize;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = None;
     loop {
-        let chunk = tokio::time::timeout_at(deadline, ds.read_request_body()).await;
+        let chunk = read_chunk(ds, timeout, &mut deadline).await;
         match chunk {
             Err(_) => {
                 ex.close = true;
@@ -560,6 +557,28 @@ async fn read_body(
         }
     }
     Ok(buf.freeze())
+}
+
+/// Reads the next body chunk, bounded by a deadline `timeout` after the first time the
+/// body had to be waited for. A body already buffered with the headers (the usual
+/// small request) is read without arming any timer.
+async fn read_chunk(
+    ds: &mut ServerSession,
+    timeout: std::time::Duration,
+    deadline: &mut Option<std::time::Instant>,
+) -> Result<pingora_error::Result<Option<Bytes>>, ()> {
+    let mut read = std::pin::pin!(ds.read_request_body());
+    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
+    })
+    .await
+    {
+        return Ok(r);
+    }
+    let at = *deadline.get_or_insert_with(|| std::time::Instant::now() + timeout);
+    let left = at.saturating_duration_since(std::time::Instant::now());
+    // pingora's coarse (10 ms) timer: far cheaper per request than tokio's wheel.
+    pingora_timeout::timeout(left, read).await.map_err(|_| ())
 }
 
 /// A request body as it arrives: most bodies come in one chunk, kept without a copy.
@@ -615,7 +634,7 @@ async fn write_preflight(ds: &mut ServerSession, ex: &Exchange) {
         let _ = resp.insert_header("access-control-allow-headers", CORS_ALLOW_HEADERS);
         let _ = resp.insert_header("access-control-max-age", "600");
     }
-    let _ = resp.insert_header("content-length", "0");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, "0");
     let _ = ds.write_response_header(Box::new(resp)).await;
 }
 
@@ -627,8 +646,8 @@ async fn write_refusal(ds: &mut ServerSession, refused: &Refused, ex: &mut Excha
     let Ok(mut resp) = ResponseHeader::build(r.status(), Some(6)) else {
         return;
     };
-    let _ = resp.insert_header("content-type", "application/json");
-    let _ = resp.insert_header("content-length", body.len().to_string());
+    let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len().to_string());
     if let Refusal::MethodNotAllowed { allow } = r {
         let _ = resp.insert_header("allow", *allow);
     }
@@ -665,7 +684,7 @@ impl HttpServerApp for Gateway {
         } else {
             Some(KEEPALIVE_SECS)
         });
-        let _in_flight = InFlight::enter(&self.in_flight, &self.metrics);
+        let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let snap = self.live.load_full();
         let mut ex = Exchange::default();
         if let Err(refused) = self.handle(&snap, &mut ds, &mut ex).await {

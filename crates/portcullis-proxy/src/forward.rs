@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{self, HeaderName};
 use http::Method;
 use pingora_core::connectors::http::v1::Connector;
 use pingora_core::protocols::http::v1::client::HttpSession;
@@ -19,6 +20,11 @@ use portcullis_mcp::Refusal;
 use crate::app::{add_cors, Exchange};
 use crate::metrics::Metrics;
 use crate::snapshot::UpstreamRuntime;
+
+/// `Mcp-Session-Id`, parsed once: lookups by `HeaderName` skip re-parsing the name.
+pub(crate) static MCP_SESSION_ID_H: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// How an exchange ended once a response had started.
 pub(crate) enum Upstreamed {
@@ -68,7 +74,9 @@ pub(crate) async fn exchange(
     route_name: &str,
 ) -> Result<Upstreamed, Failed> {
     let pinned = upstream.peers.len() > 1;
-    let client_sid = ds.get_header(MCP_SESSION_ID).map(|v| v.as_bytes().to_vec());
+    let client_sid = ds
+        .get_header(&MCP_SESSION_ID_H)
+        .map(|v| v.as_bytes().to_vec());
     let (idx, upstream_sid) = match (&client_sid, pinned) {
         (Some(sid), true) => match unpin(sid, upstream.peers.len()) {
             Some((i, s)) => (i, Some(s.to_vec())),
@@ -125,10 +133,10 @@ pub(crate) async fn exchange(
             Some("protocol"),
         )
     })?;
-    let streaming = !up_resp.headers.contains_key("content-length");
+    let streaming = !up_resp.headers.contains_key(header::CONTENT_LENGTH);
     let is_sse = up_resp
         .headers
-        .get("content-type")
+        .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     ex.status = status;
     if ds.write_response_header(Box::new(resp)).await.is_err() {
@@ -304,18 +312,18 @@ fn upstream_request(
         }
         req.append_header(name.clone(), value.clone())?;
     }
-    req.insert_header("host", cfg.authority.as_str())?;
+    req.insert_header(header::HOST, cfg.authority.as_str())?;
     match *method {
         Method::POST => {
-            req.insert_header("accept", "application/json, text/event-stream")?;
-            req.insert_header("content-length", body_len.unwrap_or(0).to_string())?;
+            req.insert_header(header::ACCEPT, "application/json, text/event-stream")?;
+            req.insert_header(header::CONTENT_LENGTH, body_len.unwrap_or(0).to_string())?;
         }
         Method::GET => {
-            req.insert_header("accept", "text/event-stream")?;
+            req.insert_header(header::ACCEPT, "text/event-stream")?;
         }
         _ => {
-            if let Some(a) = client_req.headers.get("accept") {
-                req.insert_header("accept", a.clone())?;
+            if let Some(a) = client_req.headers.get(header::ACCEPT) {
+                req.insert_header(header::ACCEPT, a.clone())?;
             }
         }
     }
@@ -329,13 +337,13 @@ fn upstream_request(
     if let Some(ip) = client_ip {
         let forwarded = match client_req
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip.to_owned(),
         };
-        req.insert_header("x-forwarded-for", forwarded)?;
+        req.insert_header(X_FORWARDED_FOR.clone(), forwarded)?;
     }
     for (k, v) in &cfg.headers {
         req.insert_header(k.clone(), v.clone())?;
@@ -365,18 +373,18 @@ fn downstream_response(
         resp.append_header(name.clone(), value.clone())?;
     }
     let body_allowed = !(status == 204 || status == 304 || (100..200).contains(&status));
-    if body_allowed && !up.headers.contains_key("content-length") {
-        resp.insert_header("transfer-encoding", "chunked")?;
+    if body_allowed && !up.headers.contains_key(header::CONTENT_LENGTH) {
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
     let is_sse = up
         .headers
-        .get("content-type")
+        .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if is_sse {
         // Tell any buffering proxy in front of us (nginx ingress) to pass events through.
-        resp.insert_header("x-accel-buffering", "no")?;
-        if !up.headers.contains_key("cache-control") {
-            resp.insert_header("cache-control", "no-cache")?;
+        resp.insert_header(X_ACCEL_BUFFERING.clone(), "no")?;
+        if !up.headers.contains_key(header::CACHE_CONTROL) {
+            resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
         }
     }
     add_cors(&mut resp, ex);

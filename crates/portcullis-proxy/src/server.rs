@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +34,8 @@ pub struct Prepared {
     pub public: SocketAddr,
     /// The admin listener's bound address.
     pub admin: SocketAddr,
-    /// Requests being handled right now (for draining).
-    pub in_flight: Arc<AtomicUsize>,
+    /// Requests being handled right now (for draining): `portcullis_requests_in_flight`.
+    pub in_flight: prometheus::IntGauge,
     /// The configured drain time.
     pub grace_period: Duration,
     /// The live config version.
@@ -81,7 +80,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     let version = config.version.clone();
     let source = config.source.clone();
     let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let in_flight = metrics.in_flight.clone();
 
     let conf = ServerConf {
         threads,
@@ -97,7 +96,6 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         live.clone(),
         metrics.clone(),
         access.clone(),
-        in_flight.clone(),
         POOL_PER_THREAD * threads,
     );
     let mut public_svc = Listening::new("portcullis".to_owned(), gateway);

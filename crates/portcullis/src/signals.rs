@@ -2,8 +2,6 @@
 //! and streams finish, exit as soon as none are left or the grace period ends), SIGINT
 //! stops at once. SIGHUP (reload) is handled by the reloader service.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,14 +14,14 @@ const DRAIN_POLL: Duration = Duration::from_millis(25);
 
 /// Waits for SIGTERM or SIGINT and tells pingora which shutdown to perform.
 pub struct Signals {
-    in_flight: Arc<AtomicUsize>,
+    in_flight: prometheus::IntGauge,
     access_log: AccessLog,
 }
 
 impl Signals {
     /// `in_flight` is the gateway's count of requests being handled; `access_log` is
     /// flushed before an early exit.
-    pub fn new(in_flight: Arc<AtomicUsize>, access_log: AccessLog) -> Signals {
+    pub fn new(in_flight: prometheus::IntGauge, access_log: AccessLog) -> Signals {
         Signals {
             in_flight,
             access_log,
@@ -51,7 +49,7 @@ impl ShutdownSignalWatch for Signals {
                     let mut quiet = 0;
                     loop {
                         std::thread::sleep(DRAIN_POLL);
-                        quiet = if in_flight.load(Ordering::Relaxed) == 0 { quiet + 1 } else { 0 };
+                        quiet = if in_flight.get() == 0 { quiet + 1 } else { 0 };
                         // Two quiet polls: nothing in flight, not even a request just accepted.
                         if quiet >= 2 {
                             access_log.flush();
