@@ -35,7 +35,7 @@ enum Cmd {
         seconds: u64,
         /// Rounds; targets are measured in turn each round, and the median is reported,
         /// so slow drift of the machine hits all three alike.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Worker threads for the floor and for Portcullis.
         #[arg(long, default_value_t = 2)]
