@@ -72,7 +72,10 @@ impl Reloader {
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut triggers = match watch::triggers(&self.path, SETTLE) {
-            Ok(rx) => rx,
+            Ok(rx) => {
+                info!(config = %self.path.display(), "watching the config file and SIGHUP for reloads");
+                rx
+            }
             Err(e) => {
                 error!(error = %e, "hot reload disabled");
                 return;

@@ -68,6 +68,13 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // SIGHUP's default action is to terminate. Until the reloader has installed its
+    // handler (a few milliseconds after start), a reload request must not kill the
+    // process; the reloader's handler replaces this disposition.
+    // SAFETY: setting a signal's disposition to "ignore" before any threads exist.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {

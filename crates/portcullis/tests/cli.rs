@@ -87,16 +87,26 @@ fn start(config: &std::path::Path) -> (Proc, String, String) {
     );
     let stderr = child.0.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    // Ready for this test once it listens and the reloader handles SIGHUP.
     let deadline = Instant::now() + DEADLINE;
+    let (mut addrs, mut watching) = (None, false);
     loop {
-        assert!(Instant::now() < deadline, "no listening line");
+        assert!(Instant::now() < deadline, "the gateway never became ready");
         let line = lines.next().expect("log line").expect("utf-8");
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if v["fields"]["message"] == "portcullis listening" {
-            let public = v["fields"]["public"].as_str().expect("public").to_owned();
-            let admin = v["fields"]["admin"].as_str().expect("admin").to_owned();
+        match v["fields"]["message"].as_str() {
+            Some("portcullis listening") => {
+                let public = v["fields"]["public"].as_str().expect("public").to_owned();
+                let admin = v["fields"]["admin"].as_str().expect("admin").to_owned();
+                addrs = Some((public, admin));
+            }
+            Some("watching the config file and SIGHUP for reloads") => watching = true,
+            _ => {}
+        }
+        if let (Some((public, admin)), true) = (&addrs, watching) {
+            let (public, admin) = (public.clone(), admin.clone());
             // Keep draining stderr so the child never blocks on a full pipe.
             std::thread::spawn(move || for _ in lines {});
             return (child, public, admin);
