@@ -32,6 +32,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `portcullis_config_last_reload_timestamp_seconds`
     pub last_reload: Gauge,
+    /// `portcullis_config_watching`: 1 once file changes and SIGHUP trigger reloads.
+    pub watching: IntGauge,
     /// `portcullis_access_log_dropped_total`: lines dropped because the log writer fell behind.
     pub access_log_dropped: IntCounter,
 }
@@ -74,6 +76,13 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(last_reload.clone()))
+            .expect("unique metric name");
+        let watching = IntGauge::new(
+            "portcullis_config_watching",
+            "1 once config file changes and SIGHUP trigger reloads, 0 if watching failed",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(watching.clone()))
             .expect("unique metric name");
         Metrics {
             requests: counter(
@@ -132,6 +141,7 @@ impl Metrics {
                 &["result"],
             ),
             last_reload,
+            watching,
             access_log_dropped: {
                 let c = IntCounter::new(
                     "portcullis_access_log_dropped_total",

@@ -73,6 +73,7 @@ impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut triggers = match watch::triggers(&self.path, SETTLE) {
             Ok(rx) => {
+                self.metrics.watching.set(1);
                 info!(config = %self.path.display(), "watching the config file and SIGHUP for reloads");
                 rx
             }

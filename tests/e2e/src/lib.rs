@@ -89,6 +89,11 @@ impl Gateway {
             access_log,
         };
         gw.wait_for("/healthz", 200).await;
+        // Reload tests rewrite the file right away: wait until changes are watched.
+        gw.wait_metrics("the reload watcher armed", |m| {
+            m.contains("portcullis_config_watching 1")
+        })
+        .await;
         gw
     }
 
