@@ -1,0 +1,266 @@
+//! JWT verification: pick the issuer by the token's (unverified) `iss`, check the
+//! algorithm against that issuer's allow-list, find the key by `kid`, verify signature,
+//! expiry, not-before, issuer and audience, then read the Principal from the claims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cache::TokenCache;
+use crate::error::AuthError;
+use crate::principal::Principal;
+
+/// Longest bearer token accepted, in bytes. Real tokens are a few KiB at most; anything
+/// larger is refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Verification keys of one issuer.
+#[derive(Clone)]
+pub struct Keys {
+    keys: Vec<(Option<String>, DecodingKey)>,
+}
+
+impl Keys {
+    /// Keys from a JWKS document (`{"keys":[...]}`), each found by its `kid`.
+    pub fn from_jwks_json(text: &str) -> Result<Keys, String> {
+        let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|e| format!("unusable key {:?}: {e}", jwk.common.key_id))?;
+            keys.push((jwk.common.key_id.clone(), key));
+        }
+        if keys.is_empty() {
+            return Err("the JWKS holds no keys".into());
+        }
+        Ok(Keys { keys })
+    }
+
+    /// One public key in PEM (RSA, EC or Ed25519), optionally known by `kid`.
+    pub fn from_pem(pem: &[u8], kid: Option<String>) -> Result<Keys, String> {
+        let key = DecodingKey::from_rsa_pem(pem)
+            .or_else(|_| DecodingKey::from_ec_pem(pem))
+            .or_else(|_| DecodingKey::from_ed_pem(pem))
+            .map_err(|e| format!("not an RSA, EC or Ed25519 public key in PEM: {e}"))?;
+        Ok(Keys {
+            keys: vec![(kid, key)],
+        })
+    }
+
+    /// A shared HMAC secret (HS256/384/512 only, and only where configured).
+    pub fn from_secret(secret: &[u8]) -> Keys {
+        Keys {
+            keys: vec![(None, DecodingKey::from_secret(secret))],
+        }
+    }
+
+    fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a DecodingKey> {
+        self.keys
+            .iter()
+            .filter(move |(k, _)| kid.is_none() || k.as_deref() == kid)
+            .map(|(_, key)| key)
+    }
+}
+
+/// One trusted issuer and how to read its tokens.
+#[derive(Clone)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values (the route's public URL by default, RFC 8707).
+    pub audiences: Vec<String>,
+    /// Accepted signing algorithms; HS* only where explicitly configured.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// The verification keys.
+    pub keys: Keys,
+    /// Claim paths holding groups or roles, e.g. `groups`, `realm_access.roles`.
+    pub groups_claims: Vec<String>,
+    /// Claim paths to keep on the Principal (for policies and logs).
+    pub keep_claims: Vec<String>,
+}
+
+/// Verifies bearer tokens for one route.
+pub struct JwtVerifier {
+    issuers: Vec<IssuerConfig>,
+    cache: TokenCache,
+}
+
+#[derive(Deserialize)]
+struct IssPeek {
+    #[serde(default)]
+    iss: Option<String>,
+}
+
+impl JwtVerifier {
+    /// A verifier for `issuers`, caching up to `cache_entries` verified tokens.
+    pub fn new(issuers: Vec<IssuerConfig>, cache_entries: usize) -> JwtVerifier {
+        JwtVerifier {
+            issuers,
+            cache: TokenCache::new(cache_entries),
+        }
+    }
+
+    /// Verifies `token` at Unix time `now` and returns its Principal.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Invalid(format!(
+                "longer than {MAX_TOKEN_LEN} bytes"
+            )));
+        }
+        if let Some(p) = self.cache.get(token, now) {
+            return Ok(p);
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed: {e}")))?;
+        let peek: IssPeek = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed claims: {e}")))?;
+        let iss = peek
+            .iss
+            .ok_or_else(|| AuthError::Invalid("no iss claim".into()))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer == iss)
+            .ok_or_else(|| AuthError::Invalid(format!("issuer {iss:?} is not trusted")))?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted for this issuer",
+                header.alg
+            )));
+        }
+        let validation = validation_for(issuer, header.alg);
+        let mut last = AuthError::Invalid(match &header.kid {
+            Some(kid) => format!("unknown key id {kid:?}"),
+            None => "no key matches".into(),
+        });
+        for key in issuer.keys.candidates(header.kid.as_deref()) {
+            match jsonwebtoken::decode::<Value>(token, key, &validation) {
+                Ok(data) => {
+                    check_times(&data.claims, now, issuer.leeway.as_secs())?;
+                    let principal = Arc::new(principal_from(issuer, &data.claims)?);
+                    self.cache.insert(token, principal.clone(), now);
+                    return Ok(principal);
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::ImmatureSignature => {
+                            return Err(AuthError::Invalid("not valid yet (nbf)".into()))
+                        }
+                        ErrorKind::InvalidAudience => {
+                            return Err(AuthError::Invalid("wrong audience".into()))
+                        }
+                        ErrorKind::InvalidIssuer => {
+                            return Err(AuthError::Invalid("wrong issuer".into()))
+                        }
+                        other => AuthError::Invalid(format!("{other:?}")),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn validation_for(issuer: &IssuerConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
+    // Times are checked by `check_times` against the caller's clock, so verification is
+    // deterministic (and testable) rather than tied to the library reading the clock.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.set_issuer(&[issuer.issuer.as_str()]);
+    let mut required = vec!["exp", "iss", "sub"];
+    if issuer.audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&issuer.audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// `exp` (required) and `nbf` (optional) against `now`, with `leeway` seconds of skew.
+fn check_times(claims: &Value, now: u64, leeway: u64) -> Result<(), AuthError> {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| AuthError::Invalid("exp is missing or not a number".into()))?;
+    if exp.saturating_add(leeway) <= now {
+        return Err(AuthError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf
+            .as_u64()
+            .ok_or_else(|| AuthError::Invalid("nbf is not a number".into()))?;
+        if nbf > now.saturating_add(leeway) {
+            return Err(AuthError::Invalid("not valid yet (nbf)".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Follows a dotted path (`realm_access.roles`) into the claims.
+fn claim_at<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(claims, |v, key| v.get(key))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn principal_from(issuer: &IssuerConfig, claims: &Value) -> Result<Principal, AuthError> {
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| AuthError::Invalid("no sub claim".into()))?
+        .to_owned();
+    let expires_at = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| AuthError::Invalid("exp is not a number".into()))?;
+    let mut groups = Vec::new();
+    for path in &issuer.groups_claims {
+        if let Some(v) = claim_at(claims, path) {
+            groups.extend(strings(v));
+        }
+    }
+    let mut scopes = Vec::new();
+    for name in ["scope", "scp"] {
+        if let Some(v) = claims.get(name) {
+            scopes.extend(strings(v));
+        }
+    }
+    let claims_kept = issuer
+        .keep_claims
+        .iter()
+        .filter_map(|path| claim_at(claims, path).map(|v| (path.clone(), v.to_string())))
+        .collect();
+    Ok(Principal {
+        subject,
+        issuer: issuer.issuer.clone(),
+        groups,
+        scopes,
+        claims: claims_kept,
+        expires_at,
+    })
+}
