@@ -9,8 +9,11 @@ mod cache;
 mod error;
 mod jwt;
 mod principal;
+mod route;
 
 pub use cache::TokenCache;
 pub use error::AuthError;
+pub use jsonwebtoken::Algorithm;
 pub use jwt::{IssuerConfig, JwtVerifier, Keys, MAX_TOKEN_LEN};
 pub use principal::Principal;
+pub use route::{bearer_token, RouteAuth};

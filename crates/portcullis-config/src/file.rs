@@ -102,6 +102,10 @@ pub struct HttpFile {
     /// How long a client may take to send its request body. Default 30s.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// The base URL clients reach the gateway at (`https://mcp.example.com`), for token
+    /// audiences and resource metadata. Default: `http://` + the request's Host.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpFile {
@@ -111,6 +115,7 @@ impl Default for HttpFile {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             body_timeout: default_body_timeout(),
+            public_url: None,
         }
     }
 }
@@ -147,6 +152,81 @@ pub struct RouteFile {
     /// A name for logs and metrics. Default: the path.
     #[serde(default)]
     pub name: Option<String>,
+    /// How callers authenticate. Default: not at all (anonymous).
+    #[serde(default)]
+    pub auth: Option<AuthFile>,
+}
+
+/// `routes[].auth:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Bearer JWTs from these issuers.
+    pub jwt: JwtFile,
+    /// Scopes every call needs; a valid token without them gets 403. Default: none.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Scopes listed in the protected resource metadata. Default: `required_scopes`.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// Authorization servers listed in the protected resource metadata. Default: the
+    /// issuers.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+}
+
+/// `routes[].auth.jwt:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    /// Trusted issuers (at least one).
+    pub issuers: Vec<IssuerFile>,
+    /// Verified tokens remembered until they expire. Default 10000.
+    #[serde(default = "default_token_cache")]
+    pub cache_entries: usize,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerFile {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values. Default: the route's public URL (`http.public_url` + path).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accepted algorithms. Default: RS256..512, PS256..512, ES256, ES384, EdDSA; HS256..512
+    /// only when listed (and the default with `secret_file`).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// A JWKS document (`{"keys":[...]}`) on disk.
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// One public key in PEM.
+    #[serde(default)]
+    pub pem_file: Option<std::path::PathBuf>,
+    /// An HMAC secret (the whole file, trailing newline trimmed).
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Tolerated clock skew. Default 30s.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claim paths holding groups or roles, e.g. `groups`, `realm_access.roles`. Default: `groups`.
+    #[serde(default = "default_groups_claims")]
+    pub groups_claims: Vec<String>,
+    /// Claim paths kept on the principal. Default: none.
+    #[serde(default)]
+    pub keep_claims: Vec<String>,
+}
+
+fn default_token_cache() -> usize {
+    10_000
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_groups_claims() -> Vec<String> {
+    vec!["groups".to_owned()]
 }
 
 /// One entry of `upstreams:`.

@@ -2,6 +2,7 @@
 //! [`Config`], errors that name file, line and key, and the triggers (file change,
 //! SIGHUP) that ask for a reload. Nothing here touches the network or pingora.
 
+mod auth;
 mod error;
 mod file;
 mod locate;
@@ -11,7 +12,8 @@ pub mod watch;
 
 pub use error::ConfigError;
 pub use file::{
-    AccessLogFile, ConfigFile, HttpFile, ListenersFile, RouteFile, ServerFile, UpstreamFile,
+    AccessLogFile, AuthFile, ConfigFile, HttpFile, IssuerFile, JwtFile, ListenersFile, RouteFile,
+    ServerFile, UpstreamFile,
 };
 pub use size::ByteSize;
 pub use validate::{Config, OriginRule, Route, Upstream};

@@ -11,7 +11,8 @@ pub(crate) enum Step<'a> {
     Index(usize),
 }
 
-/// The 1-based line where `path` is written, if it can be found.
+/// The 1-based line where `path` is written; for a key that is absent (a missing
+/// setting), the line of its deepest present parent; `None` if nothing matches.
 pub(crate) fn line_of(text: &str, path: &[Step<'_>]) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     // The search window: lines [start, end) whose indentation exceeds `parent_indent`.
@@ -22,14 +23,19 @@ pub(crate) fn line_of(text: &str, path: &[Step<'_>]) -> Option<usize> {
     for step in path {
         match step {
             Step::Key(key) => {
-                let (line_no, indent) = find_key(&lines, start, end, parent_indent, key)?;
+                let Some((line_no, indent)) = find_key(&lines, start, end, parent_indent, key)
+                else {
+                    return found;
+                };
                 found = Some(line_no + 1);
                 parent_indent = indent as isize;
                 start = line_no + 1;
                 end = block_end(&lines, start, end, parent_indent);
             }
             Step::Index(i) => {
-                let (line_no, dash) = find_item(&lines, start, end, parent_indent, *i)?;
+                let Some((line_no, dash)) = find_item(&lines, start, end, parent_indent, *i) else {
+                    return found;
+                };
                 found = Some(line_no + 1);
                 // The item's first key sits on the dash line itself.
                 parent_indent = dash as isize;
@@ -177,9 +183,23 @@ upstreams:
     }
 
     #[test]
-    fn missing_paths_are_none() {
+    fn missing_keys_point_at_their_deepest_present_parent() {
         assert_eq!(line_of(YAML, &[Step::Key("nope")]), None);
-        assert_eq!(line_of(YAML, &[Step::Key("routes"), Step::Index(5)]), None);
+        assert_eq!(
+            line_of(YAML, &[Step::Key("routes"), Step::Index(5)]),
+            Some(3)
+        );
+        assert_eq!(
+            line_of(
+                YAML,
+                &[
+                    Step::Key("upstreams"),
+                    Step::Key("one"),
+                    Step::Key("absent")
+                ]
+            ),
+            Some(10)
+        );
         assert_eq!(line_of("", &[Step::Key("a")]), None);
     }
 }

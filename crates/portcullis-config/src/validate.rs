@@ -39,6 +39,8 @@ pub struct Config {
     pub allowed_origins: Vec<OriginRule>,
     /// Allowed `Host` names; empty means any.
     pub allowed_hosts: Vec<String>,
+    /// The base URL clients use, without a trailing slash, if configured.
+    pub public_url: Option<String>,
     /// Access log settings.
     pub access_log: AccessLogFile,
     /// Routes, in file order.
@@ -56,6 +58,8 @@ pub struct Route {
     pub path: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// How callers authenticate; `None` is anonymous.
+    pub auth: Option<std::sync::Arc<portcullis_auth::RouteAuth>>,
 }
 
 /// An upstream MCP server, ready to connect to.
@@ -133,13 +137,13 @@ impl Config {
     }
 }
 
-struct Ctx<'a> {
-    path: &'a Path,
-    text: &'a str,
+pub(crate) struct Ctx<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) text: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, steps: &[Step<'_>], message: String) -> ConfigError {
+    pub(crate) fn err(&self, steps: &[Step<'_>], message: String) -> ConfigError {
         let key = steps
             .iter()
             .map(|s| match s {
@@ -176,6 +180,21 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    if let Some(u) = &file.http.public_url {
+        let ok = u
+            .parse::<Uri>()
+            .ok()
+            .filter(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            })
+            .is_some_and(|uri| uri.path() == "/" || uri.path().is_empty());
+        if !ok {
+            return Err(cx.err(
+                &[Step::Key("http"), Step::Key("public_url")],
+                format!("`{u}` must be an absolute http(s) URL without a path, e.g. https://mcp.example.com"),
+            ));
+        }
+    }
     let max_body_size = file.http.max_body_size.0;
     if max_body_size == 0 || max_body_size > 1 << 30 {
         return Err(cx.err(
@@ -320,10 +339,22 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
                 format!("no upstream named `{}` under `upstreams:`", r.upstream),
             ));
         };
+        let auth = match &r.auth {
+            Some(a) => Some(std::sync::Arc::new(crate::auth::compile(
+                path,
+                text,
+                i,
+                a,
+                file.http.public_url.as_deref(),
+                &r.path,
+            )?)),
+            None => None,
+        };
         routes.push(crate::Route {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
             upstream,
+            auth,
         });
     }
 
@@ -356,6 +387,11 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             .iter()
             .map(|h| h.trim().to_ascii_lowercase())
             .collect(),
+        public_url: file
+            .http
+            .public_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_owned()),
         access_log: file.access_log,
         routes,
         upstreams,

@@ -43,6 +43,10 @@ pub const UNAVAILABLE: i32 = -32011;
 pub const REQUEST_TIMEOUT: i32 = -32012;
 /// Gateway: the `Mcp-Session-Id` names no session this gateway can route.
 pub const SESSION_NOT_FOUND: i32 = -32013;
+/// Gateway: no valid credential (401).
+pub const UNAUTHORIZED: i32 = -32014;
+/// Gateway: a valid credential without the scopes the route requires (403).
+pub const INSUFFICIENT_SCOPE: i32 = -32015;
 
 /// A request the gateway refuses or cannot complete, with everything the answer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +102,18 @@ pub enum Refusal {
     RequestTimeout,
     /// 404, -32013: the client must start a new session.
     SessionNotFound,
+    /// 401, -32014, with `WWW-Authenticate`.
+    Unauthorized {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+        /// Why, in words safe to show the client.
+        detail: String,
+    },
+    /// 403, -32015, with `WWW-Authenticate` (`error="insufficient_scope"`).
+    InsufficientScope {
+        /// The `WWW-Authenticate` value.
+        challenge: String,
+    },
 }
 
 impl Refusal {
@@ -109,7 +125,10 @@ impl Refusal {
             | Refusal::InvalidParams(_)
             | Refusal::HeaderMismatch(_)
             | Refusal::UnsupportedProtocolVersion { .. } => 400,
-            Refusal::OriginNotAllowed(_) | Refusal::HostNotAllowed(_) => 403,
+            Refusal::OriginNotAllowed(_)
+            | Refusal::HostNotAllowed(_)
+            | Refusal::InsufficientScope { .. } => 403,
+            Refusal::Unauthorized { .. } => 401,
             Refusal::NoRoute | Refusal::SessionNotFound => 404,
             Refusal::RequestTimeout => 408,
             Refusal::MethodNotAllowed { .. } => 405,
@@ -141,6 +160,8 @@ impl Refusal {
             Refusal::ShuttingDown => UNAVAILABLE,
             Refusal::RequestTimeout => REQUEST_TIMEOUT,
             Refusal::SessionNotFound => SESSION_NOT_FOUND,
+            Refusal::Unauthorized { .. } => UNAUTHORIZED,
+            Refusal::InsufficientScope { .. } => INSUFFICIENT_SCOPE,
         }
     }
 
@@ -164,6 +185,8 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::RequestTimeout => "request_timeout",
             Refusal::SessionNotFound => "session_not_found",
+            Refusal::Unauthorized { .. } => "unauthorized",
+            Refusal::InsufficientScope { .. } => "insufficient_scope",
         }
     }
 
@@ -202,6 +225,20 @@ impl Refusal {
             Refusal::SessionNotFound => {
                 "Session not found: start a new session with initialize".to_owned()
             }
+            Refusal::Unauthorized { detail, .. } => format!("Unauthorized: {detail}"),
+            Refusal::InsufficientScope { .. } => {
+                "Forbidden: the token lacks a scope this route requires".to_owned()
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` value, for authentication refusals.
+    pub fn challenge(&self) -> Option<&str> {
+        match self {
+            Refusal::Unauthorized { challenge, .. } | Refusal::InsufficientScope { challenge } => {
+                Some(challenge)
+            }
+            _ => None,
         }
     }
 
@@ -294,6 +331,13 @@ mod tests {
             Refusal::ShuttingDown,
             Refusal::RequestTimeout,
             Refusal::SessionNotFound,
+            Refusal::Unauthorized {
+                challenge: "Bearer".into(),
+                detail: "x".into(),
+            },
+            Refusal::InsufficientScope {
+                challenge: "Bearer".into(),
+            },
         ]
     }
 

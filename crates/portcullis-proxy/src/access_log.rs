@@ -78,6 +78,8 @@ pub struct Record<'a> {
     pub reason: Option<&'a str>,
     /// The client's address.
     pub client: Option<SocketAddr>,
+    /// The authenticated caller's subject.
+    pub subject: Option<&'a str>,
 }
 
 thread_local! {
@@ -230,6 +232,7 @@ pub fn format_into(out: &mut String, r: &Record<'_>) {
         r.bytes_in, r.bytes_out
     );
     push_str_field(out, "reason", r.reason);
+    push_str_field(out, "subject", r.subject);
     if let Some(c) = r.client {
         let _ = write!(out, ",\"client\":\"{c}\"");
     }

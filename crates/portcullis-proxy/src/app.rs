@@ -67,6 +67,8 @@ pub(crate) struct Exchange {
     pub cors_origin: Option<String>,
     /// Set when the connection must not be reused.
     pub close: bool,
+    /// The authenticated caller's subject.
+    pub subject: Option<String>,
 }
 
 /// A refusal and the request id to answer it with.
@@ -119,6 +121,10 @@ impl Gateway {
         ex: &mut Exchange,
     ) -> Result<(), Refused> {
         let req = ds.req_header();
+        if let Some(suffix) = req.uri.path().strip_prefix(METADATA_PATH) {
+            let suffix = suffix.to_owned();
+            return serve_resource_metadata(snap, ds, ex, &suffix).await;
+        }
         let Some(route_idx) = snap
             .config
             .routes
@@ -144,6 +150,9 @@ impl Gateway {
             ex.cors_origin = Some(origin.to_owned());
         }
         let method = ds.req_header().method.clone();
+        if method != Method::OPTIONS {
+            authenticate(snap, ds, ex, route_idx)?;
+        }
         match method {
             Method::POST => self.post(snap, ds, ex, route_idx).await,
             Method::GET | Method::DELETE => {
@@ -344,7 +353,7 @@ impl Gateway {
         let duration = start.elapsed();
         let http_method = ds.req_header().method.as_str();
         let label = ex.rpc_method.as_deref().map_or("none", |m| match m {
-            "batch" | "stream" | "end_session" => m_static(m),
+            "batch" | "stream" | "end_session" | "resource_metadata" => m_static(m),
             other => portcullis_mcp::methods::label(other),
         });
         let status = status_label(ex.status);
@@ -382,6 +391,7 @@ impl Gateway {
             bytes_out: ex.bytes_out,
             reason: ex.reason,
             client: ds.client_addr().and_then(|a| a.as_inet()).copied(),
+            subject: ex.subject.as_deref(),
         });
     }
 }
@@ -390,6 +400,7 @@ fn m_static(m: &str) -> &'static str {
     match m {
         "batch" => "batch",
         "stream" => "stream",
+        "resource_metadata" => "resource_metadata",
         _ => "end_session",
     }
 }
@@ -437,6 +448,135 @@ fn status_label(s: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// Where RFC 9728 protected resource metadata is served (plus the route path).
+const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The route's public URL: `http.public_url` + path, or `http://` + Host + path.
+fn resource_url(snap: &Snapshot, ds: &ServerSession, route_path: &str) -> String {
+    match &snap.config.public_url {
+        Some(base) => format!("{base}{route_path}"),
+        None => {
+            let req = ds.req_header();
+            let host = req
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("localhost");
+            format!("http://{host}{route_path}")
+        }
+    }
+}
+
+/// The metadata URL of a route, for `WWW-Authenticate`'s `resource_metadata`.
+fn metadata_url(snap: &Snapshot, ds: &ServerSession, route_path: &str) -> String {
+    let resource = resource_url(snap, ds, route_path);
+    let origin_end = resource
+        .find("://")
+        .and_then(|i| resource[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(resource.len());
+    format!("{}{METADATA_PATH}{}", &resource[..origin_end], route_path)
+}
+
+/// Checks the caller's credential for an authenticated route (401/403 per the spec).
+fn authenticate(
+    snap: &Snapshot,
+    ds: &ServerSession,
+    ex: &mut Exchange,
+    route_idx: usize,
+) -> Result<(), Refused> {
+    let route = &snap.config.routes[route_idx];
+    let Some(auth) = &route.auth else {
+        return Ok(());
+    };
+    // Tokens never travel in the URL (the spec forbids it; URLs end up in logs).
+    let in_query = ds
+        .req_header()
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let result = if in_query {
+        Err(portcullis_auth::AuthError::Invalid(
+            "tokens in the query string are refused; send Authorization: Bearer".into(),
+        ))
+    } else {
+        auth.check(
+            ds.req_header()
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            now,
+        )
+    };
+    match result {
+        Ok(principal) => {
+            ex.subject = Some(principal.subject.clone());
+            Ok(())
+        }
+        Err(e) => {
+            let challenge = auth.challenge(&e, &metadata_url(snap, ds, &route.path));
+            let refusal = match e {
+                portcullis_auth::AuthError::InsufficientScope { .. } => {
+                    Refusal::InsufficientScope { challenge }
+                }
+                other => Refusal::Unauthorized {
+                    challenge,
+                    detail: other.to_string(),
+                },
+            };
+            Err(refusal.into())
+        }
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource[/<route path>]`: RFC 9728 metadata of an
+/// authenticated route. The bare form answers when exactly one route authenticates.
+async fn serve_resource_metadata(
+    snap: &Snapshot,
+    ds: &mut ServerSession,
+    ex: &mut Exchange,
+    suffix: &str,
+) -> Result<(), Refused> {
+    let mut authenticated = snap.config.routes.iter().filter(|r| r.auth.is_some());
+    let route = if suffix.is_empty() || suffix == "/" {
+        match (authenticated.next(), authenticated.next()) {
+            (Some(only), None) => only,
+            _ => return Err(Refusal::NoRoute.into()),
+        }
+    } else {
+        match authenticated.find(|r| r.path == suffix) {
+            Some(r) => r,
+            None => return Err(Refusal::NoRoute.into()),
+        }
+    };
+    if ds.req_header().method != Method::GET {
+        return Err(Refusal::MethodNotAllowed { allow: "GET" }.into());
+    }
+    let Some(auth) = &route.auth else {
+        return Err(Refusal::NoRoute.into());
+    };
+    let body = auth
+        .metadata(&resource_url(snap, ds, &route.path))
+        .to_string()
+        .into_bytes();
+    ex.status = 200;
+    ex.rpc_method = Some("resource_metadata".to_owned());
+    let Ok(mut resp) = ResponseHeader::build(200, Some(4)) else {
+        return Ok(());
+    };
+    let _ = resp.insert_header(header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(header::CONTENT_LENGTH, body.len().to_string());
+    // Browser-based clients fetch this cross-origin before they have any credential.
+    let _ = resp.insert_header("access-control-allow-origin", "*");
+    if ds.write_response_header(Box::new(resp)).await.is_ok() {
+        let _ = ds.write_response_body(Bytes::from(body), true).await;
+    }
+    Ok(())
 }
 
 /// The `MCP-Protocol-Version` header, if sent; an unknown value is refused.
@@ -653,6 +793,9 @@ async fn write_refusal(ds: &mut ServerSession, refused: &Refused, ex: &mut Excha
     }
     if let Some(secs) = r.retry_after_secs() {
         let _ = resp.insert_header("retry-after", secs.to_string());
+    }
+    if let Some(challenge) = r.challenge() {
+        let _ = resp.insert_header(header::WWW_AUTHENTICATE, challenge);
     }
     add_cors(&mut resp, ex);
     if ds.write_response_header(Box::new(resp)).await.is_ok() {

@@ -349,6 +349,26 @@ fn transport(url: &str) -> StreamableHttpClientTransport<reqwest::Client> {
     ))
 }
 
+/// Connects with `initialize` (2025-11-25, sessions) sending `Authorization: Bearer`.
+pub async fn connect_session_with_token(url: &str, token: &str) -> Client {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = TestClient {
+        version: ProtocolVersion::V_2025_11_25,
+        progress: tx,
+    };
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned()),
+    );
+    let service = handler
+        .serve(transport)
+        .await
+        .expect("initialize with a token");
+    Client {
+        service,
+        progress: rx,
+    }
+}
+
 /// Connects with `initialize` (2025-11-25, sessions).
 pub async fn connect_session(url: &str) -> Client {
     let (tx, rx) = mpsc::unbounded_channel();

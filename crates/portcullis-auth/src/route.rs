@@ -1,0 +1,115 @@
+//! A route's authentication: the bearer check (401/403 per the MCP authorization spec),
+//! the `WWW-Authenticate` challenge, and the RFC 9728 protected resource metadata.
+
+use std::sync::Arc;
+
+use crate::error::AuthError;
+use crate::jwt::JwtVerifier;
+use crate::principal::Principal;
+
+/// How one route authenticates its callers.
+pub struct RouteAuth {
+    /// Verifies bearer JWTs.
+    pub verifier: JwtVerifier,
+    /// Scopes every call needs (403 `insufficient_scope` without them).
+    pub required_scopes: Vec<String>,
+    /// Scopes advertised in the resource metadata.
+    pub scopes_supported: Vec<String>,
+    /// Authorization servers advertised in the resource metadata.
+    pub authorization_servers: Vec<String>,
+}
+
+impl std::fmt::Debug for RouteAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteAuth")
+            .field("required_scopes", &self.required_scopes)
+            .field("authorization_servers", &self.authorization_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl RouteAuth {
+    /// Checks the request's `Authorization` header at Unix time `now`.
+    pub fn check(
+        &self,
+        authorization: Option<&[u8]>,
+        now: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let Some(value) = authorization else {
+            return Err(AuthError::Missing);
+        };
+        let token = bearer_token(value)
+            .ok_or_else(|| AuthError::Invalid("Authorization is not a Bearer token".into()))?;
+        let principal = self.verifier.verify(token, now)?;
+        if !principal.has_scopes(self.required_scopes.iter().map(String::as_str)) {
+            return Err(AuthError::InsufficientScope {
+                required: self.required_scopes.clone(),
+            });
+        }
+        Ok(principal)
+    }
+
+    /// The `WWW-Authenticate` value for a refusal (RFC 6750, MCP authorization spec).
+    pub fn challenge(&self, err: &AuthError, metadata_url: &str) -> String {
+        let mut out = String::from("Bearer");
+        match err {
+            AuthError::Missing => {}
+            AuthError::Invalid(_) | AuthError::Expired => out.push_str(" error=\"invalid_token\","),
+            AuthError::InsufficientScope { .. } => out.push_str(" error=\"insufficient_scope\","),
+        }
+        out.push_str(&format!(
+            " resource_metadata=\"{}\"",
+            quote_safe(metadata_url)
+        ));
+        let scopes = match err {
+            AuthError::InsufficientScope { required } => required.join(" "),
+            _ => self.required_scopes.join(" "),
+        };
+        if !scopes.is_empty() {
+            out.push_str(&format!(", scope=\"{}\"", quote_safe(&scopes)));
+        }
+        out
+    }
+
+    /// RFC 9728 protected resource metadata for `resource` (the route's public URL).
+    pub fn metadata(&self, resource: &str) -> serde_json::Value {
+        serde_json::json!({
+            "resource": resource,
+            "authorization_servers": self.authorization_servers,
+            "scopes_supported": self.scopes_supported,
+            "bearer_methods_supported": ["header"],
+        })
+    }
+}
+
+/// Drops characters that would break out of a quoted header parameter.
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_and_other_schemes_are_not() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"\xff\xfe"), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! Compiles a route's `auth:` block: reads key files, parses algorithms, fills in
+//! defaults (audience = the route's public URL), and builds the route's verifier.
+//! Errors name the file, line and key like every other config error.
+
+use std::path::Path;
+
+use portcullis_auth::{Algorithm, IssuerConfig, JwtVerifier, Keys, RouteAuth};
+
+use crate::error::ConfigError;
+use crate::file::AuthFile;
+use crate::locate::Step;
+use crate::validate::Ctx;
+
+/// Algorithms accepted when an issuer lists none (asymmetric only).
+const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+pub(crate) fn compile(
+    path: &Path,
+    text: &str,
+    route: usize,
+    a: &AuthFile,
+    public_url: Option<&str>,
+    route_path: &str,
+) -> Result<RouteAuth, ConfigError> {
+    let cx = Ctx { path, text };
+    let base = [
+        Step::Key("routes"),
+        Step::Index(route),
+        Step::Key("auth"),
+        Step::Key("jwt"),
+    ];
+    if a.jwt.issuers.is_empty() {
+        let mut at = base.to_vec();
+        at.push(Step::Key("issuers"));
+        return Err(cx.err(&at, "list at least one issuer".into()));
+    }
+    let mut issuers = Vec::with_capacity(a.jwt.issuers.len());
+    for (n, f) in a.jwt.issuers.iter().enumerate() {
+        let at = |k: &'static str| {
+            let mut v = base.to_vec();
+            v.extend([Step::Key("issuers"), Step::Index(n), Step::Key(k)]);
+            v
+        };
+        let sources = [
+            f.jwks_file.is_some(),
+            f.pem_file.is_some(),
+            f.secret_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(cx.err(
+                &at("issuer"),
+                "give exactly one of jwks_file, pem_file, secret_file".into(),
+            ));
+        }
+        let read = |p: &Path, key: &'static str| {
+            std::fs::read(resolve(path, p))
+                .map_err(|e| cx.err(&at(key), format!("cannot read {}: {e}", p.display())))
+        };
+        let keys = if let Some(p) = &f.jwks_file {
+            let bytes = read(p, "jwks_file")?;
+            Keys::from_jwks_json(&String::from_utf8_lossy(&bytes))
+                .map_err(|e| cx.err(&at("jwks_file"), format!("{}: {e}", p.display())))?
+        } else if let Some(p) = &f.pem_file {
+            let bytes = read(p, "pem_file")?;
+            Keys::from_pem(&bytes, None)
+                .map_err(|e| cx.err(&at("pem_file"), format!("{}: {e}", p.display())))?
+        } else if let Some(p) = &f.secret_file {
+            let bytes = read(p, "secret_file")?;
+            let secret = bytes.trim_ascii_end();
+            if secret.len() < 32 {
+                return Err(cx.err(
+                    &at("secret_file"),
+                    "an HMAC secret needs at least 32 bytes".into(),
+                ));
+            }
+            Keys::from_secret(secret)
+        } else {
+            return Err(cx.err(&at("issuer"), "no key source".into()));
+        };
+        let algorithms = if f.algorithms.is_empty() {
+            if f.secret_file.is_some() {
+                vec![Algorithm::HS256]
+            } else {
+                DEFAULT_ALGORITHMS.to_vec()
+            }
+        } else {
+            let mut out = Vec::with_capacity(f.algorithms.len());
+            for name in &f.algorithms {
+                let alg: Algorithm = name.parse().map_err(|_| {
+                    cx.err(&at("algorithms"), format!("unknown algorithm `{name}`"))
+                })?;
+                out.push(alg);
+            }
+            out
+        };
+        let audiences = if f.audiences.is_empty() {
+            match public_url {
+                Some(base) => vec![format!("{}{route_path}", base.trim_end_matches('/'))],
+                None => {
+                    return Err(cx.err(
+                        &at("audiences"),
+                        "set audiences, or http.public_url so the audience defaults to the route's URL (RFC 8707)".into(),
+                    ))
+                }
+            }
+        } else {
+            f.audiences.clone()
+        };
+        issuers.push(IssuerConfig {
+            issuer: f.issuer.clone(),
+            audiences,
+            algorithms,
+            leeway: f.leeway,
+            keys,
+            groups_claims: f.groups_claims.clone(),
+            keep_claims: f.keep_claims.clone(),
+        });
+    }
+    let authorization_servers = if a.authorization_servers.is_empty() {
+        a.jwt.issuers.iter().map(|i| i.issuer.clone()).collect()
+    } else {
+        a.authorization_servers.clone()
+    };
+    let scopes_supported = if a.scopes_supported.is_empty() {
+        a.required_scopes.clone()
+    } else {
+        a.scopes_supported.clone()
+    };
+    Ok(RouteAuth {
+        verifier: JwtVerifier::new(issuers, a.jwt.cache_entries),
+        required_scopes: a.required_scopes.clone(),
+        scopes_supported,
+        authorization_servers,
+    })
+}
+
+/// Key paths are relative to the config file's directory.
+fn resolve(config: &Path, p: &Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        return p.to_owned();
+    }
+    config.parent().map_or_else(|| p.to_owned(), |d| d.join(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn config(auth: &str, http: &str) -> String {
+        let keys = format!(
+            "{}/../portcullis-auth/tests/keys",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        format!(
+            "{http}routes:\n  - path: /mcp\n    upstream: u\n    auth:\n{}\nupstreams:\n  u:\n    url: http://127.0.0.1:9/mcp\n",
+            auth.replace("KEYS", &keys)
+        )
+    }
+
+    fn load(text: &str) -> Result<crate::Config, crate::ConfigError> {
+        crate::load_str(Path::new("gw.yaml"), text)
+    }
+
+    const GOOD: &str = "      jwt:\n        issuers:\n          - issuer: https://idp\n            pem_file: KEYS/rsa1.pub";
+
+    #[test]
+    fn a_route_with_jwt_auth_compiles_with_the_audience_from_public_url() {
+        let c = load(&config(
+            GOOD,
+            "http:\n  public_url: https://mcp.example.com/\n",
+        ))
+        .expect("valid");
+        let auth = c.routes[0].auth.as_ref().expect("auth");
+        assert_eq!(auth.authorization_servers, ["https://idp"]);
+        assert_eq!(c.public_url.as_deref(), Some("https://mcp.example.com"));
+    }
+
+    #[test]
+    fn auth_mistakes_name_line_and_key() {
+        let cases = [
+            (
+                config(GOOD, ""),
+                "routes[0].auth.jwt.issuers[0].audiences",
+                "public_url",
+            ),
+            (
+                config(
+                    &GOOD.replace("pem_file: KEYS/rsa1.pub", "pem_file: KEYS/none.pub"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].pem_file",
+                "cannot read",
+            ),
+            (
+                config(
+                    &format!("{GOOD}\n            jwks_file: KEYS/jwks.json"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].issuer",
+                "exactly one",
+            ),
+            (
+                config(
+                    &format!("{GOOD}\n            algorithms: [RS999]"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].algorithms",
+                "unknown algorithm",
+            ),
+            (
+                config(
+                    &GOOD.replace("pem_file: KEYS/rsa1.pub", "pem_file: KEYS/jwks.json"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].pem_file",
+                "PEM",
+            ),
+            (
+                config(GOOD, "http:\n  public_url: https://m/with/path\n"),
+                "http.public_url",
+                "without a path",
+            ),
+        ];
+        for (text, key, msg) in cases {
+            let e = load(&text).expect_err("refused");
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+            assert!(e.line.is_some(), "{e}");
+        }
+    }
+}
