@@ -255,6 +255,33 @@ pub struct UpstreamFile {
     /// Extra headers sent on every request to this upstream.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The upstream's own credential, read from a file or an environment variable
+    /// (a Kubernetes Secret), sent instead of anything the client presented.
+    #[serde(default)]
+    pub credential: Option<CredentialFile>,
+}
+
+/// `upstreams.<name>.credential:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFile {
+    /// The header to send. Default `authorization`.
+    #[serde(default = "default_credential_header")]
+    pub header: String,
+    /// Written before the value with a space. Default `Bearer` for `authorization`,
+    /// nothing for other headers.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// A file holding the value (trailing newline trimmed); re-read on every reload.
+    #[serde(default)]
+    pub value_file: Option<std::path::PathBuf>,
+    /// An environment variable holding the value.
+    #[serde(default)]
+    pub value_env: Option<String>,
+}
+
+fn default_credential_header() -> String {
+    "authorization".to_owned()
 }
 
 fn default_public() -> String {

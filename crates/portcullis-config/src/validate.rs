@@ -293,6 +293,9 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             })?;
             headers.push((hn, hv));
         }
+        if let Some(cred) = &up.credential {
+            headers.push(credential_header(&cx, name, cred)?);
+        }
         upstreams.push(Upstream {
             name: name.clone(),
             authority: authority.as_str().to_owned(),
@@ -396,6 +399,83 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         routes,
         upstreams,
     })
+}
+
+/// Reads an upstream credential into the header it is sent as.
+fn credential_header(
+    cx: &Ctx<'_>,
+    name: &str,
+    cred: &crate::file::CredentialFile,
+) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let at = |k: &'static str| {
+        [
+            Step::Key("upstreams"),
+            Step::Key(name),
+            Step::Key("credential"),
+            Step::Key(k),
+        ]
+    };
+    let hn = HeaderName::from_bytes(cred.header.as_bytes()).map_err(|_| {
+        cx.err(
+            &at("header"),
+            format!("`{}` is not a header name", cred.header),
+        )
+    })?;
+    if is_reserved_header(hn.as_str()) {
+        return Err(cx.err(&at("header"), format!("`{hn}` is set by the gateway")));
+    }
+    let secret = match (&cred.value_file, &cred.value_env) {
+        (Some(file), None) => {
+            let full = if file.is_absolute() {
+                file.clone()
+            } else {
+                cx.path
+                    .parent()
+                    .map_or_else(|| file.clone(), |d| d.join(file))
+            };
+            std::fs::read_to_string(&full)
+                .map_err(|e| {
+                    cx.err(
+                        &at("value_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned()
+        }
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            cx.err(
+                &at("value_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        _ => {
+            return Err(cx.err(
+                &at("header"),
+                "give exactly one of value_file and value_env".into(),
+            ))
+        }
+    };
+    if secret.is_empty() {
+        return Err(cx.err(&at("header"), "the credential is empty".into()));
+    }
+    let scheme = match &cred.scheme {
+        Some(s) => Some(s.as_str()),
+        None if hn == http::header::AUTHORIZATION => Some("Bearer"),
+        None => None,
+    };
+    let text = match scheme {
+        Some(s) if !s.is_empty() => format!("{s} {secret}"),
+        _ => secret,
+    };
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
+        cx.err(
+            &at("header"),
+            "the credential is not a valid header value".into(),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok((hn, value))
 }
 
 fn parse_addr(cx: &Ctx<'_>, value: &str, key: &'static str) -> Result<SocketAddr, ConfigError> {
@@ -551,6 +631,56 @@ upstreams:
             let e = err(&GOOD.replace(from, to));
             assert_eq!(e.key.as_deref(), Some(key), "{from} -> {to}: {e}");
             assert!(e.line.is_some(), "{from} -> {to}: {e}");
+        }
+    }
+
+    #[test]
+    fn upstream_credentials_are_read_from_a_file_or_the_environment() {
+        let dir = std::env::temp_dir().join(format!("portcullis-cred-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("token"), "s3cret\n").expect("write");
+        let with = |cred: &str| {
+            GOOD.replace(
+                "      x-api-key: abc\n",
+                &format!("      x-api-key: abc\n    credential:\n{cred}"),
+            )
+        };
+        let path = dir.join("gw.yaml");
+        let c = crate::load_str(&path, &with("      value_file: token\n")).expect("valid");
+        let (name, value) = c.upstreams[0].headers.last().expect("credential header");
+        assert_eq!(name.as_str(), "authorization");
+        assert_eq!(value.to_str().ok(), Some("Bearer s3cret"));
+        assert!(value.is_sensitive(), "never printed in Debug output");
+        let c = crate::load_str(
+            &path,
+            &with("      header: x-api-token\n      value_file: token\n"),
+        )
+        .expect("valid");
+        let (name, value) = c.upstreams[0].headers.last().expect("credential header");
+        assert_eq!(
+            (name.as_str(), value.to_str().ok()),
+            ("x-api-token", Some("s3cret"))
+        );
+        for (cred, key) in [
+            (
+                "      value_file: missing\n",
+                "upstreams.demo.credential.value_file",
+            ),
+            (
+                "      value_env: PORTCULLIS_SURELY_UNSET\n",
+                "upstreams.demo.credential.value_env",
+            ),
+            (
+                "      header: host\n      value_file: token\n",
+                "upstreams.demo.credential.header",
+            ),
+            (
+                "      header: authorization\n",
+                "upstreams.demo.credential.header",
+            ),
+        ] {
+            let e = crate::load_str(&path, &with(cred)).expect_err("refused");
+            assert_eq!(e.key.as_deref(), Some(key), "{cred}: {e}");
         }
     }
 

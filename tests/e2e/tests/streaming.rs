@@ -184,9 +184,14 @@ async fn header_mirror() -> (String, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_forwarded_as_a_proxy_must_and_credentials_never() {
     let (url, _task) = header_mirror().await;
+    let secret = std::env::temp_dir().join(format!("portcullis-cred-{}", std::process::id()));
+    std::fs::write(&secret, "upstream-secret\n").expect("write credential");
     let yaml = config_for(&url, "").replace(
         "connect_timeout: 1s",
-        "connect_timeout: 1s\n    headers:\n      x-upstream-key: from-config",
+        &format!(
+            "connect_timeout: 1s\n    headers:\n      x-upstream-key: from-config\n    credential:\n      value_file: {}",
+            secret.display()
+        ),
     );
     let gw = Gateway::start(&yaml).await;
     let resp = stateless_call(
@@ -222,13 +227,9 @@ async fn headers_are_forwarded_as_a_proxy_must_and_credentials_never() {
     let upstream_addr = url.trim_start_matches("http://").trim_end_matches("/mcp");
     assert!(head.starts_with("post /mcp http/1.1"), "{head}");
     assert!(head.contains(&format!("host: {upstream_addr}")), "{head}");
-    for absent in [
-        "authorization",
-        "cookie",
-        "x-private",
-        "\r\nte:",
-        "client-token",
-    ] {
+    // The only Authorization the upstream sees is its own credential.
+    assert_eq!(head.matches("authorization:").count(), 1, "{head}");
+    for absent in ["cookie", "x-private", "\r\nte:", "client-token"] {
         assert!(
             !head.contains(absent),
             "{absent} reached the upstream:\n{head}"
@@ -242,6 +243,7 @@ async fn headers_are_forwarded_as_a_proxy_must_and_credentials_never() {
         "x-upstream-key: from-config",
         "x-forwarded-for: 203.0.113.9, 127.0.0.1",
         "accept: application/json, text/event-stream",
+        "authorization: bearer upstream-secret",
     ] {
         assert!(head.contains(present), "{present} missing:\n{head}");
     }
