@@ -14,14 +14,34 @@ pub fn run(listen: &str, admin: &str) -> ExitCode {
     };
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     let path = dir.join("portcullis.yaml");
-    let config = format!(
-        "# Written by `portcullis demo`. Edit and save: the gateway reloads it live.\n\
-listeners:\n  public: {listen}\n  admin: {admin}\n\
-http:\n  allowed_origins: [\"http://localhost:*\", \"http://127.0.0.1:*\"]\n  allowed_hosts: [localhost, 127.0.0.1]\n\
-routes:\n  - path: /mcp\n    upstream: demo\n\
-upstreams:\n  demo:\n    url: http://{upstream}/mcp\n"
-    );
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, config)) {
+    let config = [
+        "# Written by `portcullis demo`. Edit and save: the gateway reloads it live.".to_owned(),
+        "listeners:".to_owned(),
+        format!("  public: {listen}"),
+        format!("  admin: {admin}"),
+        "http:".to_owned(),
+        r#"  allowed_origins: ["http://localhost:*", "http://127.0.0.1:*"]"#.to_owned(),
+        "  allowed_hosts: [localhost, 127.0.0.1]".to_owned(),
+        "routes:".to_owned(),
+        "  - path: /mcp".to_owned(),
+        "    upstream: demo".to_owned(),
+        "    auth:".to_owned(),
+        format!("      required_scopes: [{}]", crate::token::DEMO_SCOPE),
+        "      jwt:".to_owned(),
+        "        issuers:".to_owned(),
+        format!("          - issuer: {}", crate::token::DEMO_ISSUER),
+        format!("            audiences: [{}]", crate::token::DEMO_AUDIENCE),
+        "            secret_file: demo-hmac.key".to_owned(),
+        "upstreams:".to_owned(),
+        "  demo:".to_owned(),
+        format!("    url: http://{upstream}/mcp"),
+        String::new(),
+    ]
+    .join("\n");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(dir.join("demo-hmac.key"), crate::token::DEMO_SECRET))
+        .and_then(|_| std::fs::write(&path, config));
+    if let Err(e) = written {
         eprintln!("error: cannot write {}: {e}", path.display());
         return ExitCode::from(2);
     }
@@ -33,17 +53,29 @@ upstreams:\n  demo:\n    url: http://{upstream}/mcp\n"
 
 fn banner(p: &portcullis_proxy::Prepared, config: &std::path::Path) {
     let url = format!("http://{}/mcp", p.public);
+    let token = crate::token::mint(
+        "demo-user",
+        &[crate::token::DEMO_SCOPE.to_owned()],
+        &[],
+        std::time::Duration::from_secs(24 * 3600),
+    )
+    .unwrap_or_default();
     println!(
         "\nPortcullis demo is running.\n\
 \n  MCP endpoint  {url}\n                (Streamable HTTP: 2025-11-25 sessions and 2026-07-28 stateless)\n\
   Admin         http://{admin}/healthz  /readyz  /metrics\n\
   Config        {config} (edit it; changes apply without a restart)\n\
 \nDemo tools: echo, add, slow (streams progress), delete_file (annotated destructive).\n\
+\nThe endpoint requires a bearer token (scope mcp:tools). One, valid for 24 hours:\n\
+\n  export PORTCULLIS_TOKEN={token}\n\
+\n(`portcullis token --help` mints others; without a token the gateway answers 401 with\n\
+a WWW-Authenticate challenge pointing at its protected resource metadata.)\n\
 \nConnect an MCP client:\n\
-  MCP Inspector   npx @modelcontextprotocol/inspector   (transport: Streamable HTTP, URL {url})\n\
-  Claude Code     claude mcp add --transport http portcullis-demo {url}\n\
+  TypeScript SDK  node tests/interop/quickstart.mjs {url}   (after make test, or npm ci --prefix tests/interop)\n\
+  MCP Inspector   npx @modelcontextprotocol/inspector   (Streamable HTTP, URL {url}, header Authorization: Bearer $PORTCULLIS_TOKEN)\n\
+  Claude Code     claude mcp add --transport http portcullis-demo {url} --header \"Authorization: Bearer $PORTCULLIS_TOKEN\"\n\
 \nOr call a tool with curl (2026-07-28, one request, no session):\n\
-  curl -sN {url} -H 'content-type: application/json' \\\n\
+  curl -sN {url} -H \"authorization: Bearer $PORTCULLIS_TOKEN\" -H 'content-type: application/json' \\\n\
     -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' \\\n\
     -H 'mcp-method: tools/call' -H 'mcp-name: echo' \\\n\
     -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"hello\"}},\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"2026-07-28\",\"io.modelcontextprotocol/clientCapabilities\":{{}}}}}}}}'\n\

@@ -3,6 +3,7 @@
 
 mod demo;
 mod signals;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Mint a token the demo gateway accepts (demo and tests only: the key is public).
+    Token {
+        /// The `sub` claim.
+        #[arg(long, default_value = "demo-user")]
+        subject: String,
+        /// A scope (repeatable). Default: mcp:tools, which the demo route requires.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long the token is valid, e.g. 1h, 30m.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+    },
     /// Start a built-in demo MCP server behind the gateway and print how to connect.
     Demo {
         /// Public MCP listener.
@@ -81,6 +97,28 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config, None),
         Command::Check { config } => check(&config),
         Command::Demo { listen, admin } => demo::run(&listen, &admin),
+        Command::Token {
+            subject,
+            scopes,
+            groups,
+            ttl,
+        } => {
+            let scopes = if scopes.is_empty() {
+                vec![token::DEMO_SCOPE.to_owned()]
+            } else {
+                scopes
+            };
+            match token::mint(&subject, &scopes, &groups, ttl.into()) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

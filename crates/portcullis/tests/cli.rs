@@ -75,12 +75,16 @@ impl Drop for Proc {
 /// Starts `portcullis run` and returns it with its public and admin addresses, read
 /// from its "portcullis listening" log line.
 fn start(config: &std::path::Path) -> (Proc, String, String) {
+    let mut cmd = bin();
+    cmd.args(["--log-format", "json", "run", "--config"])
+        .arg(config);
+    start_cmd(cmd)
+}
+
+fn start_cmd(mut cmd: Command) -> (Proc, String, String) {
     // Wrapped at once so the child is killed and reaped on every path, panics included.
     let mut child = Proc(
-        bin()
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn"),
@@ -209,4 +213,65 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_calls() {
     assert!(status.success(), "{status:?}");
     // New connections are refused after the drain began.
     assert!(http_client().post(&url).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_requires_a_token_and_portcullis_token_mints_one_it_accepts() {
+    let mut cmd = bin();
+    cmd.args([
+        "--log-format",
+        "json",
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let (_demo, public, admin) = tokio::task::spawn_blocking(move || start_cmd(cmd))
+        .await
+        .expect("start");
+    wait_ok(&format!("http://{admin}/healthz")).await;
+    let url = format!("http://{public}/mcp");
+
+    let r = stateless_call(&http_client(), &url, "echo", json!({"text": "no token"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .contains("resource_metadata="));
+
+    let out = bin()
+        .args(["token", "--subject", "tester"])
+        .output()
+        .expect("token");
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let r = stateless_call(&http_client(), &url, "echo", json!({"text": "with token"}))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("body").contains("with token"));
+
+    let out = bin()
+        .args(["token", "--scope", "other:scope"])
+        .output()
+        .expect("token");
+    let weak = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let r = stateless_call(&http_client(), &url, "echo", json!({"text": "x"}))
+        .bearer_auth(&weak)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 403, "a token without mcp:tools");
 }
