@@ -23,6 +23,11 @@ import { fileURLToPath } from "node:url";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import {
+  discoverOAuthProtectedResourceMetadata,
+  extractWWWAuthenticateParams,
+} from "@modelcontextprotocol/sdk/client/auth.js";
+import crypto from "node:crypto";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "..", "..");
@@ -223,7 +228,7 @@ async function startEverything() {
   throw lastErr;
 }
 
-function gatewayConfig(upstreamPort) {
+function gatewayConfig(upstreamPort, auth = "") {
   return `listeners:
   public: 127.0.0.1:0
   admin: 127.0.0.1:0
@@ -235,10 +240,30 @@ access_log:
 routes:
   - path: /mcp
     upstream: everything
-upstreams:
+${auth}upstreams:
   everything:
     url: http://127.0.0.1:${upstreamPort}/mcp
 `;
+}
+
+/** A route auth block trusting HS256 tokens from `issuer` signed with the secret in `secretFile`. */
+function authBlock(issuer, secretFile) {
+  return `    auth:
+      required_scopes: [mcp:tools]
+      jwt:
+        issuers:
+          - issuer: ${issuer}
+            audiences: [interop]
+            secret_file: ${secretFile}
+`;
+}
+
+/** Signs an HS256 JWT with node's crypto (no extra package). */
+function hs256(claims, secret) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const head = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const sig = crypto.createHmac("sha256", secret).update(head).digest("base64url");
+  return `${head}.${sig}`;
 }
 
 /** Starts `portcullis run`, parses its "portcullis listening" JSON log line, then waits for /healthz = 200. */
@@ -486,5 +511,72 @@ describe("portcullis + TypeScript SDK client + server-everything (streamable HTT
       await client.close();
       client = undefined;
     }),
+  );
+});
+
+describe("an authenticated route: the SDK client meets the 401, finds the metadata, then calls with a token", () => {
+  let tmp;
+  let upstream;
+  let gateway;
+  let mcpUrl;
+  const issuer = "https://idp.interop.test";
+  const secret = crypto.randomBytes(32).toString("hex");
+
+  before(
+    async () => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-auth-"));
+      tempDirs.add(tmp);
+      upstream = await startEverything();
+      const secretFile = path.join(tmp, "hmac.key");
+      fs.writeFileSync(secretFile, secret);
+      const configFile = path.join(tmp, "portcullis.yaml");
+      fs.writeFileSync(configFile, gatewayConfig(upstream.port, authBlock(issuer, secretFile)));
+      gateway = await startGateway(configFile);
+      mcpUrl = `http://${gateway.publicAddr}/mcp`;
+    },
+    { timeout: 2 * STARTUP_DEADLINE_MS + 10_000 },
+  );
+
+  after(() => {
+    killAllChildren();
+  });
+
+  it(
+    "401 with a challenge, RFC 9728 metadata, then tools with a token",
+    async () => {
+      // Without a token the SDK client cannot connect.
+      const anonymous = new Client({ name: "portcullis-interop-anon", version: "1.0.0" });
+      await assert.rejects(anonymous.connect(new StreamableHTTPClientTransport(new URL(mcpUrl))));
+
+      // The 401 carries the spec's challenge; the SDK's own helpers read it.
+      const res = await fetch(mcpUrl, {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: {} }),
+      });
+      assert.equal(res.status, 401);
+      const { resourceMetadataUrl, scope } = extractWWWAuthenticateParams(res);
+      await res.body?.cancel();
+      assert.ok(resourceMetadataUrl, "resource_metadata in WWW-Authenticate");
+      assert.equal(scope, "mcp:tools");
+      const metadata = await discoverOAuthProtectedResourceMetadata(new URL(mcpUrl), { resourceMetadataUrl });
+      assert.deepEqual(metadata.authorization_servers, [issuer]);
+      assert.equal(metadata.resource, `http://${gateway.publicAddr}/mcp`);
+
+      // With a token from that issuer: initialize, list, call.
+      const now = Math.floor(Date.now() / 1000);
+      const token = hs256({ iss: issuer, aud: "interop", sub: "ts-sdk", scope: "mcp:tools", iat: now, exp: now + 300 }, secret);
+      const client = new Client({ name: "portcullis-interop-authed", version: "1.0.0" });
+      const transport = new StreamableHTTPClientTransport(new URL(mcpUrl), {
+        requestInit: { headers: { Authorization: `Bearer ${token}` } },
+      });
+      await client.connect(transport);
+      const { tools } = await client.listTools();
+      assert.ok(tools.some((t) => t.name === "echo"));
+      const echo = await client.callTool({ name: "echo", arguments: { message: "with a token" } });
+      assert.match(echo.content.map((c) => c.text).join(""), /with a token/);
+      await client.close();
+    },
+    { timeout: TEST_TIMEOUT_MS },
   );
 });
