@@ -16,10 +16,27 @@ pub struct Result {
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
 
-/// Writes the wrk Lua script that sends a valid 2026-07-28 tools/call.
-pub fn script(dir: &Path) -> std::result::Result<PathBuf, String> {
-    let path = dir.join("call.lua");
-    let lua = format!(
+/// An HS256 token for the JWT target (issuer and audience `bench`, scope `mcp:tools`).
+pub fn token(secret: &[u8]) -> std::result::Result<String, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let claims = serde_json::json!({"iss": "bench", "aud": "bench", "sub": "bench",
+        "scope": "mcp:tools", "iat": now, "exp": now + 3600});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Writes the wrk Lua script that sends a valid 2026-07-28 tools/call, with a bearer
+/// token when given.
+pub fn script(dir: &Path, name: &str, token: Option<&str>) -> std::result::Result<PathBuf, String> {
+    let path = dir.join(format!("{name}.lua"));
+    let mut lua = format!(
         "wrk.method = \"POST\"\nwrk.path = \"/mcp\"\nwrk.body = [[{BODY}]]\n\
 wrk.headers[\"Content-Type\"] = \"application/json\"\n\
 wrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\n\
@@ -27,6 +44,11 @@ wrk.headers[\"MCP-Protocol-Version\"] = \"2026-07-28\"\n\
 wrk.headers[\"Mcp-Method\"] = \"tools/call\"\n\
 wrk.headers[\"Mcp-Name\"] = \"echo\"\n"
     );
+    if let Some(t) = token {
+        lua.push_str(&format!(
+            "wrk.headers[\"Authorization\"] = \"Bearer {t}\"\n"
+        ));
+    }
     std::fs::write(&path, lua).map_err(|e| e.to_string())?;
     Ok(path)
 }

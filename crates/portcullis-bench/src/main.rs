@@ -95,6 +95,53 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a Portcullis process in front of `up`, with an `auth` block on its route
+/// when given, and waits until it accepts connections.
+#[allow(clippy::too_many_arguments)]
+fn start_gateway(
+    portcullis: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    listen: &str,
+    threads: usize,
+    work_stealing: bool,
+    up: &str,
+    auth: Option<&str>,
+) -> Result<Proc, String> {
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  public: {listen}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
+access_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n{}\
+upstreams:\n  echo:\n    url: http://{up}/mcp\n",
+            dir.join(format!("{name}-access.log")).display(),
+            auth.unwrap_or("")
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let log = dir.join(format!("{name}.log"));
+    let proc_ = Proc(
+        Command::new(portcullis)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(&log)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .map_err(|e| format!("portcullis ({}): {e}", portcullis.display()))?,
+    );
+    wait_listening(listen).map_err(|e| {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        format!("{e}; portcullis ({name}) said:\n{said}")
+    })?;
+    Ok(proc_)
+}
+
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -148,45 +195,45 @@ fn run(
             .map_err(|e| format!("floor: {e}"))?,
     );
     wait_listening(&fl)?;
-    let gw = format!("127.0.0.1:{}", free_port()?);
-    let admin = format!("127.0.0.1:{}", free_port()?);
     let dir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let config = dir.join("portcullis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners:\n  public: {gw}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
-access_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n\
-upstreams:\n  echo:\n    url: http://{up}/mcp\n",
-            dir.join("access.log").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let _gateway = Proc(
-        Command::new(portcullis)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.join("portcullis.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            )
-            .spawn()
-            .map_err(|e| format!("portcullis ({}): {e}", portcullis.display()))?,
-    );
-    wait_listening(&gw).map_err(|e| {
-        let log = std::fs::read_to_string(dir.join("portcullis.log")).unwrap_or_default();
-        format!("{e}; portcullis said:\n{log}")
-    })?;
+    let gw = format!("127.0.0.1:{}", free_port()?);
+    let _gateway = start_gateway(
+        portcullis,
+        &dir,
+        "plain",
+        &gw,
+        threads,
+        work_stealing,
+        &up,
+        None,
+    )?;
+    // The same gateway with bearer JWT auth on; the token is cached after its first check.
+    let secret = b"portcullis-bench-hmac-key-32-bytes-or-more";
+    std::fs::write(dir.join("hmac.key"), secret).map_err(|e| e.to_string())?;
+    let jwt_auth = "    auth:\n      required_scopes: [mcp:tools]\n      jwt:\n        issuers:\n\
+\x20         - issuer: bench\n            audiences: [bench]\n            secret_file: hmac.key\n";
+    let gw_jwt = format!("127.0.0.1:{}", free_port()?);
+    let _gateway_jwt = start_gateway(
+        portcullis,
+        &dir,
+        "jwt",
+        &gw_jwt,
+        threads,
+        work_stealing,
+        &up,
+        Some(jwt_auth),
+    )?;
+    let token = load::token(secret)?;
 
+    let plain = load::script(&dir, "call", None)?;
+    let authed = load::script(&dir, "call-jwt", Some(&token))?;
     let targets = [
-        ("direct", up.as_str()),
-        ("pingora floor", fl.as_str()),
-        ("portcullis", gw.as_str()),
+        ("direct", up.as_str(), &plain),
+        ("pingora floor", fl.as_str(), &plain),
+        ("portcullis", gw.as_str(), &plain),
+        ("portcullis+jwt", gw_jwt.as_str(), &authed),
     ];
-    let script = load::script(&dir)?;
     println!(
         "machine: {} CPUs, {}; median of {rounds} rounds of {seconds}s, wrk on loopback; small tools/call (echo) POSTs; \
 pingora threads {threads}, work_stealing {work_stealing}",
@@ -196,16 +243,16 @@ pingora threads {threads}, work_stealing {work_stealing}",
     let mut table = Vec::new();
     for conns in [50usize, 1] {
         // Warm pools and caches, then measure the targets in turn, round after round.
-        for (_, addr) in targets {
-            load::wrk(&script, addr, conns, 2)?;
+        for (_, addr, script) in targets {
+            load::wrk(script, addr, conns, 2)?;
         }
         let mut runs: Vec<Vec<load::Result>> = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
-            for (i, (_, addr)) in targets.iter().enumerate() {
-                runs[i].push(load::wrk(&script, addr, conns, seconds)?);
+            for (i, (_, addr, script)) in targets.iter().enumerate() {
+                runs[i].push(load::wrk(script, addr, conns, seconds)?);
             }
         }
-        for (i, (name, _)) in targets.iter().enumerate() {
+        for (i, (name, _, _)) in targets.iter().enumerate() {
             table.push((conns, *name, load::median(&runs[i])));
         }
     }
@@ -236,6 +283,7 @@ pingora threads {threads}, work_stealing {work_stealing}",
         get(1, "pingora floor"),
         get(1, "portcullis"),
     );
+    let j50 = get(50, "portcullis+jwt");
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!("\nratios (same run):");
     println!(
@@ -249,6 +297,10 @@ pingora threads {threads}, work_stealing {work_stealing}",
     println!(
         "  50 conns  floor / direct      req/s  {:.2}",
         ratio(f50.rps, d50.rps)
+    );
+    println!(
+        "  50 conns  portcullis+jwt / portcullis req/s  {:.2}   (target >= 0.90)",
+        ratio(j50.rps, p50.rps)
     );
     let added_gw = p1.p50_us - d1.p50_us;
     let added_floor = f1.p50_us - d1.p50_us;
