@@ -3,14 +3,16 @@
 //! rate-limit keys and logs use. No networking here: key sets arrive already loaded
 //! (from files now; fetched JWKS later), so every rule is testable on its own.
 //!
-//! Work in progress for the identity issue: not yet wired into the gateway.
+//! API keys for machine clients live here too ([`ApiKeys`]).
 
+mod api_keys;
 mod cache;
 mod error;
 mod jwt;
 mod principal;
 mod route;
 
+pub use api_keys::{ApiKeyEntry, ApiKeys, API_KEY_ISSUER};
 pub use cache::TokenCache;
 pub use error::AuthError;
 pub use jsonwebtoken::Algorithm;

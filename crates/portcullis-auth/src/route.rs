@@ -3,14 +3,17 @@
 
 use std::sync::Arc;
 
+use crate::api_keys::ApiKeys;
 use crate::error::AuthError;
 use crate::jwt::JwtVerifier;
 use crate::principal::Principal;
 
 /// How one route authenticates its callers.
 pub struct RouteAuth {
-    /// Verifies bearer JWTs.
-    pub verifier: JwtVerifier,
+    /// Verifies bearer JWTs, when the route accepts them.
+    pub verifier: Option<JwtVerifier>,
+    /// API keys, when the route accepts them (in `X-Api-Key` or as a bearer token).
+    pub api_keys: Option<ApiKeys>,
     /// Scopes every call needs (403 `insufficient_scope` without them).
     pub required_scopes: Vec<String>,
     /// Scopes advertised in the resource metadata.
@@ -43,14 +46,31 @@ impl RouteAuth {
     pub fn check(
         &self,
         authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
         now: u64,
     ) -> Result<Arc<Principal>, AuthError> {
-        let Some(value) = authorization else {
-            return Err(AuthError::Missing);
+        let principal = match (api_key, &self.api_keys) {
+            (Some(key), Some(keys)) => std::str::from_utf8(key)
+                .ok()
+                .and_then(|k| keys.check(k.trim()))
+                .ok_or_else(|| AuthError::Invalid("unknown API key".into()))?,
+            _ => {
+                let Some(value) = authorization else {
+                    return Err(AuthError::Missing);
+                };
+                let token = bearer_token(value).ok_or_else(|| {
+                    AuthError::Invalid("Authorization is not a Bearer token".into())
+                })?;
+                // A bearer value may be an API key; a cheap hash lookup comes first.
+                match self.api_keys.as_ref().and_then(|k| k.check(token)) {
+                    Some(p) => p,
+                    None => match &self.verifier {
+                        Some(v) => v.verify(token, now)?,
+                        None => return Err(AuthError::Invalid("unknown API key".into())),
+                    },
+                }
+            }
         };
-        let token = bearer_token(value)
-            .ok_or_else(|| AuthError::Invalid("Authorization is not a Bearer token".into()))?;
-        let principal = self.verifier.verify(token, now)?;
         if !principal.has_scopes(self.required_scopes.iter().map(String::as_str)) {
             return Err(AuthError::InsufficientScope {
                 required: self.required_scopes.clone(),

@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use portcullis_auth::{Algorithm, IssuerConfig, JwtVerifier, Keys, RouteAuth};
+use portcullis_auth::{
+    Algorithm, ApiKeyEntry, ApiKeys, IssuerConfig, JwtVerifier, Keys, RouteAuth,
+};
 
 use crate::error::ConfigError;
-use crate::file::AuthFile;
+use crate::file::{ApiKeyFile, AuthFile, JwtFile};
 use crate::locate::Step;
 use crate::validate::Ctx;
 
@@ -33,19 +35,90 @@ pub(crate) fn compile(
     route_path: &str,
 ) -> Result<RouteAuth, ConfigError> {
     let cx = Ctx { path, text };
+    let auth_at = [Step::Key("routes"), Step::Index(route), Step::Key("auth")];
+    let verifier = match &a.jwt {
+        Some(jwt) => Some(compile_jwt(&cx, path, route, jwt, public_url, route_path)?),
+        None => None,
+    };
+    let mut entries: Vec<ApiKeyFile> = a.api_keys.clone();
+    if let Some(file) = &a.api_keys_file {
+        let mut at = auth_at.to_vec();
+        at.push(Step::Key("api_keys_file"));
+        let text = std::fs::read_to_string(resolve(path, file))
+            .map_err(|e| cx.err(&at, format!("cannot read {}: {e}", file.display())))?;
+        let more: Vec<ApiKeyFile> = serde_yaml::from_str(&text).map_err(|e| {
+            cx.err(
+                &at,
+                format!("{}: not a list of api_keys entries: {e}", file.display()),
+            )
+        })?;
+        entries.extend(more);
+    }
+    let api_keys = if entries.is_empty() {
+        None
+    } else {
+        let list: Vec<ApiKeyEntry> = entries
+            .into_iter()
+            .map(|e| ApiKeyEntry {
+                name: e.name,
+                sha256: e.sha256,
+                groups: e.groups,
+                scopes: e.scopes,
+            })
+            .collect();
+        let mut at = auth_at.to_vec();
+        at.push(Step::Key("api_keys"));
+        Some(ApiKeys::new(&list).map_err(|e| cx.err(&at, e))?)
+    };
+    if verifier.is_none() && api_keys.is_none() {
+        return Err(cx.err(
+            &auth_at,
+            "configure jwt, api_keys or api_keys_file (remove auth for an anonymous route)".into(),
+        ));
+    }
+    let authorization_servers = if a.authorization_servers.is_empty() {
+        a.jwt
+            .iter()
+            .flat_map(|j| j.issuers.iter().map(|i| i.issuer.clone()))
+            .collect()
+    } else {
+        a.authorization_servers.clone()
+    };
+    let scopes_supported = if a.scopes_supported.is_empty() {
+        a.required_scopes.clone()
+    } else {
+        a.scopes_supported.clone()
+    };
+    Ok(RouteAuth {
+        verifier,
+        api_keys,
+        required_scopes: a.required_scopes.clone(),
+        scopes_supported,
+        authorization_servers,
+    })
+}
+
+fn compile_jwt(
+    cx: &Ctx<'_>,
+    path: &Path,
+    route: usize,
+    jwt: &JwtFile,
+    public_url: Option<&str>,
+    route_path: &str,
+) -> Result<JwtVerifier, ConfigError> {
     let base = [
         Step::Key("routes"),
         Step::Index(route),
         Step::Key("auth"),
         Step::Key("jwt"),
     ];
-    if a.jwt.issuers.is_empty() {
+    if jwt.issuers.is_empty() {
         let mut at = base.to_vec();
         at.push(Step::Key("issuers"));
         return Err(cx.err(&at, "list at least one issuer".into()));
     }
-    let mut issuers = Vec::with_capacity(a.jwt.issuers.len());
-    for (n, f) in a.jwt.issuers.iter().enumerate() {
+    let mut issuers = Vec::with_capacity(jwt.issuers.len());
+    for (n, f) in jwt.issuers.iter().enumerate() {
         let at = |k: &'static str| {
             let mut v = base.to_vec();
             v.extend([Step::Key("issuers"), Step::Index(n), Step::Key(k)]);
@@ -126,22 +199,7 @@ pub(crate) fn compile(
             keep_claims: f.keep_claims.clone(),
         });
     }
-    let authorization_servers = if a.authorization_servers.is_empty() {
-        a.jwt.issuers.iter().map(|i| i.issuer.clone()).collect()
-    } else {
-        a.authorization_servers.clone()
-    };
-    let scopes_supported = if a.scopes_supported.is_empty() {
-        a.required_scopes.clone()
-    } else {
-        a.scopes_supported.clone()
-    };
-    Ok(RouteAuth {
-        verifier: JwtVerifier::new(issuers, a.jwt.cache_entries),
-        required_scopes: a.required_scopes.clone(),
-        scopes_supported,
-        authorization_servers,
-    })
+    Ok(JwtVerifier::new(issuers, jwt.cache_entries))
 }
 
 /// Key paths are relative to the config file's directory.
@@ -183,6 +241,43 @@ mod tests {
         let auth = c.routes[0].auth.as_ref().expect("auth");
         assert_eq!(auth.authorization_servers, ["https://idp"]);
         assert_eq!(c.public_url.as_deref(), Some("https://mcp.example.com"));
+    }
+
+    #[test]
+    fn api_keys_come_inline_or_from_a_file_and_auth_needs_a_method() {
+        let dir = std::env::temp_dir().join(format!("portcullis-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let hash = "7fe986afa29b694fb947cb728591bbb8ca234e9038c7b12341bad7d55c062e92";
+        std::fs::write(
+            dir.join("keys.yaml"),
+            format!("- name: from-file\n  sha256: {hash}\n"),
+        )
+        .expect("write");
+        let path = dir.join("gw.yaml");
+        let c =
+            crate::load_str(&path, &config("      api_keys_file: keys.yaml", "")).expect("valid");
+        let auth = c.routes[0].auth.as_ref().expect("auth");
+        assert!(auth.verifier.is_none());
+        let keys = auth.api_keys.as_ref().expect("keys");
+        assert_eq!(
+            keys.check("ci-key-123")
+                .map(|p| p.subject.clone())
+                .as_deref(),
+            Some("from-file")
+        );
+
+        let e = crate::load_str(&path, &config("      required_scopes: [x]", ""))
+            .expect_err("no method");
+        assert_eq!(e.key.as_deref(), Some("routes[0].auth"), "{e}");
+        let e = crate::load_str(
+            &path,
+            &config(
+                "      api_keys:\n        - name: a\n          sha256: nothex",
+                "",
+            ),
+        )
+        .expect_err("bad hash");
+        assert_eq!(e.key.as_deref(), Some("routes[0].auth.api_keys"), "{e}");
     }
 
     #[test]

@@ -162,7 +162,14 @@ pub struct RouteFile {
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     /// Bearer JWTs from these issuers.
-    pub jwt: JwtFile,
+    #[serde(default)]
+    pub jwt: Option<JwtFile>,
+    /// API keys (hashed), in `X-Api-Key` or as a bearer token.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyFile>,
+    /// A YAML file (a mounted Secret) holding more `api_keys` entries; re-read on reload.
+    #[serde(default)]
+    pub api_keys_file: Option<std::path::PathBuf>,
     /// Scopes every call needs; a valid token without them gets 403. Default: none.
     #[serde(default)]
     pub required_scopes: Vec<String>,
@@ -173,6 +180,22 @@ pub struct AuthFile {
     /// issuers.
     #[serde(default)]
     pub authorization_servers: Vec<String>,
+}
+
+/// One API key: `routes[].auth.api_keys[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    /// The key's name: the principal's subject.
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`); the key itself is never stored.
+    pub sha256: String,
+    /// Groups of the principal.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Scopes of the principal.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// `routes[].auth.jwt:`

@@ -450,6 +450,9 @@ fn status_label(s: u16) -> &'static str {
     }
 }
 
+/// The header machine clients may send their API key in.
+static X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
 /// Where RFC 9728 protected resource metadata is served (plus the route path).
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
@@ -505,11 +508,10 @@ fn authenticate(
             "tokens in the query string are refused; send Authorization: Bearer".into(),
         ))
     } else {
+        let h = &ds.req_header().headers;
         auth.check(
-            ds.req_header()
-                .headers
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
+            h.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            h.get(&X_API_KEY).map(|v| v.as_bytes()),
             now,
         )
     };

@@ -42,11 +42,12 @@ pub(crate) type Failed = (Refusal, Option<&'static str>);
 
 /// Request headers the gateway never forwards as the client sent them: it sets them
 /// itself (host, framing, accept, session), or they are the client's credentials.
-const NOT_FORWARDED: [&str; 8] = [
+const NOT_FORWARDED: [&str; 9] = [
     "host",
     "content-length",
     "accept",
     "authorization",
+    "x-api-key",
     "cookie",
     "expect",
     "x-forwarded-for",

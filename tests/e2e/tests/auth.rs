@@ -177,3 +177,53 @@ async fn protected_resource_metadata_is_served_per_rfc_9728() {
         .expect("answer");
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_authenticate_machine_clients_and_never_reach_the_upstream() {
+    let upstream = Upstream::demo().await;
+    // What `printf %s ci-key-123 | sha256sum` prints: the config never holds the key.
+    let real = {
+        use sha2::Digest as _;
+        use std::fmt::Write as _;
+        sha2::Sha256::digest(b"ci-key-123")
+            .iter()
+            .fold(String::new(), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+    };
+    let auth = format!(
+        "    auth:\n      required_scopes: [mcp:call]\n      api_keys:\n\
+         \x20       - name: ci-bot\n          sha256: {real}\n          groups: [ci]\n          scopes: [mcp:call]\n"
+    );
+    let yaml = config_for(&upstream.url, "").replace(
+        "    upstream: main\n",
+        &format!("    upstream: main\n{auth}"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    for (how, req) in [
+        (
+            "x-api-key",
+            stateless_call(&http_client(), &gw.url, "echo", json!({"text": "k"}))
+                .header("x-api-key", "ci-key-123"),
+        ),
+        (
+            "bearer",
+            stateless_call(&http_client(), &gw.url, "echo", json!({"text": "k"}))
+                .bearer_auth("ci-key-123"),
+        ),
+    ] {
+        let r = req.send().await.expect("answer");
+        assert_eq!(r.status(), 200, "{how}");
+    }
+    let r = stateless_call(&http_client(), &gw.url, "echo", json!({"text": "k"}))
+        .header("x-api-key", "wrong")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401);
+    let line = gw
+        .wait_access("the API key caller", |l| l["subject"] == "ci-bot")
+        .await;
+    assert_eq!(line["status"], 200);
+}
