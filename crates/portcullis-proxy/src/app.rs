@@ -461,13 +461,7 @@ fn resource_url(snap: &Snapshot, ds: &ServerSession, route_path: &str) -> String
     match &snap.config.public_url {
         Some(base) => format!("{base}{route_path}"),
         None => {
-            let req = ds.req_header();
-            let host = req
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                .unwrap_or("localhost");
+            let host = request_host(ds).unwrap_or("localhost");
             format!("http://{host}{route_path}")
         }
     }
@@ -608,19 +602,22 @@ fn check_host(snap: &Snapshot, ds: &ServerSession) -> Result<(), Refused> {
     if allowed.is_empty() {
         return Ok(());
     }
-    let req = ds.req_header();
-    let host = req
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
+    let host = request_host(ds).unwrap_or("");
     let name = host_name(host).to_ascii_lowercase();
     if allowed.contains(&name) {
         Ok(())
     } else {
         Err(Refusal::HostNotAllowed(format!("Host {host:?} is not allowed")).into())
     }
+}
+
+/// The request's host: the `Host` header (HTTP/1.1) or the URI authority (HTTP/2).
+fn request_host(ds: &ServerSession) -> Option<&str> {
+    let req = ds.req_header();
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
 /// The name part of a Host value: `[::1]:80` -> `::1`, `a.example:8080` -> `a.example`.
