@@ -38,6 +38,16 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
 }
 
+/// Registers an unlabelled metric; names and help texts are static, so failure is a bug.
+fn registered<M>(r: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let m = metric.expect("static metric definition");
+    r.register(Box::new(m.clone())).expect("unique metric name");
+    m
+}
+
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
     r.register(Box::new(c.clone())).expect("unique metric name");
@@ -63,27 +73,27 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let in_flight = IntGauge::new(
-            "portcullis_requests_in_flight",
-            "Requests being handled, streams included",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(in_flight.clone()))
-            .expect("unique metric name");
-        let last_reload = Gauge::new(
-            "portcullis_config_last_reload_timestamp_seconds",
-            "Unix time of the last successful config load",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(last_reload.clone()))
-            .expect("unique metric name");
-        let watching = IntGauge::new(
-            "portcullis_config_watching",
-            "1 once config file changes and SIGHUP trigger reloads, 0 if watching failed",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(watching.clone()))
-            .expect("unique metric name");
+        let in_flight = registered(
+            &r,
+            IntGauge::new(
+                "portcullis_requests_in_flight",
+                "Requests being handled, streams included",
+            ),
+        );
+        let last_reload = registered(
+            &r,
+            Gauge::new(
+                "portcullis_config_last_reload_timestamp_seconds",
+                "Unix time of the last successful config load",
+            ),
+        );
+        let watching = registered(
+            &r,
+            IntGauge::new(
+                "portcullis_config_watching",
+                "1 once config file changes and SIGHUP trigger reloads, 0 if watching failed",
+            ),
+        );
         Metrics {
             requests: counter(
                 &r,
@@ -142,15 +152,13 @@ impl Metrics {
             ),
             last_reload,
             watching,
-            access_log_dropped: {
-                let c = IntCounter::new(
+            access_log_dropped: registered(
+                &r,
+                IntCounter::new(
                     "portcullis_access_log_dropped_total",
                     "Access log lines dropped because the writer fell behind",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(c.clone())).expect("unique metric name");
-                c
-            },
+                ),
+            ),
             registry: r,
         }
     }

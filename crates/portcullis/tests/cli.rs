@@ -169,23 +169,7 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_calls() {
 
     // A call in flight when SIGTERM arrives still completes; then the process exits.
     let url = format!("http://{public}/mcp");
-    let call = tokio::spawn({
-        let url = url.clone();
-        async move {
-            stateless_call(
-                &http_client(),
-                &url,
-                "slow",
-                json!({"steps": 3, "delay_ms": 300}),
-            )
-            .send()
-            .await
-            .expect("answer")
-            .text()
-            .await
-            .expect("body")
-        }
-    });
+    let call = spawn_slow_call(&url);
     wait_metrics_at(&admin_url, "the call in flight", |m| {
         m.contains("portcullis_open_streams{route=\"/mcp\"} 1")
     })

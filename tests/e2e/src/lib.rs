@@ -438,6 +438,26 @@ pub fn stateless_call(
         .body(body.to_string())
 }
 
+/// Starts a `slow` demo call (3 steps of 300 ms) on its own task; the task yields the
+/// response body. Used to have a call in flight while something else happens.
+pub fn spawn_slow_call(url: &str) -> tokio::task::JoinHandle<String> {
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        stateless_call(
+            &http_client(),
+            &url,
+            "slow",
+            serde_json::json!({"steps": 3, "delay_ms": 300}),
+        )
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("body")
+    })
+}
+
 /// The JSON-RPC messages in an SSE or JSON response body.
 pub fn messages(body: &str) -> Vec<serde_json::Value> {
     if body.trim_start().starts_with('{') {

@@ -129,23 +129,7 @@ async fn reload_swaps_config_and_a_bad_file_keeps_the_old_one() {
 async fn in_flight_requests_finish_on_their_snapshot_across_a_reload() {
     let upstream = Upstream::demo().await;
     let gw = Gateway::fronting(&upstream, "").await;
-    let slow = tokio::spawn({
-        let url = gw.url.clone();
-        async move {
-            stateless_call(
-                &http_client(),
-                &url,
-                "slow",
-                json!({"steps": 3, "delay_ms": 300}),
-            )
-            .send()
-            .await
-            .expect("answer")
-            .text()
-            .await
-            .expect("body")
-        }
-    });
+    let slow = spawn_slow_call(&gw.url);
     // Wait until the call is in flight, then move the route away.
     gw.wait_metrics("the slow call in flight", |m| {
         m.contains("portcullis_open_streams{route=\"/mcp\"} 1")
