@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::cache::TokenCache;
 use crate::error::AuthError;
+use crate::jwks::{RefetchOutcome, RemoteJwks};
 use crate::principal::Principal;
 
 /// Longest bearer token accepted, in bytes. Real tokens are a few KiB at most; anything
@@ -59,11 +60,50 @@ impl Keys {
         }
     }
 
+    /// How many keys the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key with this id is in the set (a key without an id matches any).
+    fn has(&self, kid: Option<&str>) -> bool {
+        self.candidates(kid).next().is_some()
+    }
+
     fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a DecodingKey> {
         self.keys
             .iter()
             .filter(move |(k, _)| kid.is_none() || k.as_deref() == kid)
             .map(|(_, key)| key)
+    }
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// Loaded from a file (JWKS, PEM or secret) when the config was loaded.
+    Static(Arc<Keys>),
+    /// Fetched from a JWKS URL and kept fresh by the gateway.
+    Remote(Arc<RemoteJwks>),
+}
+
+impl KeySource {
+    fn current(&self) -> Option<Arc<Keys>> {
+        match self {
+            KeySource::Static(k) => Some(k.clone()),
+            KeySource::Remote(r) => r.keys(),
+        }
+    }
+}
+
+impl From<Keys> for KeySource {
+    fn from(keys: Keys) -> KeySource {
+        KeySource::Static(Arc::new(keys))
     }
 }
 
@@ -79,7 +119,7 @@ pub struct IssuerConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway: Duration,
     /// The verification keys.
-    pub keys: Keys,
+    pub keys: KeySource,
     /// Claim paths holding groups or roles, e.g. `groups`, `realm_access.roles`.
     pub groups_claims: Vec<String>,
     /// Claim paths to keep on the Principal (for policies and logs).
@@ -107,19 +147,125 @@ impl JwtVerifier {
         }
     }
 
-    /// Verifies `token` at Unix time `now` and returns its Principal.
+    /// The trusted issuers.
+    pub fn issuers(&self) -> &[IssuerConfig] {
+        &self.issuers
+    }
+
+    /// Verifies `token` at Unix time `now` and returns its Principal. A key id missing
+    /// from a remote set is refused without a refetch; see [`JwtVerifier::verify_refetching`].
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, AuthError> {
+        match self.attempt(token, now) {
+            Attempt::Done(result) => result,
+            Attempt::UnknownKey(_, why) => Err(AuthError::Invalid(why)),
+        }
+    }
+
+    /// Like [`JwtVerifier::verify`], but a key id that a JWKS URL's set does not hold
+    /// asks for one refetch of that set (shared with other callers, rate-limited) and
+    /// waits up to `wait` for it before looking again: how a rotated-in key is learned.
+    pub async fn verify_refetching(
+        &self,
+        token: &str,
+        now: u64,
+        wait: Duration,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let (remote, why) = match self.attempt(token, now) {
+            Attempt::Done(result) => return result,
+            Attempt::UnknownKey(remote, why) => (remote, why),
+        };
+        match remote.refetch(wait).await {
+            RefetchOutcome::Fetched => self.verify(token, now),
+            RefetchOutcome::RateLimited => Err(AuthError::Invalid(format!(
+                "{why} (the key set was fetched moments ago)"
+            ))),
+            RefetchOutcome::TimedOut => Err(AuthError::Invalid(format!(
+                "{why} (the key set could not be fetched in time)"
+            ))),
+        }
+    }
+
+    /// Changes whenever a remote key set changes, so cached verdicts are re-checked.
+    fn epoch(&self) -> u64 {
+        self.issuers.iter().fold(0, |acc, i| match &i.keys {
+            KeySource::Remote(r) => acc.wrapping_add(r.generation()),
+            KeySource::Static(_) => acc,
+        })
+    }
+
+    fn attempt(&self, token: &str, now: u64) -> Attempt {
         if token.is_empty() {
-            return Err(AuthError::Missing);
+            return Attempt::Done(Err(AuthError::Missing));
         }
         if token.len() > MAX_TOKEN_LEN {
-            return Err(AuthError::Invalid(format!(
+            return Attempt::Done(Err(AuthError::Invalid(format!(
                 "longer than {MAX_TOKEN_LEN} bytes"
-            )));
+            ))));
         }
-        if let Some(p) = self.cache.get(token, now) {
-            return Ok(p);
+        let epoch = self.epoch();
+        if let Some(p) = self.cache.get(token, now, epoch) {
+            return Attempt::Done(Ok(p));
         }
+        let (issuer, alg, kid) = match self.pick_issuer(token) {
+            Ok(found) => found,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
+        let unknown = match &kid {
+            Some(kid) => format!("unknown key id {kid:?}"),
+            None => "no key matches".into(),
+        };
+        let keys = match issuer.keys.current() {
+            Some(keys) if keys.has(kid.as_deref()) => keys,
+            _ => {
+                return match &issuer.keys {
+                    KeySource::Remote(r) => Attempt::UnknownKey(r.clone(), unknown),
+                    KeySource::Static(_) => Attempt::Done(Err(AuthError::Invalid(unknown))),
+                }
+            }
+        };
+        let validation = validation_for(issuer, alg);
+        let mut last = AuthError::Invalid(unknown);
+        for key in keys.candidates(kid.as_deref()) {
+            match jsonwebtoken::decode::<Value>(token, key, &validation) {
+                Ok(data) => {
+                    let principal = check_times(&data.claims, now, issuer.leeway.as_secs())
+                        .and_then(|()| principal_from(issuer, &data.claims))
+                        .map(Arc::new);
+                    if let Ok(p) = &principal {
+                        self.cache.insert(token, p.clone(), now, epoch);
+                    }
+                    return Attempt::Done(principal);
+                }
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => {
+                            return Attempt::Done(Err(AuthError::Expired))
+                        }
+                        ErrorKind::ImmatureSignature => {
+                            return Attempt::Done(Err(AuthError::Invalid(
+                                "not valid yet (nbf)".into(),
+                            )))
+                        }
+                        ErrorKind::InvalidAudience => {
+                            return Attempt::Done(Err(AuthError::Invalid("wrong audience".into())))
+                        }
+                        ErrorKind::InvalidIssuer => {
+                            return Attempt::Done(Err(AuthError::Invalid("wrong issuer".into())))
+                        }
+                        other => AuthError::Invalid(format!("{other:?}")),
+                    };
+                }
+            }
+        }
+        Attempt::Done(Err(last))
+    }
+
+    /// The trusted issuer named by the token's (not yet verified) `iss`, with the
+    /// header's algorithm checked against that issuer's allow-list.
+    fn pick_issuer(
+        &self,
+        token: &str,
+    ) -> Result<(&IssuerConfig, Algorithm, Option<String>), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed: {e}")))?;
         let peek: IssPeek = jsonwebtoken::dangerous::insecure_decode_claims(token)
@@ -138,38 +284,14 @@ impl JwtVerifier {
                 header.alg
             )));
         }
-        let validation = validation_for(issuer, header.alg);
-        let mut last = AuthError::Invalid(match &header.kid {
-            Some(kid) => format!("unknown key id {kid:?}"),
-            None => "no key matches".into(),
-        });
-        for key in issuer.keys.candidates(header.kid.as_deref()) {
-            match jsonwebtoken::decode::<Value>(token, key, &validation) {
-                Ok(data) => {
-                    check_times(&data.claims, now, issuer.leeway.as_secs())?;
-                    let principal = Arc::new(principal_from(issuer, &data.claims)?);
-                    self.cache.insert(token, principal.clone(), now);
-                    return Ok(principal);
-                }
-                Err(e) => {
-                    last = match e.kind() {
-                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
-                        ErrorKind::ImmatureSignature => {
-                            return Err(AuthError::Invalid("not valid yet (nbf)".into()))
-                        }
-                        ErrorKind::InvalidAudience => {
-                            return Err(AuthError::Invalid("wrong audience".into()))
-                        }
-                        ErrorKind::InvalidIssuer => {
-                            return Err(AuthError::Invalid("wrong issuer".into()))
-                        }
-                        other => AuthError::Invalid(format!("{other:?}")),
-                    };
-                }
-            }
-        }
-        Err(last)
+        Ok((issuer, header.alg, header.kid))
     }
+}
+
+/// One verification try: a verdict, or a key id the issuer's remote set lacks.
+enum Attempt {
+    Done(Result<Arc<Principal>, AuthError>),
+    UnknownKey(Arc<RemoteJwks>, String),
 }
 
 fn validation_for(issuer: &IssuerConfig, alg: Algorithm) -> Validation {

@@ -1,13 +1,15 @@
 //! Portcullis identity: who is calling. Verifies bearer JWTs (jsonwebtoken) against
 //! configured issuers and keys and turns them into a [`Principal`] that policies,
 //! rate-limit keys and logs use. No networking here: key sets arrive already loaded
-//! (from files now; fetched JWKS later), so every rule is testable on its own.
+//! from files, or are fetched from JWKS URLs by the gateway into a [`RemoteJwks`], so
+//! every rule is testable on its own.
 //!
 //! API keys for machine clients live here too ([`ApiKeys`]).
 
 mod api_keys;
 mod cache;
 mod error;
+mod jwks;
 mod jwt;
 mod principal;
 mod route;
@@ -16,6 +18,7 @@ pub use api_keys::{ApiKeyEntry, ApiKeys, API_KEY_ISSUER};
 pub use cache::TokenCache;
 pub use error::AuthError;
 pub use jsonwebtoken::Algorithm;
-pub use jwt::{IssuerConfig, JwtVerifier, Keys, MAX_TOKEN_LEN};
+pub use jwks::{JwksRegistry, JwksSchedule, RefetchOutcome, RemoteJwks};
+pub use jwt::{IssuerConfig, JwtVerifier, KeySource, Keys, MAX_TOKEN_LEN};
 pub use principal::Principal;
-pub use route::{bearer_token, RouteAuth};
+pub use route::{bearer_token, RouteAuth, REFETCH_WAIT};

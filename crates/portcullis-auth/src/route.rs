@@ -2,11 +2,17 @@
 //! the `WWW-Authenticate` challenge, and the RFC 9728 protected resource metadata.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::api_keys::ApiKeys;
 use crate::error::AuthError;
 use crate::jwt::JwtVerifier;
 use crate::principal::Principal;
+
+/// The longest a request waits for a JWKS refetch its token's unknown key id asked for.
+/// Longer than the gateway's fetch timeout, so a slow but working identity provider
+/// still answers in time.
+pub const REFETCH_WAIT: Duration = Duration::from_secs(6);
 
 /// How one route authenticates its callers.
 pub struct RouteAuth {
@@ -42,8 +48,10 @@ pub fn bearer_token(value: &[u8]) -> Option<&str> {
 }
 
 impl RouteAuth {
-    /// Checks the request's `Authorization` header at Unix time `now`.
-    pub fn check(
+    /// Checks the request's `Authorization` (or `X-Api-Key`) header at Unix time `now`.
+    /// A JWT whose key id a fetched JWKS lacks waits up to [`REFETCH_WAIT`] for one
+    /// shared, rate-limited refetch of that set.
+    pub async fn check(
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
@@ -65,7 +73,7 @@ impl RouteAuth {
                 match self.api_keys.as_ref().and_then(|k| k.check(token)) {
                     Some(p) => p,
                     None => match &self.verifier {
-                        Some(v) => v.verify(token, now)?,
+                        Some(v) => v.verify_refetching(token, now, REFETCH_WAIT).await?,
                         None => return Err(AuthError::Invalid("unknown API key".into())),
                     },
                 }

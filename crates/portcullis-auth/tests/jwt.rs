@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use portcullis_auth::{AuthError, IssuerConfig, JwtVerifier, Keys};
+use portcullis_auth::{
+    AuthError, IssuerConfig, JwksRegistry, JwksSchedule, JwtVerifier, KeySource, Keys,
+};
 use serde_json::{json, Value};
 
 const ISS: &str = "https://idp.example.com/realms/demo";
@@ -23,7 +25,7 @@ fn issuer(keys: Keys, algorithms: Vec<Algorithm>) -> IssuerConfig {
         audiences: vec![AUD.into()],
         algorithms,
         leeway: Duration::from_secs(30),
-        keys,
+        keys: keys.into(),
         groups_claims: vec!["groups".into(), "realm_access.roles".into()],
         keep_claims: vec!["tenant".into()],
     }
@@ -261,4 +263,71 @@ fn bad_key_material_is_a_clear_error() {
         None
     )
     .is_err());
+}
+
+/// The fixture JWKS with only the keys whose ids are listed.
+fn jwks_with(kids: &[&str]) -> String {
+    let all: Value = serde_json::from_slice(&key_file("jwks.json")).expect("fixture jwks is JSON");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or("")))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+#[test]
+fn a_fetched_key_set_rotates_and_cached_tokens_of_a_removed_key_stop_working() {
+    let registry = JwksRegistry::default();
+    let remote = registry.get(
+        "http://idp.test/jwks",
+        JwksSchedule {
+            refresh_interval: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(0),
+        },
+    );
+    let mut i = issuer(Keys::from_secret(b"unused"), vec![Algorithm::RS256]);
+    i.keys = KeySource::Remote(remote.clone());
+    let v = JwtVerifier::new(vec![i], 100);
+    let old = rs256("k1", "rsa1.key", &claims(json!({})));
+    let new = rs256("k2", "rsa2.key", &claims(json!({})));
+
+    assert!(
+        invalid(v.verify(&old, NOW)).contains("unknown key id"),
+        "nothing fetched yet"
+    );
+    let t = std::time::Instant::now();
+    remote.begin_fetch(t);
+    remote.finish_fetch(Ok(&jwks_with(&["k1"])), t).expect("k1");
+    assert!(v.verify(&old, NOW).is_ok());
+    assert!(invalid(v.verify(&new, NOW)).contains("unknown key id \"k2\""));
+
+    remote.begin_fetch(t);
+    remote
+        .finish_fetch(Ok(&jwks_with(&["k1", "k2"])), t)
+        .expect("both");
+    assert!(
+        v.verify(&old, NOW).is_ok(),
+        "old tokens work while their key is listed"
+    );
+    assert!(v.verify(&new, NOW).is_ok(), "the new key is used");
+
+    remote.begin_fetch(t);
+    remote.finish_fetch(Ok(&jwks_with(&["k2"])), t).expect("k2");
+    assert!(
+        invalid(v.verify(&old, NOW)).contains("unknown key id"),
+        "a cached token stops working once its key leaves the set"
+    );
+    assert!(v.verify(&new, NOW).is_ok());
+
+    remote.begin_fetch(t);
+    assert!(remote
+        .finish_fetch(Err("connection refused".into()), t)
+        .is_err());
+    assert!(
+        v.verify(&new, NOW).is_ok(),
+        "the last good set serves while the IdP is down"
+    );
 }

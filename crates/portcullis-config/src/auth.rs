@@ -4,8 +4,11 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use portcullis_auth::{
-    Algorithm, ApiKeyEntry, ApiKeys, IssuerConfig, JwtVerifier, Keys, RouteAuth,
+    Algorithm, ApiKeyEntry, ApiKeys, IssuerConfig, JwksRegistry, JwksSchedule, JwtVerifier,
+    KeySource, Keys, RouteAuth,
 };
 
 use crate::error::ConfigError;
@@ -125,6 +128,7 @@ fn compile_jwt(
             v
         };
         let sources = [
+            f.jwks_url.is_some(),
             f.jwks_file.is_some(),
             f.pem_file.is_some(),
             f.secret_file.is_some(),
@@ -132,21 +136,35 @@ fn compile_jwt(
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(cx.err(
                 &at("issuer"),
-                "give exactly one of jwks_file, pem_file, secret_file".into(),
+                "give exactly one of jwks_url, jwks_file, pem_file, secret_file".into(),
             ));
         }
         let read = |p: &Path, key: &'static str| {
             std::fs::read(resolve(path, p))
                 .map_err(|e| cx.err(&at(key), format!("cannot read {}: {e}", p.display())))
         };
-        let keys = if let Some(p) = &f.jwks_file {
+        let keys: KeySource = if let Some(url) = &f.jwks_url {
+            check_jwks_url(url).map_err(|e| cx.err(&at("jwks_url"), e))?;
+            if f.jwks_refresh_interval < Duration::from_secs(1) {
+                return Err(cx.err(&at("jwks_refresh_interval"), "must be at least 1s".into()));
+            }
+            KeySource::Remote(JwksRegistry::global().get(
+                url,
+                JwksSchedule {
+                    refresh_interval: f.jwks_refresh_interval,
+                    min_refetch_interval: f.jwks_refetch_min_interval,
+                },
+            ))
+        } else if let Some(p) = &f.jwks_file {
             let bytes = read(p, "jwks_file")?;
             Keys::from_jwks_json(&String::from_utf8_lossy(&bytes))
                 .map_err(|e| cx.err(&at("jwks_file"), format!("{}: {e}", p.display())))?
+                .into()
         } else if let Some(p) = &f.pem_file {
             let bytes = read(p, "pem_file")?;
             Keys::from_pem(&bytes, None)
                 .map_err(|e| cx.err(&at("pem_file"), format!("{}: {e}", p.display())))?
+                .into()
         } else if let Some(p) = &f.secret_file {
             let bytes = read(p, "secret_file")?;
             let secret = bytes.trim_ascii_end();
@@ -156,7 +174,7 @@ fn compile_jwt(
                     "an HMAC secret needs at least 32 bytes".into(),
                 ));
             }
-            Keys::from_secret(secret)
+            Keys::from_secret(secret).into()
         } else {
             return Err(cx.err(&at("issuer"), "no key source".into()));
         };
@@ -202,6 +220,25 @@ fn compile_jwt(
     Ok(JwtVerifier::new(issuers, jwt.cache_entries))
 }
 
+/// A JWKS URL must be absolute http(s) with a host; credentials in it would end up in
+/// logs and metrics, so they are refused.
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("`{url}` has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are refused".into());
+    }
+    Ok(())
+}
+
 /// Key paths are relative to the config file's directory.
 fn resolve(config: &Path, p: &Path) -> std::path::PathBuf {
     if p.is_absolute() {
@@ -241,6 +278,29 @@ mod tests {
         let auth = c.routes[0].auth.as_ref().expect("auth");
         assert_eq!(auth.authorization_servers, ["https://idp"]);
         assert_eq!(c.public_url.as_deref(), Some("https://mcp.example.com"));
+    }
+
+    #[test]
+    fn a_jwks_url_issuer_shares_one_key_set_across_reloads() {
+        let text = config(
+            &GOOD.replace("pem_file: KEYS/rsa1.pub", "jwks_url: https://idp.test/jwks"),
+            "http:\n  public_url: https://m\n",
+        );
+        let remote = |c: &crate::Config| {
+            let auth = c.routes[0].auth.as_ref().expect("auth");
+            let v = auth.verifier.as_ref().expect("jwt");
+            match &v.issuers()[0].keys {
+                portcullis_auth::KeySource::Remote(r) => r.clone(),
+                portcullis_auth::KeySource::Static(_) => panic!("a jwks_url is remote"),
+            }
+        };
+        let first = load(&text).expect("valid");
+        let second = load(&text).expect("valid again");
+        assert!(
+            std::sync::Arc::ptr_eq(&remote(&first), &remote(&second)),
+            "a reload keeps the fetched keys"
+        );
+        assert_eq!(remote(&first).url(), "https://idp.test/jwks");
     }
 
     #[test]
@@ -319,6 +379,33 @@ mod tests {
                 ),
                 "routes[0].auth.jwt.issuers[0].pem_file",
                 "PEM",
+            ),
+            (
+                config(
+                    &GOOD.replace("pem_file: KEYS/rsa1.pub", "jwks_url: ftp://idp/jwks"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].jwks_url",
+                "http://",
+            ),
+            (
+                config(
+                    &GOOD.replace("pem_file: KEYS/rsa1.pub", "jwks_url: https://u:p@idp/jwks"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].jwks_url",
+                "credentials",
+            ),
+            (
+                config(
+                    &GOOD.replace(
+                        "pem_file: KEYS/rsa1.pub",
+                        "jwks_url: https://idp/jwks\n            jwks_refresh_interval: 10ms",
+                    ),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].jwks_refresh_interval",
+                "at least",
             ),
             (
                 config(GOOD, "http:\n  public_url: https://m/with/path\n"),

@@ -222,6 +222,17 @@ pub struct IssuerFile {
     /// only when listed (and the default with `secret_file`).
     #[serde(default)]
     pub algorithms: Vec<String>,
+    /// The identity provider's JWKS URL (`http://` or `https://`), fetched at start,
+    /// refreshed in the background and once on an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often a `jwks_url` is fetched again. Default 5m.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// The least time between fetches of a `jwks_url` caused by unknown key ids or
+    /// retries after a failure. Default 10s.
+    #[serde(default = "default_jwks_refetch", with = "humantime_serde")]
+    pub jwks_refetch_min_interval: Duration,
     /// A JWKS document (`{"keys":[...]}`) on disk.
     #[serde(default)]
     pub jwks_file: Option<std::path::PathBuf>,
@@ -244,6 +255,12 @@ pub struct IssuerFile {
 
 fn default_token_cache() -> usize {
     10_000
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_refetch() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_leeway() -> Duration {
     Duration::from_secs(30)

@@ -151,7 +151,7 @@ impl Gateway {
         }
         let method = ds.req_header().method.clone();
         if method != Method::OPTIONS {
-            authenticate(snap, ds, ex, route_idx)?;
+            authenticate(snap, ds, ex, route_idx).await?;
         }
         match method {
             Method::POST => self.post(snap, ds, ex, route_idx).await,
@@ -478,7 +478,7 @@ fn metadata_url(snap: &Snapshot, ds: &ServerSession, route_path: &str) -> String
 }
 
 /// Checks the caller's credential for an authenticated route (401/403 per the spec).
-fn authenticate(
+async fn authenticate(
     snap: &Snapshot,
     ds: &ServerSession,
     ex: &mut Exchange,
@@ -508,6 +508,7 @@ fn authenticate(
             h.get(&X_API_KEY).map(|v| v.as_bytes()),
             now,
         )
+        .await
     };
     match result {
         Ok(principal) => {

@@ -3,13 +3,15 @@
 //!
 //! Rooms, in the order a request walks through them: [`app`] (edge checks),
 //! [`forward`] (the upstream exchange), [`access_log`] and [`metrics`] (what is
-//! recorded). [`server`] assembles them; [`reload`] and [`health`] run beside them.
+//! recorded). [`server`] assembles them; [`reload`], [`health`] and [`jwks`] (fetching
+//! identity providers' key sets) run beside them.
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
 mod forward;
 pub mod health;
+pub mod jwks;
 pub mod listen;
 pub mod metrics;
 pub mod reload;

@@ -3,8 +3,8 @@
 //! `other`), statuses from what HTTP allows. docs/metrics.md lists each metric.
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics, registered in one registry served at `/metrics`.
@@ -36,6 +36,12 @@ pub struct Metrics {
     pub watching: IntGauge,
     /// `portcullis_access_log_dropped_total`: lines dropped because the log writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `portcullis_jwks_fetches_total{url, result}`.
+    pub jwks_fetches: IntCounterVec,
+    /// `portcullis_jwks_keys{url}`.
+    pub jwks_keys: IntGaugeVec,
+    /// `portcullis_jwks_last_success_timestamp_seconds{url}`.
+    pub jwks_last_success: GaugeVec,
 }
 
 /// Registers an unlabelled metric; names and help texts are static, so failure is a bug.
@@ -157,6 +163,28 @@ impl Metrics {
                 IntCounter::new(
                     "portcullis_access_log_dropped_total",
                     "Access log lines dropped because the writer fell behind",
+                ),
+            ),
+            jwks_fetches: counter(
+                &r,
+                "portcullis_jwks_fetches_total",
+                "Fetches of a configured JWKS URL, by result (success, failure)",
+                &["url", "result"],
+            ),
+            jwks_keys: gauge_vec(
+                &r,
+                "portcullis_jwks_keys",
+                "Keys in the last good set fetched from a JWKS URL",
+                &["url"],
+            ),
+            jwks_last_success: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "portcullis_jwks_last_success_timestamp_seconds",
+                        "Unix time of the last successful fetch of a JWKS URL",
+                    ),
+                    &["url"],
                 ),
             ),
             registry: r,

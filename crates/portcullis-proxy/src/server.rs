@@ -19,6 +19,7 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::app::Gateway;
 use crate::health::{Health, Prober};
+use crate::jwks::JwksFetcher;
 use crate::listen::{Prebound, PreboundService};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -121,6 +122,10 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
             live: live.clone(),
             metrics: metrics.clone(),
         },
+    ));
+    server.add_service(background_service(
+        "jwks",
+        JwksFetcher::new(metrics.clone())?,
     ));
     server.add_service(background_service(
         "probe",

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use portcullis_proxy::ShutdownKind;
 
+mod idp;
+pub use idp::JwksServer;
+
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

@@ -227,3 +227,163 @@ async fn api_keys_authenticate_machine_clients_and_never_reach_the_upstream() {
         .await;
     assert_eq!(line["status"], 200);
 }
+
+/// The fixture JWKS limited to the keys named.
+fn jwks_with(kids: &[&str]) -> String {
+    let text = std::fs::read_to_string(format!("{}/jwks.json", keys_dir())).expect("jwks");
+    let all: Value = serde_json::from_str(&text).expect("json");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.iter().any(|kid| k["kid"] == *kid))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// A token for `sub`, signed with the fixture key `key` and naming `kid`.
+fn token_by(kid: &str, key: &str, sub: &str) -> String {
+    let pem = std::fs::read(format!("{}/{key}", keys_dir())).expect("test key");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let mut c = claims("", 600);
+    c["sub"] = json!(sub);
+    encode(&header, &c, &EncodingKey::from_rsa_pem(&pem).expect("pem")).expect("sign")
+}
+
+async fn jwks_gateway(upstream: &Upstream, jwks_url: &str, extra: &str) -> Gateway {
+    let auth = format!(
+        "    auth:\n      jwt:\n        issuers:\n\
+         \x20         - issuer: {ISS}\n            jwks_url: {jwks_url}\n{extra}"
+    );
+    let yaml = config_for(&upstream.url, "http:\n  public_url: http://mcp.test\n").replace(
+        "    upstream: main\n",
+        &format!("    upstream: main\n{auth}"),
+    );
+    Gateway::start(&yaml).await
+}
+
+async fn status_with(gw: &Gateway, token: &str) -> u16 {
+    stateless_call(&http_client(), &gw.url, "echo", json!({"text": "x"}))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("answer")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_rotate_and_the_last_good_set_outlives_the_idp() {
+    let idp = JwksServer::start(jwks_with(&["k1"])).await;
+    let upstream = Upstream::demo().await;
+    let gw = jwks_gateway(
+        &upstream,
+        &idp.url,
+        "            jwks_refetch_min_interval: 0s\n",
+    )
+    .await;
+
+    let old = token_by("k1", "rsa1.key", "old");
+    assert_eq!(
+        status_with(&gw, &old).await,
+        200,
+        "a key from the fetched set"
+    );
+    assert_eq!(idp.fetches(), 1, "fetched once at start");
+
+    // The provider publishes a second key: its first token fetches the set once.
+    idp.set(200, jwks_with(&["k1", "k2"]));
+    assert_eq!(
+        status_with(&gw, &token_by("k2", "rsa2.key", "new-1")).await,
+        200
+    );
+    assert_eq!(idp.fetches(), 2, "an unknown kid fetched the set");
+    assert_eq!(
+        status_with(&gw, &token_by("k2", "rsa2.key", "new-2")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&gw, &token_by("k1", "rsa1.key", "old-2")).await,
+        200
+    );
+    assert_eq!(idp.fetches(), 2, "a known kid does not fetch again");
+
+    // The old key leaves the set: its tokens stop working, cached ones included.
+    idp.set(200, jwks_with(&["k2"]));
+    let made_up = token_by("k9", "rsa1.key", "mallory");
+    assert_eq!(status_with(&gw, &made_up).await, 401, "unknown kid");
+    assert_eq!(idp.fetches(), 3);
+    assert_eq!(
+        status_with(&gw, &old).await,
+        401,
+        "its key has left the set"
+    );
+    assert_eq!(
+        idp.fetches(),
+        4,
+        "(no rate limit in this test: it looked again)"
+    );
+    assert_eq!(
+        status_with(&gw, &token_by("k2", "rsa2.key", "new-3")).await,
+        200
+    );
+
+    // The provider fails: the last good set keeps serving.
+    idp.set(503, "down".into());
+    assert_eq!(status_with(&gw, &made_up).await, 401);
+    assert_eq!(idp.fetches(), 5);
+    assert_eq!(
+        status_with(&gw, &token_by("k2", "rsa2.key", "new-4")).await,
+        200
+    );
+    // Hostile or broken documents change nothing either.
+    let huge = format!("{{\"keys\":[\"{}\"]}}", "x".repeat(2 * 1024 * 1024));
+    for (n, body) in [huge, "{\"keys\":".into(), "[]".into()]
+        .into_iter()
+        .enumerate()
+    {
+        idp.set(200, body);
+        assert_eq!(status_with(&gw, &made_up).await, 401);
+        assert_eq!(idp.fetches(), 6 + n);
+        let t = token_by("k2", "rsa2.key", &format!("after-bad-{n}"));
+        assert_eq!(status_with(&gw, &t).await, 200, "nothing lost");
+    }
+    let m = gw
+        .wait_metrics("the failed fetch counted", |m| {
+            m.contains("portcullis_jwks_fetches_total{result=\"failure\"")
+                || m.contains("result=\"failure\",url=")
+        })
+        .await;
+    assert!(m.contains("portcullis_jwks_keys{"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_refreshed_in_the_background() {
+    let idp = JwksServer::start(jwks_with(&["k1"])).await;
+    let upstream = Upstream::demo().await;
+    let gw = jwks_gateway(
+        &upstream,
+        &idp.url,
+        "            jwks_refresh_interval: 1s\n",
+    )
+    .await;
+    assert_eq!(
+        status_with(&gw, &token_by("k1", "rsa1.key", "a")).await,
+        200
+    );
+    idp.set(200, jwks_with(&["k2"]));
+    // No token asks for it: the refresh alone drops k1 and brings k2.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut n = 0;
+    while status_with(&gw, &token_by("k1", "rsa1.key", &format!("b{n}"))).await != 401 {
+        assert!(std::time::Instant::now() < deadline, "k1 was never dropped");
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status_with(&gw, &token_by("k2", "rsa2.key", "c")).await,
+        200
+    );
+}
