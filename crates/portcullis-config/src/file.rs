@@ -33,6 +33,22 @@ pub struct ConfigFile {
     /// Upstream MCP servers by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamFile>,
+    /// How session ids handed to clients are sealed.
+    #[serde(default)]
+    pub sessions: SessionsFile,
+}
+
+/// `sessions:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsFile {
+    /// A file holding the key (at least 32 bytes) that seals session ids: a Secret
+    /// shared by every replica. Default: a random key per process.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The same, from an environment variable.
+    #[serde(default)]
+    pub key_env: Option<String>,
 }
 
 /// `listeners:`

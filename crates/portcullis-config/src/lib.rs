@@ -13,10 +13,10 @@ pub mod watch;
 pub use error::ConfigError;
 pub use file::{
     AccessLogFile, AuthFile, ConfigFile, HttpFile, IssuerFile, JwtFile, ListenersFile, RouteFile,
-    ServerFile, UpstreamFile,
+    ServerFile, SessionsFile, UpstreamFile,
 };
 pub use size::ByteSize;
-pub use validate::{Config, OriginRule, Route, Upstream};
+pub use validate::{Config, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN};
 
 use std::path::Path;
 

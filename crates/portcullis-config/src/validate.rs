@@ -47,7 +47,29 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Upstreams, referenced by index from routes.
     pub upstreams: Vec<Upstream>,
+    /// The key that seals session ids, when configured (`sessions.key_file|key_env`).
+    pub session_key: Option<SessionKey>,
 }
+
+/// Key material that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(Vec<u8>);
+
+impl SessionKey {
+    /// The key's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+/// Shortest accepted session key, in bytes (256 bits).
+pub const MIN_SESSION_KEY_LEN: usize = 32;
 
 /// A public path and where it goes.
 #[derive(Debug, Clone)]
@@ -361,6 +383,8 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         });
     }
 
+    let session_key = session_key(&cx, &file.sessions)?;
+
     let digest = Sha256::digest(text.as_bytes());
     let version = digest
         .iter()
@@ -398,7 +422,73 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         access_log: file.access_log,
         routes,
         upstreams,
+        session_key,
     })
+}
+
+/// Reads `sessions.key_file|key_env`.
+fn session_key(
+    cx: &Ctx<'_>,
+    f: &crate::file::SessionsFile,
+) -> Result<Option<SessionKey>, ConfigError> {
+    let at = |k: &'static str| [Step::Key("sessions"), Step::Key(k)];
+    if f.key_file.is_none() && f.key_env.is_none() {
+        return Ok(None);
+    }
+    let key = read_secret(
+        cx,
+        f.key_file.as_deref(),
+        f.key_env.as_deref(),
+        (&at("key_file"), &at("key_env"), &[Step::Key("sessions")]),
+    )?;
+    if key.len() < MIN_SESSION_KEY_LEN {
+        let which = if f.key_file.is_some() {
+            at("key_file")
+        } else {
+            at("key_env")
+        };
+        return Err(cx.err(
+            &which,
+            format!(
+                "the key has {} bytes; use at least {MIN_SESSION_KEY_LEN} (e.g. `openssl rand -hex 32`)",
+                key.len()
+            ),
+        ));
+    }
+    Ok(Some(SessionKey(key.into_bytes())))
+}
+
+/// A secret from a file (relative to the config file; trailing newlines dropped) or an
+/// environment variable: exactly one of the two. `at` is where errors point: the file
+/// key, the env key, and the block (for "give exactly one").
+fn read_secret(
+    cx: &Ctx<'_>,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+    at: (&[Step<'_>], &[Step<'_>], &[Step<'_>]),
+) -> Result<String, ConfigError> {
+    let (at_file, at_env, at_block) = at;
+    match (file, env) {
+        (Some(file), None) => {
+            let full = if file.is_absolute() {
+                file.to_owned()
+            } else {
+                cx.path
+                    .parent()
+                    .map_or_else(|| file.to_owned(), |d| d.join(file))
+            };
+            Ok(std::fs::read_to_string(&full)
+                .map_err(|e| cx.err(at_file, format!("cannot read {}: {e}", file.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned())
+        }
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| cx.err(at_env, format!("environment variable {var} is not set"))),
+        _ => Err(cx.err(
+            at_block,
+            "give exactly one of the file and the environment variable".into(),
+        )),
+    }
 }
 
 /// Reads an upstream credential into the header it is sent as.
@@ -424,38 +514,12 @@ fn credential_header(
     if is_reserved_header(hn.as_str()) {
         return Err(cx.err(&at("header"), format!("`{hn}` is set by the gateway")));
     }
-    let secret = match (&cred.value_file, &cred.value_env) {
-        (Some(file), None) => {
-            let full = if file.is_absolute() {
-                file.clone()
-            } else {
-                cx.path
-                    .parent()
-                    .map_or_else(|| file.clone(), |d| d.join(file))
-            };
-            std::fs::read_to_string(&full)
-                .map_err(|e| {
-                    cx.err(
-                        &at("value_file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                })?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned()
-        }
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            cx.err(
-                &at("value_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?,
-        _ => {
-            return Err(cx.err(
-                &at("header"),
-                "give exactly one of value_file and value_env".into(),
-            ))
-        }
-    };
+    let secret = read_secret(
+        cx,
+        cred.value_file.as_deref(),
+        cred.value_env.as_deref(),
+        (&at("value_file"), &at("value_env"), &at("header")),
+    )?;
     if secret.is_empty() {
         return Err(cx.err(&at("header"), "the credential is empty".into()));
     }
@@ -681,6 +745,37 @@ upstreams:
         ] {
             let e = crate::load_str(&path, &with(cred)).expect_err("refused");
             assert_eq!(e.key.as_deref(), Some(key), "{cred}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_session_key_comes_from_a_file_or_the_environment_and_must_be_long() {
+        let dir = std::env::temp_dir().join(format!("portcullis-skey-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let long = "k".repeat(MIN_SESSION_KEY_LEN);
+        std::fs::write(dir.join("key"), format!("{long}\n")).expect("write");
+        std::fs::write(dir.join("short"), "tiny").expect("write");
+        let path = dir.join("gw.yaml");
+        let with = |s: &str| format!("{GOOD}sessions:\n{s}");
+        assert!(crate::load_str(&path, GOOD)
+            .expect("valid")
+            .session_key
+            .is_none());
+        let c = crate::load_str(&path, &with("  key_file: key\n")).expect("valid");
+        assert_eq!(
+            c.session_key.as_ref().map(SessionKey::bytes),
+            Some(long.as_bytes())
+        );
+        assert!(!format!("{c:?}").contains(&long), "never printed");
+        for (sessions, key) in [
+            ("  key_file: short\n", "sessions.key_file"),
+            ("  key_file: missing\n", "sessions.key_file"),
+            ("  key_env: PORTCULLIS_SURELY_UNSET\n", "sessions.key_env"),
+            ("  key_file: key\n  key_env: X\n", "sessions"),
+            ("  key: x\n", "sessions.key"),
+        ] {
+            let e = crate::load_str(&path, &with(sessions)).expect_err("refused");
+            assert_eq!(e.key.as_deref(), Some(key), "{sessions}: {e}");
         }
     }
 

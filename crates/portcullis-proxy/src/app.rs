@@ -22,6 +22,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::ErrorType;
 use pingora_http::ResponseHeader;
+use portcullis_auth::Principal;
 use portcullis_mcp::envelope::{Body, EnvelopeError};
 use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
@@ -67,8 +68,8 @@ pub(crate) struct Exchange {
     pub cors_origin: Option<String>,
     /// Set when the connection must not be reused.
     pub close: bool,
-    /// The authenticated caller's subject.
-    pub subject: Option<String>,
+    /// The authenticated caller.
+    pub principal: Option<Arc<Principal>>,
 }
 
 /// A refusal and the request id to answer it with.
@@ -313,6 +314,7 @@ impl Gateway {
             ex,
             &self.metrics,
             route_name,
+            &snap.sessions,
         )
         .await;
         let count = |kind: &str| {
@@ -391,7 +393,7 @@ impl Gateway {
             bytes_out: ex.bytes_out,
             reason: ex.reason,
             client: ds.client_addr().and_then(|a| a.as_inet()).copied(),
-            subject: ex.subject.as_deref(),
+            subject: ex.principal.as_ref().map(|p| p.subject.as_str()),
         });
     }
 }
@@ -512,7 +514,7 @@ async fn authenticate(
     };
     match result {
         Ok(principal) => {
-            ex.subject = Some(principal.subject.clone());
+            ex.principal = Some(principal);
             Ok(())
         }
         Err(e) => {

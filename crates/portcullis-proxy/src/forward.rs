@@ -19,6 +19,7 @@ use portcullis_mcp::Refusal;
 
 use crate::app::{add_cors, Exchange};
 use crate::metrics::Metrics;
+use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
 
 /// `Mcp-Session-Id`, parsed once: lookups by `HeaderName` skip re-parsing the name.
@@ -73,17 +74,20 @@ pub(crate) async fn exchange(
     ex: &mut Exchange,
     metrics: &Metrics,
     route_name: &str,
+    sessions: &SessionSeal,
 ) -> Result<Upstreamed, Failed> {
-    let pinned = upstream.peers.len() > 1;
     let client_sid = ds
         .get_header(&MCP_SESSION_ID_H)
         .map(|v| v.as_bytes().to_vec());
-    let (idx, upstream_sid) = match (&client_sid, pinned) {
-        (Some(sid), true) => match unpin(sid, upstream.peers.len()) {
+    let owner = owner_of(ex.principal.as_deref());
+    let up_name = upstream.config.name.as_str();
+    let (idx, upstream_sid) = match &client_sid {
+        Some(sid) => match sessions.open(owner, up_name, sid, upstream.peers.len()) {
             Some((i, s)) => (i, Some(s.to_vec())),
+            // Forged, altered, another principal's, or for a replica that is gone.
             None => return Err((Refusal::SessionNotFound, None)),
         },
-        (sid, _) => (upstream.pick(), sid.clone()),
+        None => (upstream.pick(), None),
     };
     let peer = &upstream.peers[idx];
     ex.endpoint = Some(upstream.config.endpoints[idx]);
@@ -125,7 +129,13 @@ pub(crate) async fn exchange(
         ));
     };
     let status = up_resp.status.as_u16();
-    let resp = downstream_response(up_resp, pinned.then_some(idx), ex).map_err(|e| {
+    let sealing = Sealing {
+        seal: sessions,
+        owner,
+        upstream: up_name,
+        replica: idx,
+    };
+    let resp = downstream_response(up_resp, &sealing, ex).map_err(|e| {
         (
             Refusal::UpstreamUnavailable {
                 upstream: upstream.config.name.clone(),
@@ -352,9 +362,17 @@ fn upstream_request(
     Ok(req)
 }
 
+/// What a session id from the upstream is sealed with on its way to the client.
+struct Sealing<'a> {
+    seal: &'a SessionSeal,
+    owner: (&'a str, &'a str),
+    upstream: &'a str,
+    replica: usize,
+}
+
 fn downstream_response(
     up: &ResponseHeader,
-    pin: Option<usize>,
+    sealing: &Sealing<'_>,
     ex: &Exchange,
 ) -> pingora_error::Result<ResponseHeader> {
     let status = up.status.as_u16();
@@ -366,10 +384,14 @@ fn downstream_response(
             continue;
         }
         if n == MCP_SESSION_ID {
-            if let Some(idx) = pin {
-                resp.append_header(name.clone(), pin_session(idx, value.as_bytes()))?;
-                continue;
-            }
+            let sealed = sealing.seal.seal(
+                sealing.owner,
+                sealing.upstream,
+                sealing.replica,
+                value.as_bytes(),
+            );
+            resp.append_header(name.clone(), sealed)?;
+            continue;
         }
         resp.append_header(name.clone(), value.clone())?;
     }
@@ -392,39 +414,9 @@ fn downstream_response(
     Ok(resp)
 }
 
-/// The session id a client sees when an upstream has several endpoints: the endpoint's
-/// index, a dot, then the upstream's own id, so later requests reach the same replica.
-fn pin_session(idx: usize, upstream_sid: &[u8]) -> String {
-    format!("{idx}.{}", String::from_utf8_lossy(upstream_sid))
-}
-
-fn unpin(client_sid: &[u8], endpoints: usize) -> Option<(usize, &[u8])> {
-    let dot = client_sid.iter().position(|b| *b == b'.')?;
-    let idx: usize = std::str::from_utf8(&client_sid[..dot]).ok()?.parse().ok()?;
-    let rest = &client_sid[dot + 1..];
-    (idx < endpoints && !rest.is_empty()).then_some((idx, rest))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pinned_session_ids_round_trip_and_reject_garbage() {
-        let s = pin_session(2, b"abc-123");
-        assert_eq!(unpin(s.as_bytes(), 3), Some((2, b"abc-123".as_slice())));
-        assert_eq!(unpin(s.as_bytes(), 2), None);
-        for bad in [
-            &b""[..],
-            b"abc",
-            b".x",
-            b"1.",
-            b"x.y",
-            b"99999999999999999999999.z",
-        ] {
-            assert_eq!(unpin(bad, 3), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn connection_listed_headers_are_found() {

@@ -16,6 +16,7 @@ pub mod listen;
 pub mod metrics;
 pub mod reload;
 pub mod server;
+pub mod sessions;
 pub mod snapshot;
 
 pub use server::{prepare, spawn, Prepared, Running, ShutdownKind};

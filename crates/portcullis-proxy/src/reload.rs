@@ -60,7 +60,15 @@ impl Reloader {
             warn!("listeners and server.threads changed in the file; they take effect on restart");
         }
         let version = config.version.clone();
-        self.live.store(Arc::new(Snapshot::build(config)));
+        let snapshot = match Snapshot::build(config) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "config reload failed; the previous config keeps serving");
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                return;
+            }
+        };
+        self.live.store(Arc::new(snapshot));
         self.metrics.set_config_version(&version);
         self.metrics.reloads.with_label_values(&["success"]).inc();
         info!(version = %version, previous = %old.config.version, trigger = trigger.as_str(),

@@ -80,7 +80,13 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     let grace_period = config.grace_period;
     let version = config.version.clone();
     let source = config.source.clone();
-    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)));
+    if config.session_key.is_none() {
+        tracing::info!(
+            "sessions.key_file is not set: session ids are sealed with this process's random key, \
+             so replicas behind one Service cannot serve each other's sessions (docs/configuration.md)"
+        );
+    }
+    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
     let in_flight = metrics.in_flight.clone();
 
     let conf = ServerConf {

@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
 use portcullis_config::{Config, Upstream};
 
+use crate::sessions::SessionSeal;
+
 /// The live snapshot, shared by every service of the process.
 pub type Live = Arc<ArcSwap<Snapshot>>;
 
@@ -18,6 +20,9 @@ pub struct Snapshot {
     pub config: Config,
     /// One per `config.upstreams`, same order.
     pub upstreams: Vec<UpstreamRuntime>,
+    /// Seals the session ids handed to clients (`sessions.key_file|key_env`, else this
+    /// process's random key).
+    pub sessions: SessionSeal,
 }
 
 /// An upstream ready to dial.
@@ -30,8 +35,13 @@ pub struct UpstreamRuntime {
 }
 
 impl Snapshot {
-    /// Compiles a validated config. Cheap: no I/O (endpoints were resolved in validation).
-    pub fn build(config: Config) -> Snapshot {
+    /// Compiles a validated config. Cheap: no I/O (endpoints were resolved in
+    /// validation). Fails only if the system has no randomness for a session key.
+    pub fn build(config: Config) -> Result<Snapshot, String> {
+        let sessions = match &config.session_key {
+            Some(key) => SessionSeal::new(key.bytes()),
+            None => SessionSeal::per_process()?,
+        };
         let upstreams = config
             .upstreams
             .iter()
@@ -50,7 +60,11 @@ impl Snapshot {
                 next: AtomicUsize::new(0),
             })
             .collect();
-        Snapshot { config, upstreams }
+        Ok(Snapshot {
+            config,
+            upstreams,
+            sessions,
+        })
     }
 }
 

@@ -46,7 +46,8 @@ pub struct Gateway {
 
 static DIRS: AtomicUsize = AtomicUsize::new(0);
 
-fn scratch_dir() -> PathBuf {
+/// A fresh private directory under the system temp dir.
+pub fn scratch_dir() -> PathBuf {
     let n = DIRS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("portcullis-e2e-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

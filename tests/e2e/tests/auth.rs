@@ -387,3 +387,84 @@ async fn a_jwks_url_is_refreshed_in_the_background() {
         200
     );
 }
+
+/// A session-era request on `sid` with `token`; the status and the JSON-RPC error code.
+async fn on_session(gw: &Gateway, method: http::Method, sid: &str, token: &str) -> (u16, Value) {
+    let mut req = http_client()
+        .request(method.clone(), &gw.url)
+        .bearer_auth(token)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25");
+    req = match method {
+        http::Method::POST => req
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#),
+        _ => req.header("accept", "text/event-stream"),
+    };
+    let r = req.send().await.expect("answer");
+    let status = r.status().as_u16();
+    if status == 200 && method == http::Method::GET {
+        return (status, Value::Null); // an open stream: do not wait for its end
+    }
+    let body = r.text().await.unwrap_or_default();
+    let code = messages(&body)
+        .first()
+        .map_or(Value::Null, |m| m["error"]["code"].clone());
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_belongs_to_the_principal_that_created_it() {
+    let upstream = Upstream::demo().await;
+    let gw = authed_gateway(&upstream).await;
+    let alice = token(claims("mcp:call", 600));
+    let mut bob_claims = claims("mcp:call", 600);
+    bob_claims["sub"] = json!("bob");
+    let bob = token(bob_claims);
+
+    let r = http_client()
+        .post(&gw.url)
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-11-25","capabilities":{},
+                "clientInfo":{"name":"raw","version":"1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("visible ASCII")
+        .to_owned();
+    let _ = r.text().await;
+
+    use http::Method;
+    assert_eq!(on_session(&gw, Method::POST, &sid, &alice).await.0, 200);
+    for method in [Method::POST, Method::GET, Method::DELETE] {
+        assert_eq!(
+            on_session(&gw, method.clone(), &sid, &bob).await,
+            (404, json!(-32013)),
+            "{method} with another principal's token is an unknown session"
+        );
+    }
+    let mut altered = sid.clone().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'x' { b'y' } else { b'x' };
+    let altered = String::from_utf8(altered).expect("ascii");
+    assert_eq!(
+        on_session(&gw, Method::POST, &altered, &alice).await,
+        (404, json!(-32013)),
+        "an altered id"
+    );
+    assert_eq!(
+        on_session(&gw, Method::POST, &sid, &alice).await.0,
+        200,
+        "bob's attempts (DELETE included) did not end alice's session"
+    );
+}

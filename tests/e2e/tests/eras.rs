@@ -301,3 +301,43 @@ async fn sessions_stay_on_the_replica_that_created_them() {
     assert_eq!(v["error"]["code"], -32013);
     assert_eq!(v["id"], 4);
 }
+
+/// A tools/list on session `sid` through `gw`: the HTTP status.
+async fn list_on(gw: &Gateway, sid: &str) -> u16 {
+    http_client()
+        .post(&gw.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("answer")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_replicas_sharing_a_session_key_serve_each_others_sessions() {
+    let upstream = Upstream::demo().await;
+    let dir = scratch_dir();
+    let key = |name: &str, fill: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, fill.repeat(40)).expect("write key");
+        format!("sessions:\n  key_file: {}\n", path.display())
+    };
+    let shared = key("shared", "a");
+    let a = Gateway::fronting(&upstream, &shared).await;
+    let b = Gateway::fronting(&upstream, &shared).await;
+    let other = Gateway::fronting(&upstream, &key("other", "b")).await;
+
+    let sid = raw_initialize(&a).await;
+    assert_eq!(list_on(&a, &sid).await, 200);
+    assert_eq!(list_on(&b, &sid).await, 200, "the other replica opens it");
+    assert_eq!(
+        list_on(&other, &sid).await,
+        404,
+        "a gateway with another key does not"
+    );
+}
