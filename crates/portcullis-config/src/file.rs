@@ -315,6 +315,31 @@ pub struct UpstreamFile {
     /// (a Kubernetes Secret), sent instead of anything the client presented.
     #[serde(default)]
     pub credential: Option<CredentialFile>,
+    /// Headers that carry the caller's identity to this upstream. Trusted only inside
+    /// the cluster: the gateway removes any client-sent header of the same name.
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersFile,
+}
+
+/// `upstreams.<name>.identity_headers:` header names, each optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersFile {
+    /// Carries the principal's subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Carries the issuer (`api-key` for API keys).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Carries the groups, comma-separated.
+    #[serde(default)]
+    pub groups: Option<String>,
+    /// Carries the scopes, comma-separated.
+    #[serde(default)]
+    pub scopes: Option<String>,
+    /// Kept claims (`keep_claims` paths) to headers.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// `upstreams.<name>.credential:`

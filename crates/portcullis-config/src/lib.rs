@@ -12,11 +12,13 @@ pub mod watch;
 
 pub use error::ConfigError;
 pub use file::{
-    AccessLogFile, AuthFile, ConfigFile, HttpFile, IssuerFile, JwtFile, ListenersFile, RouteFile,
-    ServerFile, SessionsFile, UpstreamFile,
+    AccessLogFile, AuthFile, ConfigFile, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile,
+    ListenersFile, RouteFile, ServerFile, SessionsFile, UpstreamFile,
 };
 pub use size::ByteSize;
-pub use validate::{Config, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN};
+pub use validate::{
+    Config, IdentityHeaders, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN,
+};
 
 use std::path::Path;
 

@@ -105,6 +105,38 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Extra headers for every request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers that carry the caller's identity (always stripped from the client's).
+    pub identity_headers: IdentityHeaders,
+}
+
+/// Where the caller's identity goes on requests to one upstream.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityHeaders {
+    /// The principal's subject.
+    pub subject: Option<HeaderName>,
+    /// The principal's issuer.
+    pub issuer: Option<HeaderName>,
+    /// The principal's groups, comma-separated.
+    pub groups: Option<HeaderName>,
+    /// The principal's scopes, comma-separated.
+    pub scopes: Option<HeaderName>,
+    /// Kept claims by path, each to its header.
+    pub claims: Vec<(String, HeaderName)>,
+}
+
+impl IdentityHeaders {
+    /// Every header name configured (the gateway never forwards the client's own).
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        [&self.subject, &self.issuer, &self.groups, &self.scopes]
+            .into_iter()
+            .flatten()
+            .chain(self.claims.iter().map(|(_, h)| h))
+    }
+
+    /// Whether none are configured.
+    pub fn is_empty(&self) -> bool {
+        self.names().next().is_none()
+    }
 }
 
 /// One allowed Origin: exact, any port of a scheme and host, or anything.
@@ -318,6 +350,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         if let Some(cred) = &up.credential {
             headers.push(credential_header(&cx, name, cred)?);
         }
+        let identity_headers = identity_headers(&cx, name, &up.identity_headers, &headers)?;
         upstreams.push(Upstream {
             name: name.clone(),
             authority: authority.as_str().to_owned(),
@@ -330,6 +363,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             write_timeout: up.write_timeout,
             idle_timeout: up.idle_timeout,
             headers,
+            identity_headers,
         });
     }
 
@@ -489,6 +523,65 @@ fn read_secret(
             "give exactly one of the file and the environment variable".into(),
         )),
     }
+}
+
+/// Checks `upstreams.<name>.identity_headers`: valid names, none the gateway sets or
+/// the upstream's own headers already use, no name twice.
+fn identity_headers(
+    cx: &Ctx<'_>,
+    name: &str,
+    f: &crate::file::IdentityHeadersFile,
+    fixed: &[(HeaderName, HeaderValue)],
+) -> Result<IdentityHeaders, ConfigError> {
+    let mut seen: Vec<HeaderName> = Vec::new();
+    let mut check = |key: &str, value: &str| -> Result<HeaderName, ConfigError> {
+        let mut at = vec![
+            Step::Key("upstreams"),
+            Step::Key(name),
+            Step::Key("identity_headers"),
+        ];
+        let leaf = key.strip_prefix("claims.");
+        match leaf {
+            Some(claim) => at.extend([Step::Key("claims"), Step::Key(claim)]),
+            None => at.push(Step::Key(key)),
+        }
+        let hn = HeaderName::from_bytes(value.as_bytes())
+            .map_err(|_| cx.err(&at, format!("`{value}` is not a valid header name")))?;
+        let n = hn.as_str();
+        if is_reserved_header(n)
+            || matches!(
+                n,
+                "authorization" | "cookie" | "x-api-key" | "x-forwarded-for"
+            )
+            || fixed.iter().any(|(h, _)| *h == hn)
+        {
+            return Err(cx.err(
+                &at,
+                format!("`{n}` is already set by the gateway or this upstream's headers"),
+            ));
+        }
+        if seen.contains(&hn) {
+            return Err(cx.err(&at, format!("`{n}` is used twice")));
+        }
+        seen.push(hn.clone());
+        Ok(hn)
+    };
+    let mut one = |key: &str, v: &Option<String>| v.as_deref().map(|v| check(key, v)).transpose();
+    let subject = one("subject", &f.subject)?;
+    let issuer = one("issuer", &f.issuer)?;
+    let groups = one("groups", &f.groups)?;
+    let scopes = one("scopes", &f.scopes)?;
+    let mut claims = Vec::with_capacity(f.claims.len());
+    for (path, header) in &f.claims {
+        claims.push((path.clone(), check(&format!("claims.{path}"), header)?));
+    }
+    Ok(IdentityHeaders {
+        subject,
+        issuer,
+        groups,
+        scopes,
+        claims,
+    })
 }
 
 /// Reads an upstream credential into the header it is sent as.
@@ -745,6 +838,61 @@ upstreams:
         ] {
             let e = crate::load_str(&path, &with(cred)).expect_err("refused");
             assert_eq!(e.key.as_deref(), Some(key), "{cred}: {e}");
+        }
+    }
+
+    #[test]
+    fn identity_headers_must_be_new_valid_names() {
+        let with = |ih: &str| {
+            GOOD.replace(
+                "      x-api-key: abc\n",
+                &format!("      x-api-key: abc\n    identity_headers:\n{ih}"),
+            )
+        };
+        let c = crate::load_str(
+            Path::new("gw.yaml"),
+            &with("      subject: x-user\n      claims:\n        tenant: x-tenant\n"),
+        )
+        .expect("valid");
+        let names: Vec<&str> = c.upstreams[0]
+            .identity_headers
+            .names()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(names, ["x-user", "x-tenant"]);
+        for (ih, key) in [
+            (
+                "      subject: authorization\n",
+                "upstreams.demo.identity_headers.subject",
+            ),
+            (
+                "      groups: mcp-session-id\n",
+                "upstreams.demo.identity_headers.groups",
+            ),
+            (
+                "      scopes: x-api-key\n",
+                "upstreams.demo.identity_headers.scopes",
+            ),
+            (
+                "      issuer: \"bad name\"\n",
+                "upstreams.demo.identity_headers.issuer",
+            ),
+            (
+                "      subject: x-u\n      issuer: x-u\n",
+                "upstreams.demo.identity_headers.issuer",
+            ),
+            (
+                "      claims:\n        tenant: connection\n",
+                "upstreams.demo.identity_headers.claims.tenant",
+            ),
+            (
+                "      role: x-role\n",
+                "upstreams.demo.identity_headers.role",
+            ),
+        ] {
+            let e = crate::load_str(Path::new("gw.yaml"), &with(ih)).expect_err("refused");
+            assert_eq!(e.key.as_deref(), Some(key), "{ih}: {e}");
+            assert!(e.line.is_some(), "{e}");
         }
     }
 

@@ -21,6 +21,8 @@ use crate::app::{add_cors, Exchange};
 use crate::metrics::Metrics;
 use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
+use portcullis_auth::Principal;
+use portcullis_config::IdentityHeaders;
 
 /// `Mcp-Session-Id`, parsed once: lookups by `HeaderName` skip re-parsing the name.
 pub(crate) static MCP_SESSION_ID_H: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
@@ -102,6 +104,7 @@ pub(crate) async fn exchange(
         body.as_ref().map(Bytes::len),
         upstream_sid.as_deref(),
         client.as_deref(),
+        ex.principal.as_deref(),
     )
     .map_err(|e| {
         (
@@ -307,6 +310,7 @@ fn upstream_request(
     body_len: Option<usize>,
     session: Option<&[u8]>,
     client_ip: Option<&str>,
+    principal: Option<&Principal>,
 ) -> pingora_error::Result<RequestHeader> {
     let cfg = &upstream.config;
     let mut req = RequestHeader::build(
@@ -315,10 +319,16 @@ fn upstream_request(
         Some(client_req.headers.len() + cfg.headers.len() + 4),
     )?;
     let listed = connection_listed(&client_req.headers);
+    let identity = &cfg.identity_headers;
+    let spoofable = !identity.is_empty();
     for (name, value) in client_req.headers.iter() {
         let n = name.as_str();
         if headers::is_hop_by_hop(n) || NOT_FORWARDED.contains(&n) || listed.iter().any(|l| l == n)
         {
+            continue;
+        }
+        // Identity headers come from the gateway only, never from the client.
+        if spoofable && identity.names().any(|h| h == name) {
             continue;
         }
         req.append_header(name.clone(), value.clone())?;
@@ -359,7 +369,59 @@ fn upstream_request(
     for (k, v) in &cfg.headers {
         req.insert_header(k.clone(), v.clone())?;
     }
+    if let (true, Some(p)) = (spoofable, principal) {
+        add_identity(&mut req, identity, p)?;
+    }
     Ok(req)
+}
+
+/// Writes the caller's identity into the configured headers. Values are
+/// percent-encoded outside printable ASCII (and `%` and `,`, which separates list items).
+fn add_identity(
+    req: &mut RequestHeader,
+    identity: &IdentityHeaders,
+    p: &Principal,
+) -> pingora_error::Result<()> {
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| header_safe(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let values = [
+        (&identity.subject, header_safe(&p.subject)),
+        (&identity.issuer, header_safe(&p.issuer)),
+        (&identity.groups, list(&p.groups)),
+        (&identity.scopes, list(&p.scopes)),
+    ];
+    for (name, value) in values {
+        if let Some(name) = name {
+            req.insert_header(name.clone(), value)?;
+        }
+    }
+    for (path, name) in &identity.claims {
+        let Some(json) = p.claims.get(path) else {
+            continue;
+        };
+        // A string claim is sent as its text; anything else as compact JSON.
+        let text = serde_json::from_str::<String>(json).unwrap_or_else(|_| json.clone());
+        req.insert_header(name.clone(), header_safe(&text))?;
+    }
+    Ok(())
+}
+
+/// `s` with every byte outside printable ASCII, and `%` and `,`, percent-encoded.
+fn header_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' && b != b',' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// What a session id from the upstream is sealed with on its way to the client.
@@ -417,6 +479,20 @@ fn downstream_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_values_are_safe_header_values() {
+        assert_eq!(header_safe("alice@example.com"), "alice@example.com");
+        assert_eq!(header_safe("a,b%c"), "a%2Cb%25c");
+        assert_eq!(header_safe("x\r\nInjected: 1"), "x%0D%0AInjected: 1");
+        assert_eq!(header_safe("Zoë"), "Zo%C3%AB");
+        for s in ["x\r\ny", "\u{0}", "é,%"] {
+            assert!(
+                http::HeaderValue::from_str(&header_safe(s)).is_ok(),
+                "{s:?}"
+            );
+        }
+    }
 
     #[test]
     fn connection_listed_headers_are_found() {

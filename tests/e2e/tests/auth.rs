@@ -468,3 +468,72 @@ async fn a_session_belongs_to_the_principal_that_created_it() {
         "bob's attempts (DELETE included) did not end alice's session"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selected_identity_reaches_the_upstream_and_clients_cannot_forge_it() {
+    let (url, _task) = header_mirror().await;
+    let identity = "connect_timeout: 1s\n    identity_headers:\n      subject: x-user\n      \
+                    issuer: x-user-issuer\n      groups: x-groups\n      scopes: x-scopes\n      \
+                    claims:\n        tenant: x-tenant\n";
+    let auth = format!(
+        "    auth:\n      jwt:\n        issuers:\n\
+         \x20         - issuer: {ISS}\n            pem_file: {}/rsa1.pub\n\
+         \x20           keep_claims: [tenant]\n",
+        keys_dir()
+    );
+    let yaml = config_for(&url, "http:\n  public_url: http://mcp.test\n")
+        .replace(
+            "    upstream: main\n",
+            &format!("    upstream: main\n{auth}"),
+        )
+        .replace("connect_timeout: 1s\n", identity);
+    let gw = Gateway::start(&yaml).await;
+    let mut c = claims("mcp:call tools:read", 600);
+    c["groups"] = json!(["eng", "on,call"]);
+    c["tenant"] = json!("acme");
+    c["sub"] = json!("zoë");
+    let r = stateless_call(&http_client(), &gw.url, "echo", json!({"text": "x"}))
+        .bearer_auth(token(c))
+        .header("x-user", "admin")
+        .header("x-tenant", "everyone")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let head = v["result"]["head"]
+        .as_str()
+        .expect("head")
+        .to_ascii_lowercase();
+    for present in [
+        "x-user: zo%c3%ab",
+        &format!("x-user-issuer: {}", ISS.to_ascii_lowercase()),
+        "x-groups: eng,on%2ccall",
+        "x-scopes: mcp:call,tools:read",
+        "x-tenant: acme",
+    ] {
+        assert!(head.contains(present), "{present} missing:\n{head}");
+    }
+    for forged in ["admin", "everyone"] {
+        assert!(
+            !head.contains(forged),
+            "the client's {forged} got through:\n{head}"
+        );
+    }
+    assert_eq!(head.matches("x-user:").count(), 1, "{head}");
+
+    // On an anonymous route the headers are still the gateway's: stripped, not set.
+    let anon = config_for(&url, "").replace("connect_timeout: 1s\n", identity);
+    let gw = Gateway::start(&anon).await;
+    let r = stateless_call(&http_client(), &gw.url, "echo", json!({"text": "x"}))
+        .header("x-user", "admin")
+        .send()
+        .await
+        .expect("answer");
+    let v: Value = r.json().await.expect("json");
+    let head = v["result"]["head"]
+        .as_str()
+        .expect("head")
+        .to_ascii_lowercase();
+    assert!(!head.contains("x-user"), "{head}");
+}
