@@ -108,6 +108,10 @@ impl RemoteJwks {
     /// refresh waits `min_refetch_interval` after the last attempt.
     pub fn due(&self, now: Instant) -> bool {
         let st = self.state.lock();
+        self.due_locked(&st, now)
+    }
+
+    fn due_locked(&self, st: &FetchState, now: Instant) -> bool {
         if st.in_flight {
             return false;
         }
@@ -131,6 +135,21 @@ impl RemoteJwks {
     /// Marks a fetch as started at `now` (the fetcher calls this before its request).
     pub fn begin_fetch(&self, now: Instant) {
         let mut st = self.state.lock();
+        Self::begin(&mut st, now);
+    }
+
+    /// Starts a fetch if one is [`due`](RemoteJwks::due), in one step, so that of
+    /// several fetchers looking at once exactly one fetches.
+    pub fn try_begin_fetch(&self, now: Instant) -> bool {
+        let mut st = self.state.lock();
+        if !self.due_locked(&st, now) {
+            return false;
+        }
+        Self::begin(&mut st, now);
+        true
+    }
+
+    fn begin(st: &mut FetchState, now: Instant) {
         st.in_flight = true;
         st.wanted = false;
         st.last_attempt = Some(now);
@@ -309,8 +328,8 @@ mod tests {
             tokio::spawn(async move {
                 r.woken().await;
                 let now = Instant::now();
-                assert!(set.due(now));
-                set.begin_fetch(now);
+                assert!(set.try_begin_fetch(now));
+                assert!(!set.try_begin_fetch(now), "one fetch at a time");
                 set.finish_fetch(Ok(JWKS), now).expect("good");
             })
         };

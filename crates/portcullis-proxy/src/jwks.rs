@@ -40,9 +40,9 @@ impl JwksFetcher {
         Ok(JwksFetcher { metrics, client })
     }
 
+    /// Fetches `set`, which the caller has marked as being fetched.
     async fn fetch(&self, set: &RemoteJwks) {
         let url = set.url();
-        set.begin_fetch(Instant::now());
         let body = self.get(url).await;
         match set.finish_fetch(body.as_deref().map_err(Clone::clone), Instant::now()) {
             Ok(n) => {
@@ -122,8 +122,11 @@ impl BackgroundService for JwksFetcher {
         let registry = JwksRegistry::global();
         loop {
             let now = Instant::now();
-            let due: Vec<Arc<RemoteJwks>> =
-                registry.live().into_iter().filter(|s| s.due(now)).collect();
+            let due: Vec<Arc<RemoteJwks>> = registry
+                .live()
+                .into_iter()
+                .filter(|s| s.try_begin_fetch(now))
+                .collect();
             // Concurrently, so one slow identity provider does not hold back the others.
             futures::future::join_all(due.iter().map(|s| self.fetch(s))).await;
             tokio::select! {
