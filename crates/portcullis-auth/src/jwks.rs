@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::jwt::Keys;
@@ -36,7 +35,7 @@ struct FetchState {
     last_success: Option<Instant>,
     in_flight: bool,
     wanted: bool,
-    body_hash: Option<[u8; 32]>,
+    keys_fingerprint: Option<[u8; 32]>,
 }
 
 /// One JWKS URL and its last good key set.
@@ -44,8 +43,8 @@ pub struct RemoteJwks {
     url: String,
     schedule: JwksSchedule,
     keys: ArcSwapOption<Keys>,
-    /// Bumped when a fetch brings a set that differs from the one before, so verified
-    /// tokens cached under the old set are checked again.
+    /// Bumped when a fetch brings a set whose usable keys differ from the one before,
+    /// so verified tokens cached under the old set are checked again.
     generation: AtomicU64,
     state: Mutex<FetchState>,
     /// Counts finished fetches (good or bad); waiters for a refetch watch it.
@@ -162,10 +161,7 @@ impl RemoteJwks {
         result: Result<&str, String>,
         now: Instant,
     ) -> Result<usize, String> {
-        let outcome = result.and_then(|text| {
-            let keys = Keys::from_jwks_json(text)?;
-            Ok((keys, <[u8; 32]>::from(Sha256::digest(text.as_bytes()))))
-        });
+        let outcome = result.and_then(Keys::from_jwks_json_fingerprinted);
         let out = {
             let mut st = self.state.lock();
             st.in_flight = false;
@@ -173,8 +169,8 @@ impl RemoteJwks {
                 Ok((keys, hash)) => {
                     st.last_success = Some(now);
                     let n = keys.len();
-                    if st.body_hash != Some(hash) {
-                        st.body_hash = Some(hash);
+                    if st.keys_fingerprint != Some(hash) {
+                        st.keys_fingerprint = Some(hash);
                         self.keys.store(Some(Arc::new(keys)));
                         self.generation.fetch_add(1, Ordering::AcqRel);
                     }
@@ -299,6 +295,17 @@ mod tests {
         set.begin_fetch(t);
         set.finish_fetch(Ok(JWKS), t).expect("same again");
         assert_eq!(set.generation(), g, "same document, same generation");
+        let reordered: serde_json::Value = serde_json::from_str(JWKS).expect("json");
+        let mut keys = reordered["keys"].as_array().expect("keys").clone();
+        keys.reverse();
+        let reordered = serde_json::json!({"keys": keys, "extra": 1}).to_string();
+        set.begin_fetch(t);
+        set.finish_fetch(Ok(&reordered), t).expect("reordered");
+        assert_eq!(
+            set.generation(),
+            g,
+            "same keys in another order, same generation"
+        );
         for bad in ["", "{", "{\"keys\":[]}", "[1,2]", &"x".repeat(10_000)] {
             set.begin_fetch(t);
             assert!(set.finish_fetch(Ok(bad), t).is_err(), "{bad:.20}");

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::cache::TokenCache;
 use crate::error::AuthError;
@@ -27,19 +28,48 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Keys from a JWKS document (`{"keys":[...]}`), each found by its `kid`.
+    /// Keys from a JWKS document (`{"keys":[...]}`), each found by its `kid`. Keys that
+    /// cannot verify signatures here are skipped, not fatal, so one odd key in a
+    /// provider's set does not stop a rotation: encryption keys (`use: enc`), symmetric
+    /// (`oct`) keys, non-Ed25519 OKP keys (X25519) and unknown key types. At least one
+    /// usable key is required.
     pub fn from_jwks_json(text: &str) -> Result<Keys, String> {
-        let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+        Self::from_jwks_json_fingerprinted(text).map(|(keys, _)| keys)
+    }
+
+    /// Like [`Keys::from_jwks_json`], also returning a fingerprint of the usable keys
+    /// (independent of their order and of anything else in the document).
+    pub fn from_jwks_json_fingerprinted(text: &str) -> Result<(Keys, [u8; 32]), String> {
+        #[derive(Deserialize)]
+        struct RawSet {
+            keys: Vec<Value>,
+        }
+        let set: RawSet = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
         let mut keys = Vec::with_capacity(set.keys.len());
-        for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|e| format!("unusable key {:?}: {e}", jwk.common.key_id))?;
+        let mut canonical = Vec::with_capacity(set.keys.len());
+        for raw in set.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
+                continue;
+            };
+            if !usable_for_verification(&jwk) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
+            canonical.push(serde_json::to_string(&jwk).unwrap_or_default());
             keys.push((jwk.common.key_id.clone(), key));
         }
         if keys.is_empty() {
-            return Err("the JWKS holds no keys".into());
+            return Err("the JWKS holds no usable signature verification key".into());
         }
-        Ok(Keys { keys })
+        canonical.sort();
+        let mut hasher = Sha256::new();
+        for c in &canonical {
+            hasher.update((c.len() as u64).to_be_bytes());
+            hasher.update(c.as_bytes());
+        }
+        Ok((Keys { keys }, hasher.finalize().into()))
     }
 
     /// One public key in PEM (RSA, EC or Ed25519), optionally known by `kid`.
@@ -80,6 +110,18 @@ impl Keys {
             .iter()
             .filter(move |(k, _)| kid.is_none() || k.as_deref() == kid)
             .map(|(_, key)| key)
+    }
+}
+
+/// Whether a JWK is a public key for verifying signatures.
+fn usable_for_verification(jwk: &Jwk) -> bool {
+    if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+        return false;
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) | AlgorithmParameters::EllipticCurve(_) => true,
+        AlgorithmParameters::OctetKeyPair(p) => p.curve == EllipticCurve::Ed25519,
+        _ => false,
     }
 }
 
@@ -174,12 +216,16 @@ impl JwtVerifier {
             Attempt::Done(result) => return result,
             Attempt::UnknownKey(remote, why) => (remote, why),
         };
-        match remote.refetch(wait).await {
-            RefetchOutcome::Fetched => self.verify(token, now),
-            RefetchOutcome::RateLimited => Err(AuthError::Invalid(format!(
+        let outcome = remote.refetch(wait).await;
+        // Look again whatever the outcome: a fetch may have finished between the first
+        // look and the request for a refetch.
+        match (self.verify(token, now), outcome) {
+            (Ok(p), _) => Ok(p),
+            (Err(e), RefetchOutcome::Fetched) => Err(e),
+            (Err(_), RefetchOutcome::RateLimited) => Err(AuthError::Invalid(format!(
                 "{why} (the key set was fetched moments ago)"
             ))),
-            RefetchOutcome::TimedOut => Err(AuthError::Invalid(format!(
+            (Err(_), RefetchOutcome::TimedOut) => Err(AuthError::Invalid(format!(
                 "{why} (the key set could not be fetched in time)"
             ))),
         }

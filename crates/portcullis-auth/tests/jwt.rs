@@ -331,3 +331,24 @@ fn a_fetched_key_set_rotates_and_cached_tokens_of_a_removed_key_stop_working() {
         "the last good set serves while the IdP is down"
     );
 }
+
+#[test]
+fn a_jwks_with_odd_keys_keeps_the_usable_ones() {
+    let good: Value = serde_json::from_str(&jwks_with(&["k1"])).expect("json");
+    let mut keys = good["keys"].as_array().expect("keys").clone();
+    let mut enc = keys[0].clone();
+    enc["kid"] = json!("enc1");
+    enc["use"] = json!("enc");
+    keys.extend([
+        enc,
+        json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}),
+        json!({"kty": "OKP", "kid": "x", "crv": "X25519", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}),
+        json!({"kty": "weird", "kid": "w"}),
+        json!("not an object"),
+    ]);
+    let doc = json!({ "keys": keys }).to_string();
+    let k = Keys::from_jwks_json(&doc).expect("the usable key is kept");
+    assert_eq!(k.len(), 1);
+    let only_odd = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}).to_string();
+    assert!(Keys::from_jwks_json(&only_odd).is_err(), "no usable key");
+}

@@ -127,6 +127,15 @@ fn compile_jwt(
             v.extend([Step::Key("issuers"), Step::Index(n), Step::Key(k)]);
             v
         };
+        if f.issuer == portcullis_auth::API_KEY_ISSUER {
+            return Err(cx.err(
+                &at("issuer"),
+                format!(
+                    "`{}` is the issuer the gateway gives API-key principals; a token issuer cannot use it",
+                    f.issuer
+                ),
+            ));
+        }
         let sources = [
             f.jwks_url.is_some(),
             f.jwks_file.is_some(),
@@ -145,8 +154,14 @@ fn compile_jwt(
         };
         let keys: KeySource = if let Some(url) = &f.jwks_url {
             check_jwks_url(url).map_err(|e| cx.err(&at("jwks_url"), e))?;
-            if f.jwks_refresh_interval < Duration::from_secs(1) {
-                return Err(cx.err(&at("jwks_refresh_interval"), "must be at least 1s".into()));
+            for (key, value) in [
+                ("jwks_refresh_interval", f.jwks_refresh_interval),
+                ("jwks_refetch_min_interval", f.jwks_refetch_min_interval),
+            ] {
+                // A floor on both, so no setting lets tokens flood the provider.
+                if value < Duration::from_secs(1) {
+                    return Err(cx.err(&at(key), "must be at least 1s".into()));
+                }
             }
             KeySource::Remote(JwksRegistry::global().get(
                 url,
@@ -406,6 +421,25 @@ mod tests {
                 ),
                 "routes[0].auth.jwt.issuers[0].jwks_refresh_interval",
                 "at least",
+            ),
+            (
+                config(
+                    &GOOD.replace(
+                        "pem_file: KEYS/rsa1.pub",
+                        "jwks_url: https://idp/jwks\n            jwks_refetch_min_interval: 0s",
+                    ),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].jwks_refetch_min_interval",
+                "at least",
+            ),
+            (
+                config(
+                    &GOOD.replace("issuer: https://idp", "issuer: api-key"),
+                    "http:\n  public_url: https://m\n",
+                ),
+                "routes[0].auth.jwt.issuers[0].issuer",
+                "API-key",
             ),
             (
                 config(GOOD, "http:\n  public_url: https://m/with/path\n"),

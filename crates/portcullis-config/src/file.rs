@@ -49,6 +49,13 @@ pub struct SessionsFile {
     /// The same, from an environment variable.
     #[serde(default)]
     pub key_env: Option<String>,
+    /// During a key rotation, the key being replaced: ids it sealed still open, new
+    /// ones are sealed with the current key.
+    #[serde(default)]
+    pub previous_key_file: Option<std::path::PathBuf>,
+    /// The same, from an environment variable.
+    #[serde(default)]
+    pub previous_key_env: Option<String>,
 }
 
 /// `listeners:`

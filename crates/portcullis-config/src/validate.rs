@@ -49,6 +49,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// The key that seals session ids, when configured (`sessions.key_file|key_env`).
     pub session_key: Option<SessionKey>,
+    /// A key being rotated out: ids it sealed still open (`sessions.previous_key_*`).
+    pub previous_session_key: Option<SessionKey>,
 }
 
 /// Key material that must never be printed.
@@ -417,7 +419,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         });
     }
 
-    let session_key = session_key(&cx, &file.sessions)?;
+    let (session_key, previous_session_key) = session_keys(&cx, &file.sessions)?;
 
     let digest = Sha256::digest(text.as_bytes());
     let version = digest
@@ -457,32 +459,57 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         routes,
         upstreams,
         session_key,
+        previous_session_key,
     })
 }
 
-/// Reads `sessions.key_file|key_env`.
-fn session_key(
+/// Reads `sessions.key_file|key_env` and `sessions.previous_key_file|previous_key_env`.
+fn session_keys(
     cx: &Ctx<'_>,
     f: &crate::file::SessionsFile,
+) -> Result<(Option<SessionKey>, Option<SessionKey>), ConfigError> {
+    let current = one_session_key(
+        cx,
+        f.key_file.as_deref(),
+        f.key_env.as_deref(),
+        ("key_file", "key_env"),
+    )?;
+    let previous = one_session_key(
+        cx,
+        f.previous_key_file.as_deref(),
+        f.previous_key_env.as_deref(),
+        ("previous_key_file", "previous_key_env"),
+    )?;
+    if previous.is_some() && current.is_none() {
+        let at = [Step::Key("sessions")];
+        return Err(cx.err(
+            &at,
+            "a previous key needs a current one (key_file or key_env)".into(),
+        ));
+    }
+    Ok((current, previous))
+}
+
+fn one_session_key(
+    cx: &Ctx<'_>,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+    keys: (&'static str, &'static str),
 ) -> Result<Option<SessionKey>, ConfigError> {
     let at = |k: &'static str| [Step::Key("sessions"), Step::Key(k)];
-    if f.key_file.is_none() && f.key_env.is_none() {
+    if file.is_none() && env.is_none() {
         return Ok(None);
     }
     let key = read_secret(
         cx,
-        f.key_file.as_deref(),
-        f.key_env.as_deref(),
-        (&at("key_file"), &at("key_env"), &[Step::Key("sessions")]),
+        file,
+        env,
+        (&at(keys.0), &at(keys.1), &[Step::Key("sessions")]),
     )?;
     if key.len() < MIN_SESSION_KEY_LEN {
-        let which = if f.key_file.is_some() {
-            at("key_file")
-        } else {
-            at("key_env")
-        };
+        let which = if file.is_some() { keys.0 } else { keys.1 };
         return Err(cx.err(
-            &which,
+            &at(which),
             format!(
                 "the key has {} bytes; use at least {MIN_SESSION_KEY_LEN} (e.g. `openssl rand -hex 32`)",
                 key.len()
@@ -915,12 +942,22 @@ upstreams:
             Some(long.as_bytes())
         );
         assert!(!format!("{c:?}").contains(&long), "never printed");
+        let c = crate::load_str(&path, &with("  key_file: key\n  previous_key_env: PATH\n"));
+        // PATH is set but may be short; the point is the key is read from the environment.
+        if let Ok(c) = c {
+            assert!(c.previous_session_key.is_some());
+        }
         for (sessions, key) in [
             ("  key_file: short\n", "sessions.key_file"),
             ("  key_file: missing\n", "sessions.key_file"),
             ("  key_env: PORTCULLIS_SURELY_UNSET\n", "sessions.key_env"),
             ("  key_file: key\n  key_env: X\n", "sessions"),
             ("  key: x\n", "sessions.key"),
+            ("  previous_key_file: key\n", "sessions"),
+            (
+                "  key_file: key\n  previous_key_file: short\n",
+                "sessions.previous_key_file",
+            ),
         ] {
             let e = crate::load_str(&path, &with(sessions)).expect_err("refused");
             assert_eq!(e.key.as_deref(), Some(key), "{sessions}: {e}");

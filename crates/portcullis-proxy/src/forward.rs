@@ -14,8 +14,8 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
-use portcullis_mcp::headers::{self, MCP_SESSION_ID};
-use portcullis_mcp::Refusal;
+use portcullis_mcp::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use portcullis_mcp::{Era, ProtocolVersion, Refusal};
 
 use crate::app::{add_cors, Exchange};
 use crate::metrics::Metrics;
@@ -78,13 +78,20 @@ pub(crate) async fn exchange(
     route_name: &str,
     sessions: &SessionSeal,
 ) -> Result<Upstreamed, Failed> {
+    // 2026-07-28 has no sessions: a stray Mcp-Session-Id is ignored (and not forwarded).
+    let stateless = ds
+        .get_header(MCP_PROTOCOL_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ProtocolVersion::parse)
+        .is_some_and(|v| v.era() == Era::Stateless);
     let client_sid = ds
         .get_header(&MCP_SESSION_ID_H)
+        .filter(|_| !stateless)
         .map(|v| v.as_bytes().to_vec());
     let owner = owner_of(ex.principal.as_deref());
     let up_name = upstream.config.name.as_str();
     let (idx, upstream_sid) = match &client_sid {
-        Some(sid) => match sessions.open(owner, up_name, sid, upstream.peers.len()) {
+        Some(sid) => match sessions.open(owner, up_name, sid, &upstream.replica_tokens) {
             Some((i, s)) => (i, Some(s.to_vec())),
             // Forged, altered, another principal's, or for a replica that is gone.
             None => return Err((Refusal::SessionNotFound, None)),
@@ -136,7 +143,7 @@ pub(crate) async fn exchange(
         seal: sessions,
         owner,
         upstream: up_name,
-        replica: idx,
+        replica: &upstream.replica_tokens[idx],
     };
     let resp = downstream_response(up_resp, &sealing, ex).map_err(|e| {
         (
@@ -411,11 +418,12 @@ fn add_identity(
     Ok(())
 }
 
-/// `s` with every byte outside printable ASCII, and `%` and `,`, percent-encoded.
+/// `s` with every byte outside visible ASCII (space included, which header parsers
+/// trim), and `%` and `,`, percent-encoded.
 fn header_safe(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' && b != b',' {
+        if (0x21..0x7f).contains(&b) && b != b'%' && b != b',' {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -429,7 +437,7 @@ struct Sealing<'a> {
     seal: &'a SessionSeal,
     owner: (&'a str, &'a str),
     upstream: &'a str,
-    replica: usize,
+    replica: &'a str,
 }
 
 fn downstream_response(
@@ -446,12 +454,20 @@ fn downstream_response(
             continue;
         }
         if n == MCP_SESSION_ID {
-            let sealed = sealing.seal.seal(
-                sealing.owner,
-                sealing.upstream,
-                sealing.replica,
-                value.as_bytes(),
-            );
+            let sealed = sealing
+                .seal
+                .seal(
+                    sealing.owner,
+                    sealing.upstream,
+                    sealing.replica,
+                    value.as_bytes(),
+                )
+                .ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "Mcp-Session-Id is not visible ASCII",
+                    )
+                })?;
             resp.append_header(name.clone(), sealed)?;
             continue;
         }
@@ -484,7 +500,8 @@ mod tests {
     fn identity_values_are_safe_header_values() {
         assert_eq!(header_safe("alice@example.com"), "alice@example.com");
         assert_eq!(header_safe("a,b%c"), "a%2Cb%25c");
-        assert_eq!(header_safe("x\r\nInjected: 1"), "x%0D%0AInjected: 1");
+        assert_eq!(header_safe("x\r\nInjected: 1"), "x%0D%0AInjected:%201");
+        assert_eq!(header_safe(" admin "), "%20admin%20");
         assert_eq!(header_safe("Zoë"), "Zo%C3%AB");
         for s in ["x\r\ny", "\u{0}", "é,%"] {
             assert!(

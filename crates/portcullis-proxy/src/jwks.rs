@@ -3,6 +3,7 @@
 //! sharing of one fetch among callers live in `portcullis_auth::RemoteJwks`). A failed
 //! fetch keeps the last good set serving; it is logged and counted.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,7 @@ pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const TICK: Duration = Duration::from_secs(1);
 
 /// The background service that keeps every JWKS URL's key set fresh.
+#[derive(Clone)]
 pub struct JwksFetcher {
     metrics: Arc<Metrics>,
     client: reqwest::Client,
@@ -43,7 +45,9 @@ impl JwksFetcher {
     /// Fetches `set`, which the caller has marked as being fetched.
     async fn fetch(&self, set: &RemoteJwks) {
         let url = set.url();
+        let guard = Unfinished(set);
         let body = self.get(url).await;
+        std::mem::forget(guard);
         match set.finish_fetch(body.as_deref().map_err(Clone::clone), Instant::now()) {
             Ok(n) => {
                 tracing::debug!(url, keys = n, "fetched JWKS");
@@ -114,21 +118,48 @@ impl JwksFetcher {
         }
         String::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())
     }
+
+    /// Drops the metric series of URLs no config uses any more.
+    fn forget(&self, url: &str) {
+        let m = &self.metrics;
+        let _ = m.jwks_keys.remove_label_values(&[url]);
+        let _ = m.jwks_last_success.remove_label_values(&[url]);
+        for result in ["success", "failure"] {
+            let _ = m.jwks_fetches.remove_label_values(&[url, result]);
+        }
+    }
+}
+
+/// Ends a fetch that never finished (its task panicked or was cancelled), so the set is
+/// not left marked as being fetched forever.
+struct Unfinished<'a>(&'a RemoteJwks);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .finish_fetch(Err("the fetch was abandoned".into()), Instant::now());
+    }
 }
 
 #[async_trait]
 impl BackgroundService for JwksFetcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let registry = JwksRegistry::global();
+        let mut known: HashSet<String> = HashSet::new();
         loop {
             let now = Instant::now();
-            let due: Vec<Arc<RemoteJwks>> = registry
-                .live()
-                .into_iter()
-                .filter(|s| s.try_begin_fetch(now))
-                .collect();
-            // Concurrently, so one slow identity provider does not hold back the others.
-            futures::future::join_all(due.iter().map(|s| self.fetch(s))).await;
+            let live = registry.live();
+            let urls: HashSet<String> = live.iter().map(|s| s.url().to_owned()).collect();
+            for gone in known.difference(&urls) {
+                self.forget(gone);
+            }
+            known = urls;
+            for set in live.into_iter().filter(|s| s.try_begin_fetch(now)) {
+                // One task per fetch, so a slow identity provider holds back no other.
+                let me = self.clone();
+                tokio::spawn(async move { me.fetch(&set).await });
+            }
             tokio::select! {
                 _ = shutdown.changed() => return,
                 () = registry.woken() => {}

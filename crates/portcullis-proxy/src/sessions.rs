@@ -1,17 +1,20 @@
 //! Sealed session ids. The id a client sees is `<tag>.<replica>.<upstream id>`: the
-//! upstream's own session id, the index of the replica (endpoint) that created it, and
-//! an HMAC-SHA256 tag over both, the upstream's name and the principal that created the
-//! session. The gateway therefore keeps no session table (any replica holding the same
-//! key can route a session), a session stays on its replica, and an id presented by
-//! another principal, or altered in any way, is answered 404 as an unknown session.
+//! upstream's own session id, a short token naming the replica (endpoint address) that
+//! created it, and an HMAC-SHA256 tag over both, the upstream's name and the principal
+//! that created the session. The gateway therefore keeps no session table (any gateway
+//! replica holding the same key can route a session), a session stays on its upstream
+//! replica whatever order DNS lists them in, and an id presented by another principal,
+//! or altered in any way, is answered 404 as an unknown session.
 
 use std::sync::OnceLock;
+
+use std::net::SocketAddr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use portcullis_auth::Principal;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// Bytes of the HMAC kept in the tag (128 bits).
 const TAG_BYTES: usize = 16;
@@ -20,10 +23,31 @@ const TAG_CHARS: usize = 22;
 /// Versions the MAC input, so a future layout cannot be confused with this one.
 const DOMAIN: &[u8] = b"portcullis-session-v1";
 
-/// Seals and opens client-visible session ids with one key.
+/// Seals client-visible session ids with one key, and opens them with it or with the
+/// key being rotated out.
 #[derive(Clone)]
 pub struct SessionSeal {
     mac: Hmac<Sha256>,
+    previous: Option<Hmac<Sha256>>,
+}
+
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; this cannot fail.
+    <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
+/// The token that names an upstream endpoint inside a session id: 8 hex digits of the
+/// SHA-256 of its address. Stable across processes and reloads, whatever the order of
+/// the endpoints, and it does not spell out the address.
+pub fn replica_token(addr: &SocketAddr) -> String {
+    let digest = Sha256::digest(addr.to_string().as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `sid` is a session id the spec allows: 1 or more visible ASCII characters.
+fn is_visible_ascii(sid: &[u8]) -> bool {
+    !sid.is_empty() && sid.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// Who a session belongs to: the issuer and subject of the caller that created it
@@ -35,10 +59,16 @@ pub fn owner_of(principal: Option<&Principal>) -> (&str, &str) {
 impl SessionSeal {
     /// A seal with `key` (at least 32 bytes; the config loader checks).
     pub fn new(key: &[u8]) -> SessionSeal {
-        // HMAC takes keys of any length; this cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        SessionSeal { mac }
+        SessionSeal {
+            mac: keyed(key),
+            previous: None,
+        }
+    }
+
+    /// The same seal, also opening ids sealed with `previous` (a key rotation).
+    pub fn with_previous(mut self, previous: &[u8]) -> SessionSeal {
+        self.previous = Some(keyed(previous));
+        self
     }
 
     /// A seal with this process's random key, used when `sessions.key_file|key_env`
@@ -56,63 +86,80 @@ impl SessionSeal {
             .map_err(Clone::clone)
     }
 
-    fn tag(&self, owner: (&str, &str), upstream: &str, replica: usize, sid: &[u8]) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
-        mac.update(DOMAIN);
-        // Length-prefixed fields: no two different inputs share a byte string.
-        let replica = replica.to_string();
-        for field in [
-            owner.0.as_bytes(),
-            owner.1.as_bytes(),
-            upstream.as_bytes(),
-            replica.as_bytes(),
-            sid,
-        ] {
-            mac.update(&(field.len() as u64).to_be_bytes());
-            mac.update(field);
+    /// The id the client sees for the upstream's session `sid`, created on the
+    /// endpoint named `replica` (a [`replica_token`]) by `owner`. `None` when the
+    /// upstream's id is not visible ASCII, as the spec requires.
+    pub fn seal(
+        &self,
+        owner: (&str, &str),
+        upstream: &str,
+        replica: &str,
+        sid: &[u8],
+    ) -> Option<String> {
+        if !is_visible_ascii(sid) {
+            return None;
         }
-        mac
-    }
-
-    /// The id the client sees for the upstream's session `sid`, created on `replica` by `owner`.
-    pub fn seal(&self, owner: (&str, &str), upstream: &str, replica: usize, sid: &[u8]) -> String {
-        let tag = self
-            .tag(owner, upstream, replica, sid)
+        let tag = tag_with(&self.mac, owner, upstream, replica, sid)
             .finalize()
             .into_bytes();
-        format!(
+        Some(format!(
             "{}.{replica}.{}",
             URL_SAFE_NO_PAD.encode(&tag[..TAG_BYTES]),
             String::from_utf8_lossy(sid)
-        )
+        ))
     }
 
-    /// The replica and upstream session id inside a client's session id, if it was
-    /// sealed with this key for this `owner` and `upstream` and names one of
-    /// `replicas` endpoints. Anything else is an unknown session.
+    /// The endpoint index (into `replicas`, the endpoints' tokens) and upstream session
+    /// id inside a client's session id, if it was sealed with this key (or the previous
+    /// one) for this `owner` and `upstream`, and its endpoint is still configured.
+    /// Anything else is an unknown session.
     pub fn open<'a>(
         &self,
         owner: (&str, &str),
         upstream: &str,
         client_sid: &'a [u8],
-        replicas: usize,
+        replicas: &[String],
     ) -> Option<(usize, &'a [u8])> {
         let (tag, rest) = split_dot(client_sid)?;
         let (replica, sid) = split_dot(rest)?;
-        if tag.len() != TAG_CHARS || sid.is_empty() {
+        if tag.len() != TAG_CHARS || !is_visible_ascii(sid) {
             return None;
         }
-        let replica: usize = std::str::from_utf8(replica).ok()?.parse().ok()?;
-        if replica >= replicas {
-            return None;
-        }
+        let replica = std::str::from_utf8(replica).ok()?;
+        let index = replicas.iter().position(|r| r == replica)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         // Compared in constant time by the hmac crate.
-        self.tag(owner, upstream, replica, sid)
-            .verify_truncated_left(&tag)
-            .ok()?;
-        Some((replica, sid))
+        let valid = |key: &Hmac<Sha256>| {
+            tag_with(key, owner, upstream, replica, sid)
+                .verify_truncated_left(&tag)
+                .is_ok()
+        };
+        (valid(&self.mac) || self.previous.as_ref().is_some_and(valid)).then_some((index, sid))
     }
+}
+
+/// The MAC over one session's binding, before finalising.
+fn tag_with(
+    key: &Hmac<Sha256>,
+    owner: (&str, &str),
+    upstream: &str,
+    replica: &str,
+    sid: &[u8],
+) -> Hmac<Sha256> {
+    let mut mac = key.clone();
+    mac.update(DOMAIN);
+    // Length-prefixed fields: no two different inputs share a byte string.
+    for field in [
+        owner.0.as_bytes(),
+        owner.1.as_bytes(),
+        upstream.as_bytes(),
+        replica.as_bytes(),
+        sid,
+    ] {
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field);
+    }
+    mac
 }
 
 fn split_dot(s: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -131,54 +178,95 @@ mod tests {
         SessionSeal::new(&[7u8; 32])
     }
 
+    fn replicas() -> Vec<String> {
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+            .iter()
+            .map(|a| replica_token(&a.parse().expect("addr")))
+            .collect()
+    }
+
     #[test]
     fn a_sealed_id_opens_for_its_owner_upstream_and_replica_only() {
         let s = seal();
-        let id = s.seal(ALICE, "tools", 2, b"abc-123.x");
+        let r = replicas();
+        let id = s.seal(ALICE, "tools", &r[2], b"abc-123.x").expect("sealed");
         assert!(
             id.bytes().all(|b| (0x21..=0x7e).contains(&b)),
             "visible ASCII: {id}"
         );
         assert_eq!(
-            s.open(ALICE, "tools", id.as_bytes(), 3),
+            s.open(ALICE, "tools", id.as_bytes(), &r),
             Some((2, b"abc-123.x".as_slice())),
             "dots in the upstream's id survive"
         );
+        let reordered = vec![r[2].clone(), r[0].clone()];
         assert_eq!(
-            s.open(BOB, "tools", id.as_bytes(), 3),
+            s.open(ALICE, "tools", id.as_bytes(), &reordered)
+                .map(|o| o.0),
+            Some(0),
+            "the replica is found by its address, not its position"
+        );
+        assert_eq!(
+            s.open(BOB, "tools", id.as_bytes(), &r),
             None,
             "another principal"
         );
         assert_eq!(
-            s.open(("https://other", "alice"), "tools", id.as_bytes(), 3),
+            s.open(("https://other", "alice"), "tools", id.as_bytes(), &r),
             None
         );
         assert_eq!(
-            s.open(ALICE, "files", id.as_bytes(), 3),
+            s.open(ALICE, "files", id.as_bytes(), &r),
             None,
             "another upstream"
         );
         assert_eq!(
-            s.open(ALICE, "tools", id.as_bytes(), 2),
+            s.open(ALICE, "tools", id.as_bytes(), &r[..2]),
             None,
             "replica gone"
         );
         assert_eq!(
-            SessionSeal::new(&[8u8; 32]).open(ALICE, "tools", id.as_bytes(), 3),
+            SessionSeal::new(&[8u8; 32]).open(ALICE, "tools", id.as_bytes(), &r),
             None,
             "another key"
         );
-        assert_eq!(s.seal(ALICE, "tools", 2, b"abc-123.x"), id, "deterministic");
+        assert_eq!(
+            s.seal(ALICE, "tools", &r[2], b"abc-123.x"),
+            Some(id.clone()),
+            "deterministic"
+        );
+
+        // A key rotation: the new key opens what the old one sealed, and seals anew.
+        let rotated = SessionSeal::new(&[9u8; 32]).with_previous(&[7u8; 32]);
+        assert!(rotated.open(ALICE, "tools", id.as_bytes(), &r).is_some());
+        assert!(rotated.open(BOB, "tools", id.as_bytes(), &r).is_none());
+        assert_ne!(rotated.seal(ALICE, "tools", &r[2], b"abc-123.x"), Some(id));
+    }
+
+    #[test]
+    fn upstream_ids_outside_visible_ascii_are_not_sealed() {
+        let r = replicas();
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"tab\t",
+            b"\xff\xfe",
+            "é".as_bytes(),
+            b"\x7f",
+        ] {
+            assert_eq!(seal().seal(ALICE, "tools", &r[0], bad), None, "{bad:?}");
+        }
     }
 
     #[test]
     fn altered_truncated_and_hostile_ids_are_unknown_sessions() {
         let s = seal();
-        let id = s.seal(ALICE, "tools", 1, b"sid");
+        let r = replicas();
+        let id = s.seal(ALICE, "tools", &r[1], b"sid").expect("sealed");
         let bytes = id.as_bytes();
         for cut in 0..bytes.len() {
             assert_eq!(
-                s.open(ALICE, "tools", &bytes[..cut], 3),
+                s.open(ALICE, "tools", &bytes[..cut], &r),
                 None,
                 "cut at {cut}"
             );
@@ -186,37 +274,47 @@ mod tests {
         for i in 0..bytes.len() {
             let mut flipped = bytes.to_vec();
             flipped[i] ^= 0x01;
-            assert_eq!(s.open(ALICE, "tools", &flipped, 3), None, "flip at {i}");
+            assert_eq!(s.open(ALICE, "tools", &flipped, &r), None, "flip at {i}");
         }
-        // The other replica's index with the same tag.
-        let moved = id.replacen(".1.", ".0.", 1);
-        assert_eq!(s.open(ALICE, "tools", moved.as_bytes(), 3), None);
+        // The same tag moved to another replica's token.
+        let moved = id.replacen(&r[1], &r[0], 1);
+        assert_eq!(s.open(ALICE, "tools", moved.as_bytes(), &r), None);
+        // Non-canonical spellings of the replica token.
+        let upper = id.replacen(&r[1], &r[1].to_ascii_uppercase(), 1);
+        if upper != id {
+            assert_eq!(s.open(ALICE, "tools", upper.as_bytes(), &r), None);
+        }
+        let padded = id.replacen(&r[1], &format!("0{}", r[1]), 1);
+        assert_eq!(s.open(ALICE, "tools", padded.as_bytes(), &r), None);
         for bad in [
             &b""[..],
             b"...",
             b"1.abc",
             b"9.not-a-replica",
             b"AAAAAAAAAAAAAAAAAAAAAA.0.x",
-            b"AAAAAAAAAAAAAAAAAAAAAA.99999999999999999999999.x",
+            b"AAAAAAAAAAAAAAAAAAAAAA.+1.x",
             b"\xff\xfe.0.x",
         ] {
-            assert_eq!(s.open(ALICE, "tools", bad, 3), None, "{bad:?}");
+            assert_eq!(s.open(ALICE, "tools", bad, &r), None, "{bad:?}");
         }
         let huge = vec![b'a'; 64 * 1024];
-        assert_eq!(s.open(ALICE, "tools", &huge, 3), None);
+        assert_eq!(s.open(ALICE, "tools", &huge, &r), None);
     }
 
     #[test]
     fn an_anonymous_route_still_seals() {
         let s = seal();
-        let id = s.seal(owner_of(None), "tools", 0, b"sid");
-        assert!(s.open(("", ""), "tools", id.as_bytes(), 1).is_some());
-        assert!(s.open(ALICE, "tools", id.as_bytes(), 1).is_none());
+        let r = replicas();
+        let id = s
+            .seal(owner_of(None), "tools", &r[0], b"sid")
+            .expect("sealed");
+        assert!(s.open(("", ""), "tools", id.as_bytes(), &r).is_some());
+        assert!(s.open(ALICE, "tools", id.as_bytes(), &r).is_none());
         let per_process = SessionSeal::per_process().expect("randomness");
         let again = SessionSeal::per_process().expect("randomness");
-        let id = per_process.seal(ALICE, "t", 0, b"s");
+        let id = per_process.seal(ALICE, "t", &r[0], b"s").expect("sealed");
         assert!(
-            again.open(ALICE, "t", id.as_bytes(), 1).is_some(),
+            again.open(ALICE, "t", id.as_bytes(), &r).is_some(),
             "one key per process"
         );
     }

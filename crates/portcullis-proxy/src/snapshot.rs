@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
 use portcullis_config::{Config, Upstream};
 
-use crate::sessions::SessionSeal;
+use crate::sessions::{replica_token, SessionSeal};
 
 /// The live snapshot, shared by every service of the process.
 pub type Live = Arc<ArcSwap<Snapshot>>;
@@ -31,6 +31,8 @@ pub struct UpstreamRuntime {
     pub config: Upstream,
     /// One peer per endpoint, same order as `config.endpoints`.
     pub peers: Vec<HttpPeer>,
+    /// Each endpoint's token in sealed session ids, same order.
+    pub replica_tokens: Vec<String>,
     next: AtomicUsize,
 }
 
@@ -39,7 +41,10 @@ impl Snapshot {
     /// validation). Fails only if the system has no randomness for a session key.
     pub fn build(config: Config) -> Result<Snapshot, String> {
         let sessions = match &config.session_key {
-            Some(key) => SessionSeal::new(key.bytes()),
+            Some(key) => match &config.previous_session_key {
+                Some(previous) => SessionSeal::new(key.bytes()).with_previous(previous.bytes()),
+                None => SessionSeal::new(key.bytes()),
+            },
             None => SessionSeal::per_process()?,
         };
         let upstreams = config
@@ -56,6 +61,7 @@ impl Snapshot {
                         peer
                     })
                     .collect(),
+                replica_tokens: u.endpoints.iter().map(replica_token).collect(),
                 config: u.clone(),
                 next: AtomicUsize::new(0),
             })

@@ -341,3 +341,21 @@ async fn gateway_replicas_sharing_a_session_key_serve_each_others_sessions() {
         "a gateway with another key does not"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_session_id_on_a_stateless_request_is_ignored() {
+    let upstream = Upstream::demo_stateless().await;
+    let gw = Gateway::fronting(&upstream, "").await;
+    let r = stateless_call(
+        &http_client(),
+        &gw.url,
+        "echo",
+        serde_json::json!({"text": "s"}),
+    )
+    .header("mcp-session-id", "not-a-sealed-id")
+    .send()
+    .await
+    .expect("answer");
+    assert_eq!(r.status(), 200, "2026-07-28 has no sessions to look up");
+    assert!(r.text().await.expect("body").contains("\"s\""));
+}
