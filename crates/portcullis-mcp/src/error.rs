@@ -47,6 +47,23 @@ pub const SESSION_NOT_FOUND: i32 = -32013;
 pub const UNAUTHORIZED: i32 = -32014;
 /// Gateway: a valid credential without the scopes the route requires (403).
 pub const INSUFFICIENT_SCOPE: i32 = -32015;
+/// A policy rule denies this call (the target is listed, but not for this caller).
+pub const POLICY_DENIED: i32 = -32016;
+/// MCP's "resource not found" (older revisions), used for hidden resources.
+pub const RESOURCE_NOT_FOUND: i32 = -32002;
+
+/// What a hidden target is refused as: exactly what an unknown one of its kind gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// `Unknown tool: <name>` (-32602).
+    Tool,
+    /// `Unknown prompt: <name>` (-32602).
+    Prompt,
+    /// `Resource not found` (-32002, with `data.uri`).
+    Resource,
+    /// `Method not found` (-32601).
+    Method,
+}
 
 /// A request the gateway refuses or cannot complete, with everything the answer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +131,23 @@ pub enum Refusal {
         /// The `WWW-Authenticate` value.
         challenge: String,
     },
+    /// A policy rule denies the call: HTTP 200 with a JSON-RPC error (the exchange
+    /// worked; one call was refused), naming the rule.
+    PolicyDenied {
+        /// The deciding rule (`default` when the policy's default denied).
+        rule: String,
+        /// What was refused, e.g. `tool delete_file`.
+        target: String,
+    },
+    /// A policy hides the target: answered exactly as an unknown target of its kind
+    /// (HTTP 200, the JSON-RPC error an MCP server gives, no `data.reason`), so a caller
+    /// cannot tell it exists. Logs and metrics still say `policy_hidden`.
+    Hidden {
+        /// What kind of unknown thing to answer as.
+        kind: Unknown,
+        /// The name or URI the caller used.
+        name: String,
+    },
 }
 
 impl Refusal {
@@ -138,6 +172,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => 502,
             Refusal::ShuttingDown => 503,
             Refusal::UpstreamTimeout { .. } => 504,
+            Refusal::PolicyDenied { .. } | Refusal::Hidden { .. } => 200,
         }
     }
 
@@ -162,6 +197,12 @@ impl Refusal {
             Refusal::SessionNotFound => SESSION_NOT_FOUND,
             Refusal::Unauthorized { .. } => UNAUTHORIZED,
             Refusal::InsufficientScope { .. } => INSUFFICIENT_SCOPE,
+            Refusal::PolicyDenied { .. } => POLICY_DENIED,
+            Refusal::Hidden { kind, .. } => match kind {
+                Unknown::Tool | Unknown::Prompt => INVALID_PARAMS,
+                Unknown::Resource => RESOURCE_NOT_FOUND,
+                Unknown::Method => METHOD_NOT_FOUND,
+            },
         }
     }
 
@@ -187,6 +228,8 @@ impl Refusal {
             Refusal::SessionNotFound => "session_not_found",
             Refusal::Unauthorized { .. } => "unauthorized",
             Refusal::InsufficientScope { .. } => "insufficient_scope",
+            Refusal::PolicyDenied { .. } => "policy_denied",
+            Refusal::Hidden { .. } => "policy_hidden",
         }
     }
 
@@ -229,6 +272,15 @@ impl Refusal {
             Refusal::InsufficientScope { .. } => {
                 "Forbidden: the token lacks a scope this route requires".to_owned()
             }
+            Refusal::PolicyDenied { rule, target } => {
+                format!("Forbidden by policy: {target} is not allowed for this caller (rule {rule})")
+            }
+            Refusal::Hidden { kind, name } => match kind {
+                Unknown::Tool => format!("Unknown tool: {name}"),
+                Unknown::Prompt => format!("Unknown prompt: {name}"),
+                Unknown::Resource => "Resource not found".to_owned(),
+                Unknown::Method => "Method not found".to_owned(),
+            },
         }
     }
 
@@ -257,6 +309,16 @@ impl Refusal {
         out.push_str(id.unwrap_or("null"));
         let _ = write!(out, r#","error":{{"code":{},"message":"#, self.code());
         push_json_string(&mut out, &self.message());
+        if let Refusal::Hidden { kind, name } = self {
+            // Nothing of the gateway's: what an MCP server says about an unknown target.
+            if *kind == Unknown::Resource {
+                out.push_str(r#","data":{"uri":"#);
+                push_json_string(&mut out, name);
+                out.push('}');
+            }
+            out.push_str("}}");
+            return out.into_bytes();
+        }
         let mut data = format!(r#"{{"reason":"{}""#, self.reason());
         match self {
             Refusal::UnsupportedProtocolVersion { requested } => {
@@ -277,6 +339,10 @@ impl Refusal {
             | Refusal::UpstreamTimeout { upstream } => {
                 data.push_str(r#","upstream":"#);
                 push_json_string(&mut data, upstream);
+            }
+            Refusal::PolicyDenied { rule, .. } => {
+                data.push_str(r#","rule":"#);
+                push_json_string(&mut data, rule);
             }
             _ => {}
         }
@@ -338,7 +404,41 @@ mod tests {
             Refusal::InsufficientScope {
                 challenge: "Bearer".into(),
             },
+            Refusal::PolicyDenied {
+                rule: "no-deletes".into(),
+                target: "tool delete_file".into(),
+            },
         ]
+    }
+
+    #[test]
+    fn hidden_targets_are_answered_as_unknown_ones_with_nothing_of_the_gateway() {
+        for (kind, name, code, message) in [
+            (Unknown::Tool, "admin_reset", INVALID_PARAMS, "Unknown tool: admin_reset"),
+            (Unknown::Prompt, "p\"x", INVALID_PARAMS, "Unknown prompt: p\"x"),
+            (Unknown::Resource, "file:///secret", RESOURCE_NOT_FOUND, "Resource not found"),
+            (Unknown::Method, "logging/setLevel", METHOD_NOT_FOUND, "Method not found"),
+        ] {
+            let r = Refusal::Hidden {
+                kind,
+                name: name.into(),
+            };
+            assert_eq!(r.status(), 200);
+            let v: Value = serde_json::from_slice(&r.body(Some("3"))).expect("json");
+            assert_eq!(v["id"], 3);
+            assert_eq!(v["error"]["code"], code);
+            assert_eq!(v["error"]["message"], message);
+            assert!(v["error"]["data"].get("reason").is_none(), "{v}");
+        }
+        let v: Value = serde_json::from_slice(
+            &Refusal::Hidden {
+                kind: Unknown::Resource,
+                name: "file:///x".into(),
+            }
+            .body(None),
+        )
+        .expect("json");
+        assert_eq!(v["error"]["data"]["uri"], "file:///x");
     }
 
     #[test]

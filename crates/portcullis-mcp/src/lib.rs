@@ -7,7 +7,8 @@ pub mod era;
 pub mod error;
 pub mod headers;
 pub mod methods;
+pub mod sse;
 
 pub use envelope::{Body, Envelope, EnvelopeError, Kind, MAX_DEPTH, MAX_ID_LEN};
 pub use era::{Era, ProtocolVersion};
-pub use error::Refusal;
+pub use error::{Refusal, Unknown};
