@@ -178,6 +178,10 @@ pub struct RouteFile {
     /// How callers authenticate. Default: not at all (anonymous).
     #[serde(default)]
     pub auth: Option<AuthFile>,
+    /// A policy file (docs/policies.md), relative to this file. Default: none (every
+    /// target allowed and listed).
+    #[serde(default)]
+    pub policy: Option<std::path::PathBuf>,
 }
 
 /// `routes[].auth:`
@@ -326,6 +330,10 @@ pub struct UpstreamFile {
     /// the cluster: the gateway removes any client-sent header of the same name.
     #[serde(default)]
     pub identity_headers: IdentityHeadersFile,
+    /// Whether policies may rely on this upstream's tool annotations. Default true;
+    /// false makes every tool carry the spec's defaults (destructive, open-world).
+    #[serde(default = "default_true")]
+    pub trust_annotations: bool,
 }
 
 /// `upstreams.<name>.identity_headers:` header names, each optional.

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod file;
 mod locate;
+mod policy;
 mod size;
 mod validate;
 pub mod watch;
@@ -15,6 +16,7 @@ pub use file::{
     AccessLogFile, AuthFile, ConfigFile, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile,
     ListenersFile, RouteFile, ServerFile, SessionsFile, UpstreamFile,
 };
+pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;
 pub use validate::{
     Config, IdentityHeaders, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN,

@@ -84,6 +84,10 @@ pub struct Route {
     pub upstream: usize,
     /// How callers authenticate; `None` is anonymous.
     pub auth: Option<std::sync::Arc<portcullis_auth::RouteAuth>>,
+    /// The route's policy, if it has one.
+    pub policy: Option<std::sync::Arc<portcullis_policy::Policy>>,
+    /// The policy file, for logs and reload watching.
+    pub policy_path: Option<PathBuf>,
 }
 
 /// An upstream MCP server, ready to connect to.
@@ -109,6 +113,8 @@ pub struct Upstream {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Headers that carry the caller's identity (always stripped from the client's).
     pub identity_headers: IdentityHeaders,
+    /// Whether policies may use this upstream's tool annotations.
+    pub trust_annotations: bool,
 }
 
 /// Where the caller's identity goes on requests to one upstream.
@@ -366,6 +372,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             idle_timeout: up.idle_timeout,
             headers,
             identity_headers,
+            trust_annotations: up.trust_annotations,
         });
     }
 
@@ -377,6 +384,8 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
     }
     let mut seen = HashSet::new();
     let mut routes = Vec::with_capacity(file.routes.len());
+    // Part of the version: a policy edit is a new config version.
+    let mut policy_texts: Vec<String> = Vec::new();
     for (i, r) in file.routes.iter().enumerate() {
         let at = |k: &'static str| [Step::Key("routes"), Step::Index(i), Step::Key(k)];
         if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
@@ -411,17 +420,42 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             )?)),
             None => None,
         };
+        let policy_path = r.policy.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                path.parent().map_or_else(|| p.clone(), |d| d.join(p))
+            }
+        });
+        let policy = match &policy_path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::io(p, e))?;
+                policy_texts.push(text.clone());
+                Some(std::sync::Arc::new(crate::policy::policy_from_str(
+                    p, &text,
+                )?))
+            }
+            None => None,
+        };
         routes.push(crate::Route {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
             upstream,
             auth,
+            policy,
+            policy_path,
         });
     }
 
     let (session_key, previous_session_key) = session_keys(&cx, &file.sessions)?;
 
-    let digest = Sha256::digest(text.as_bytes());
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    for t in &policy_texts {
+        hasher.update((t.len() as u64).to_be_bytes());
+        hasher.update(t.as_bytes());
+    }
+    let digest = hasher.finalize();
     let version = digest
         .iter()
         .take(6)

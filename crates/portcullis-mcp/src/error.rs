@@ -273,7 +273,9 @@ impl Refusal {
                 "Forbidden: the token lacks a scope this route requires".to_owned()
             }
             Refusal::PolicyDenied { rule, target } => {
-                format!("Forbidden by policy: {target} is not allowed for this caller (rule {rule})")
+                format!(
+                    "Forbidden by policy: {target} is not allowed for this caller (rule {rule})"
+                )
             }
             Refusal::Hidden { kind, name } => match kind {
                 Unknown::Tool => format!("Unknown tool: {name}"),
@@ -414,10 +416,30 @@ mod tests {
     #[test]
     fn hidden_targets_are_answered_as_unknown_ones_with_nothing_of_the_gateway() {
         for (kind, name, code, message) in [
-            (Unknown::Tool, "admin_reset", INVALID_PARAMS, "Unknown tool: admin_reset"),
-            (Unknown::Prompt, "p\"x", INVALID_PARAMS, "Unknown prompt: p\"x"),
-            (Unknown::Resource, "file:///secret", RESOURCE_NOT_FOUND, "Resource not found"),
-            (Unknown::Method, "logging/setLevel", METHOD_NOT_FOUND, "Method not found"),
+            (
+                Unknown::Tool,
+                "admin_reset",
+                INVALID_PARAMS,
+                "Unknown tool: admin_reset",
+            ),
+            (
+                Unknown::Prompt,
+                "p\"x",
+                INVALID_PARAMS,
+                "Unknown prompt: p\"x",
+            ),
+            (
+                Unknown::Resource,
+                "file:///secret",
+                RESOURCE_NOT_FOUND,
+                "Resource not found",
+            ),
+            (
+                Unknown::Method,
+                "logging/setLevel",
+                METHOD_NOT_FOUND,
+                "Method not found",
+            ),
         ] {
             let r = Refusal::Hidden {
                 kind,

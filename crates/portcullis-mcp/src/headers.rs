@@ -116,6 +116,22 @@ pub fn decode_mcp_name(value: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Encodes a name for `Mcp-Name`: as is when it is visible ASCII (and does not look
+/// encoded), else `=?base64?…?=`. [`decode_mcp_name`] reverses it.
+pub fn encode_mcp_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        && !name.starts_with("=?");
+    if plain {
+        name.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(name.as_bytes())
+        )
+    }
+}
+
 /// 2026-07-28: `Mcp-Method` (and `Mcp-Name` for targeted methods) must be present and
 /// equal to what the body says. `method`/`name` are the raw header values, if sent.
 pub fn check_stateless_headers(
@@ -161,6 +177,25 @@ pub fn check_stateless_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcp_names_encode_and_decode_back() {
+        for name in ["echo", "with space", "é", "=?base64?x?=", ""] {
+            let enc = encode_mcp_name(name);
+            assert!(
+                enc.bytes().all(|b| (0x21..=0x7e).contains(&b))
+                    || enc.is_empty()
+                    || enc.starts_with("=?"),
+                "{enc}"
+            );
+            assert_eq!(
+                decode_mcp_name(enc.as_bytes()).as_deref(),
+                Some(name),
+                "{name:?}"
+            );
+        }
+        assert_eq!(encode_mcp_name("echo"), "echo");
+    }
 
     #[test]
     fn accept_needs_both_types_and_honours_wildcards_and_q0() {

@@ -172,7 +172,10 @@ mod tests {
         let ev = all_at_once(STREAM);
         assert_eq!(ev.len(), 3);
         assert_eq!(ev[0].data.as_deref(), Some("{\"a\":\n1}"));
-        assert_eq!((ev[0].id.as_deref(), ev[0].event.as_deref()), (Some("7"), Some("message")));
+        assert_eq!(
+            (ev[0].id.as_deref(), ev[0].event.as_deref()),
+            (Some("7"), Some("message"))
+        );
         assert_eq!(ev[1].data.as_deref(), Some("two"));
         assert_eq!(ev[2].data.as_deref(), Some("three"));
         let joined: Vec<u8> = ev.iter().flat_map(|e| e.raw.clone()).collect();
@@ -211,7 +214,11 @@ mod tests {
         assert!(s.push(b"data: cut").expect("fits").is_empty());
         assert_eq!(s.remainder(), b"data: cut");
         let ev = all_at_once(b"\xff\xfe\n\n");
-        assert_eq!(ev.len(), 1, "invalid UTF-8 is an event without fields, not a panic");
+        assert_eq!(
+            ev.len(),
+            1,
+            "invalid UTF-8 is an event without fields, not a panic"
+        );
     }
 
     #[test]

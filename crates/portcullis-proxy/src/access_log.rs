@@ -80,6 +80,8 @@ pub struct Record<'a> {
     pub client: Option<SocketAddr>,
     /// The authenticated caller's subject.
     pub subject: Option<&'a str>,
+    /// The policy rule that decided the request (`default` for the policy default).
+    pub rule: Option<&'a str>,
 }
 
 thread_local! {
@@ -233,6 +235,7 @@ pub fn format_into(out: &mut String, r: &Record<'_>) {
     );
     push_str_field(out, "reason", r.reason);
     push_str_field(out, "subject", r.subject);
+    push_str_field(out, "rule", r.rule);
     if let Some(c) = r.client {
         let _ = write!(out, ",\"client\":\"{c}\"");
     }

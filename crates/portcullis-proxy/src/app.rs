@@ -28,9 +28,12 @@ use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
 
 use crate::access_log::{AccessLog, Record};
+use crate::catalog::{Catalogs, ToolInfo};
 use crate::forward::{self, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
+use crate::rewrite::ListFilter;
 use crate::snapshot::{Live, Snapshot};
+use portcullis_policy::discovery::ListKind;
 
 /// Idle seconds a client connection is kept open between requests.
 const KEEPALIVE_SECS: u64 = 60;
@@ -49,6 +52,10 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     access: AccessLog,
     options: HttpServerOptions,
+    /// What is known of each upstream's tools (for policies).
+    catalogs: Arc<Catalogs>,
+    /// The gateway's own MCP client, for fetching catalogs.
+    catalog_client: reqwest::Client,
 }
 
 /// What the handling of one request learnt, for the access log and metrics.
@@ -70,6 +77,12 @@ pub(crate) struct Exchange {
     pub close: bool,
     /// The authenticated caller.
     pub principal: Option<Arc<Principal>>,
+    /// The policy rule that decided the request.
+    pub rule: Option<Arc<str>>,
+    /// A `*/list` answer to filter through the route's policy.
+    pub list_filter: Option<ListKind>,
+    /// A renamed tool's upstream name, sent instead of the client's.
+    pub upstream_tool: Option<String>,
 }
 
 /// A refusal and the request id to answer it with.
@@ -104,6 +117,12 @@ impl Drop for InFlight<'_> {
 impl Gateway {
     /// Builds the app.
     pub fn new(live: Live, metrics: Arc<Metrics>, access: AccessLog, pool_size: usize) -> Gateway {
+        let catalogs = Arc::new(Catalogs::default());
+        // Building a client fails only without a TLS backend; this one speaks plain http.
+        let catalog_client = reqwest::Client::builder()
+            .timeout(crate::catalog::FETCH_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         let mut options = HttpServerOptions::default();
         options.keepalive_request_limit = None;
         Gateway {
@@ -112,6 +131,8 @@ impl Gateway {
             metrics,
             access,
             options,
+            catalogs,
+            catalog_client,
         }
     }
 
@@ -240,6 +261,13 @@ impl Gateway {
         match &parsed {
             Body::Batch(items) => {
                 ex.rpc_method = Some("batch".to_owned());
+                if snap.config.routes[route_idx].policy.is_some() {
+                    // A batch could carry a list (unfilterable here) or mix decisions.
+                    return Err(Refusal::InvalidRequest(
+                        "JSON-RPC batches are not accepted on routes with a policy".into(),
+                    )
+                    .into());
+                }
                 if !version
                     .unwrap_or(ProtocolVersion::ASSUMED_WITHOUT_HEADER)
                     .allows_batch()
@@ -287,9 +315,97 @@ impl Gateway {
                 }
             }
         }
+        let renamed = match &parsed {
+            Body::Single(env) => self.apply_policy(snap, route_idx, env, ex).await?,
+            Body::Batch(_) => None,
+        };
         drop(parsed);
+        let body = match renamed {
+            Some(name) => match crate::policy::with_tool_name(&body, &name) {
+                Some(b) => {
+                    ex.upstream_tool = Some(name);
+                    Bytes::from(b)
+                }
+                None => body,
+            },
+            None => body,
+        };
         self.forward(snap, ds, ex, route_idx, Method::POST, Some(body))
             .await
+    }
+
+    /// Judges a request against the route's policy, before any upstream work. Returns
+    /// the upstream's name for a renamed tool.
+    async fn apply_policy(
+        &self,
+        snap: &Snapshot,
+        route_idx: usize,
+        env: &portcullis_mcp::Envelope<'_>,
+        ex: &mut Exchange,
+    ) -> Result<Option<String>, Refused> {
+        let route = &snap.config.routes[route_idx];
+        let Some(policy) = &route.policy else {
+            return Ok(None);
+        };
+        if env.kind != Kind::Request {
+            return Ok(None);
+        }
+        let method = env.method.as_deref().unwrap_or("");
+        ex.list_filter = portcullis_policy::discovery::list_kind(method);
+        let Some(asked) = crate::policy::asked(method, env) else {
+            return Ok(None);
+        };
+        let up = &snap.upstreams[route.upstream];
+        let upstream = &up.config;
+        let (decision, renamed) = match crate::policy::upstream_tool(policy, &asked) {
+            Err(()) => (crate::policy::renamed_away(), None),
+            Ok(renamed) => {
+                let name = renamed.as_deref().unwrap_or(&asked.name);
+                let info = if asked.kind == portcullis_policy::Kind::Tool {
+                    let endpoint = upstream.endpoints[up.pick()];
+                    self.catalogs
+                        .tool_fetching(&self.catalog_client, upstream, endpoint, name)
+                        .await
+                } else {
+                    ToolInfo::Unknown
+                };
+                if info == ToolInfo::Absent {
+                    // No such tool: the upstream answers it as unknown, exactly as it
+                    // would a hidden one, whatever the policy's default says.
+                    return Ok(renamed);
+                }
+                let annotations = match info {
+                    ToolInfo::Listed(a) => a,
+                    _ => portcullis_policy::Annotations::SPEC_DEFAULTS,
+                };
+                let d = crate::policy::judge(
+                    policy,
+                    ex.principal.as_deref(),
+                    method,
+                    &asked,
+                    name,
+                    &upstream.name,
+                    annotations,
+                );
+                (d, renamed)
+            }
+        };
+        self.metrics
+            .policy_decisions
+            .with_label_values(&[
+                route.name.as_str(),
+                decision.effect.as_str(),
+                decision.rule_name(),
+            ])
+            .inc();
+        ex.rule = Some(Arc::from(decision.rule_name()));
+        match crate::policy::refusal(&decision, &asked) {
+            Some(refusal) => Err(Refused {
+                refusal,
+                id: ex.rpc_id.clone(),
+            }),
+            None => Ok(renamed),
+        }
     }
 
     async fn forward(
@@ -304,7 +420,21 @@ impl Gateway {
         let up_idx = snap.config.routes[route_idx].upstream;
         ex.upstream = Some(up_idx);
         let upstream = &snap.upstreams[up_idx];
-        let route_name = snap.config.routes[route_idx].name.as_str();
+        let route = &snap.config.routes[route_idx];
+        let route_name = route.name.as_str();
+        let list_filter = match (&route.policy, ex.list_filter) {
+            (Some(policy), Some(kind)) => Some(ListFilter {
+                policy: policy.clone(),
+                kind,
+                who: ex.principal.clone(),
+                upstream: upstream.config.name.clone(),
+                trust_annotations: upstream.config.trust_annotations,
+                cache: self.catalogs.clone(),
+                rpc_id: ex.rpc_id.clone(),
+            }),
+            _ => None,
+        };
+        let annotations = route.policy.as_ref().map(|_| &*self.catalogs);
         let outcome = forward::exchange(
             &self.connector,
             upstream,
@@ -315,6 +445,8 @@ impl Gateway {
             &self.metrics,
             route_name,
             &snap.sessions,
+            list_filter,
+            annotations,
         )
         .await;
         let count = |kind: &str| {
@@ -394,6 +526,7 @@ impl Gateway {
             reason: ex.reason,
             client: ds.client_addr().and_then(|a| a.as_inet()).copied(),
             subject: ex.principal.as_ref().map(|p| p.subject.as_str()),
+            rule: ex.rule.as_deref(),
         });
     }
 }

@@ -18,7 +18,9 @@ use portcullis_mcp::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use portcullis_mcp::{Era, ProtocolVersion, Refusal};
 
 use crate::app::{add_cors, Exchange};
+use crate::catalog::Catalogs;
 use crate::metrics::Metrics;
+use crate::rewrite::{ListFilter, Rewriter};
 use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
 use portcullis_auth::Principal;
@@ -77,6 +79,8 @@ pub(crate) async fn exchange(
     metrics: &Metrics,
     route_name: &str,
     sessions: &SessionSeal,
+    list_filter: Option<ListFilter>,
+    annotations: Option<&Catalogs>,
 ) -> Result<Upstreamed, Failed> {
     // 2026-07-28 has no sessions: a stray Mcp-Session-Id is ignored (and not forwarded).
     let stateless = ds
@@ -111,7 +115,7 @@ pub(crate) async fn exchange(
         body.as_ref().map(Bytes::len),
         upstream_sid.as_deref(),
         client.as_deref(),
-        ex.principal.as_deref(),
+        ex,
     )
     .map_err(|e| {
         (
@@ -139,6 +143,11 @@ pub(crate) async fn exchange(
         ));
     };
     let status = up_resp.status.as_u16();
+    let up_is_sse = up_resp
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut rewriter = Rewriter::new(list_filter.filter(|_| status == 200), up_is_sse);
     let sealing = Sealing {
         seal: sessions,
         owner,
@@ -155,10 +164,22 @@ pub(crate) async fn exchange(
         )
     })?;
     let streaming = !up_resp.headers.contains_key(header::CONTENT_LENGTH);
-    let is_sse = up_resp
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let is_sse = up_is_sse;
+    let mut resp = resp;
+    if rewriter.rewrites() {
+        // The body changes length: send it chunked.
+        resp.remove_header(&header::CONTENT_LENGTH);
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")
+            .map_err(|e| {
+                (
+                    Refusal::UpstreamUnavailable {
+                        upstream: upstream.config.name.clone(),
+                        detail: format!("invalid response header: {e}"),
+                    },
+                    Some("protocol"),
+                )
+            })?;
+    }
     ex.status = status;
     if ds.write_response_header(Box::new(resp)).await.is_err() {
         return Ok(Upstreamed::ClientGone);
@@ -188,12 +209,32 @@ pub(crate) async fn exchange(
         };
         match next {
             Ok(Some(chunk)) => {
-                ex.bytes_out += chunk.len();
-                if ds.write_response_body(chunk, false).await.is_err() {
+                if let (true, Some(cache)) = (is_sse, annotations) {
+                    if memchr_list_changed(&chunk) {
+                        cache.forget(&upstream.config.name);
+                    }
+                }
+                let Ok(out) = rewriter.push(chunk) else {
+                    return Ok(Upstreamed::Broken("protocol"));
+                };
+                if out.is_empty() {
+                    continue;
+                }
+                ex.bytes_out += out.len();
+                if ds.write_response_body(out, false).await.is_err() {
                     return Ok(Upstreamed::ClientGone);
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                let tail = rewriter.finish();
+                if !tail.is_empty() {
+                    ex.bytes_out += tail.len();
+                    if ds.write_response_body(tail, false).await.is_err() {
+                        return Ok(Upstreamed::ClientGone);
+                    }
+                }
+                break;
+            }
             Err(e) => return Ok(Upstreamed::Broken(classify(&e, "").1.unwrap_or("other"))),
         }
     }
@@ -204,6 +245,14 @@ pub(crate) async fn exchange(
         .release_http_session(us, peer, Some(upstream.config.idle_timeout))
         .await;
     Ok(Upstreamed::Complete)
+}
+
+/// Whether an SSE chunk announces that the upstream's tool list changed (then its
+/// learned annotations are dropped). A mention split across two chunks is missed; the
+/// annotation TTL bounds what that costs.
+fn memchr_list_changed(chunk: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"notifications/tools/list_changed";
+    chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }
 
 /// Dials (or reuses) a connection and sends the request; retries once on a fresh
@@ -317,8 +366,10 @@ fn upstream_request(
     body_len: Option<usize>,
     session: Option<&[u8]>,
     client_ip: Option<&str>,
-    principal: Option<&Principal>,
+    ex: &Exchange,
 ) -> pingora_error::Result<RequestHeader> {
+    let principal = ex.principal.as_deref();
+    let upstream_tool = ex.upstream_tool.as_deref();
     let cfg = &upstream.config;
     let mut req = RequestHeader::build(
         method.as_str(),
@@ -378,6 +429,12 @@ fn upstream_request(
     }
     if let (true, Some(p)) = (spoofable, principal) {
         add_identity(&mut req, identity, p)?;
+    }
+    // A renamed tool: the upstream knows it by its own name, in the header as in the body.
+    if let Some(name) = upstream_tool {
+        if req.headers.contains_key(headers::MCP_NAME) {
+            req.insert_header(headers::MCP_NAME, headers::encode_mcp_name(name))?;
+        }
     }
     Ok(req)
 }

@@ -9,12 +9,15 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod catalog;
 mod forward;
 pub mod health;
 pub mod jwks;
 pub mod listen;
 pub mod metrics;
+pub mod policy;
 pub mod reload;
+mod rewrite;
 pub mod server;
 pub mod sessions;
 pub mod snapshot;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub watching: IntGauge,
     /// `portcullis_access_log_dropped_total`: lines dropped because the log writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `portcullis_policy_decisions_total{route, effect, rule}`.
+    pub policy_decisions: IntCounterVec,
     /// `portcullis_jwks_fetches_total{url, result}`.
     pub jwks_fetches: IntCounterVec,
     /// `portcullis_jwks_keys{url}`.
@@ -164,6 +166,12 @@ impl Metrics {
                     "portcullis_access_log_dropped_total",
                     "Access log lines dropped because the writer fell behind",
                 ),
+            ),
+            policy_decisions: counter(
+                &r,
+                "portcullis_policy_decisions_total",
+                "Policy decisions on requests, by route, effect and deciding rule",
+                &["route", "effect", "rule"],
             ),
             jwks_fetches: counter(
                 &r,

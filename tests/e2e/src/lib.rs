@@ -26,6 +26,44 @@ pub use portcullis_proxy::ShutdownKind;
 mod idp;
 pub use idp::JwksServer;
 
+/// The issuer of the test tokens [`rs256_token`] signs.
+pub const TEST_ISSUER: &str = "https://idp.test/realms/demo";
+
+/// The test key fixtures (crates/portcullis-auth/tests/keys).
+pub fn keys_dir() -> String {
+    format!(
+        "{}/../../crates/portcullis-auth/tests/keys",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// `claims` signed RS256 with the fixture key `rsa1.key` (no `kid`).
+pub fn rs256_token(claims: &serde_json::Value) -> String {
+    let key = std::fs::read(format!("{}/rsa1.key", keys_dir())).expect("test key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&key).expect("pem"),
+    )
+    .expect("sign")
+}
+
+/// Unix time now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The `auth:` block of a route that trusts [`rs256_token`]s for audience
+/// `http://mcp.test<path>` (with `http.public_url: http://mcp.test`).
+pub fn test_jwt_auth() -> String {
+    format!(
+        "    auth:\n      jwt:\n        issuers:\n          - issuer: {TEST_ISSUER}\n            pem_file: {}/rsa1.pub\n",
+        keys_dir()
+    )
+}
+
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -42,6 +80,17 @@ pub struct Gateway {
     pub config_path: PathBuf,
     /// The access log file.
     pub access_log: PathBuf,
+}
+
+impl Gateway {
+    /// Replaces a file beside the config the way an editor or a ConfigMap update does
+    /// (write aside, then rename), so the watcher never sees half a file.
+    pub fn write_file(&self, name: &str, content: &str) {
+        let dir = self.config_path.parent().expect("config dir");
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).expect("write");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename into place");
+    }
 }
 
 static DIRS: AtomicUsize = AtomicUsize::new(0);
@@ -78,7 +127,16 @@ impl Gateway {
     /// Starts a gateway on `yaml` (whose `access_log` block is added here) and waits
     /// until `/healthz` answers.
     pub async fn start(yaml: &str) -> Gateway {
+        Gateway::start_with_files(yaml, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with `files` (name, content) written beside the config
+    /// first (policy files, keys).
+    pub async fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Gateway {
         let dir = scratch_dir();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).expect("write a file beside the config");
+        }
         let config_path = dir.join("portcullis.yaml");
         let access_log = dir.join("access.log");
         let text = format!("{yaml}\naccess_log:\n  output: {}\n", access_log.display());
@@ -371,6 +429,31 @@ pub async fn connect_session_with_token(url: &str, token: &str) -> Client {
         service,
         progress: rx,
     }
+}
+
+/// A raw `initialize` (2025-11-25) with a bearer token; returns the session id.
+pub async fn initialize_raw(url: &str, token: &str) -> String {
+    let r = http_client()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+                "protocolVersion":"2025-11-25","capabilities":{},
+                "clientInfo":{"name":"raw","version":"1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(r.status(), 200);
+    let sid = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("visible ASCII")
+        .to_owned();
+    let _ = r.text().await;
+    sid
 }
 
 /// Connects with `initialize` (2025-11-25, sessions).

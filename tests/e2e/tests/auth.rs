@@ -5,29 +5,10 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use portcullis_e2e::*;
 use serde_json::{json, Value};
 
-const ISS: &str = "https://idp.test/realms/demo";
-
-fn keys_dir() -> String {
-    format!(
-        "{}/../../crates/portcullis-auth/tests/keys",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
+const ISS: &str = TEST_ISSUER;
 
 fn token(claims: Value) -> String {
-    let key = std::fs::read(format!("{}/rsa1.key", keys_dir())).expect("test key");
-    encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(&key).expect("pem"),
-    )
-    .expect("sign")
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    rs256_token(&claims)
 }
 
 fn claims(scope: &str, exp_in: i64) -> Value {

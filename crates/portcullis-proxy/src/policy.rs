@@ -1,0 +1,252 @@
+//! Policy at the gateway: what a request is about (tool, prompt, resource, method),
+//! the decision before any upstream work, the refusal for `deny` and `hide`, and
+//! renamed tools mapped back to the upstream's name. What is known of an upstream's
+//! tools (annotations, existence) lives in `catalog`.
+
+use portcullis_auth::Principal;
+use portcullis_mcp::{Envelope, Refusal, Unknown};
+use portcullis_policy::{Annotations, Decision, Effect, Kind, Policy, Target};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What a request asks to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The kind of target.
+    pub kind: Kind,
+    /// Its name, URI or template as the client sent it (the method, for [`Kind::Method`]).
+    pub name: String,
+}
+
+#[derive(Deserialize)]
+struct CompletionParams {
+    #[serde(rename = "ref")]
+    reference: CompletionRef,
+}
+
+#[derive(Deserialize)]
+struct CompletionRef {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    uri: Option<String>,
+}
+
+/// Methods never judged: the handshake, liveness, and lists (lists are filtered).
+fn exempt(method: &str) -> bool {
+    matches!(
+        method,
+        "initialize"
+            | "ping"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+    ) || method.starts_with("notifications/")
+}
+
+/// What a client request asks to use, or `None` for exempt methods. A malformed
+/// `completion/complete` reference is judged as the method itself.
+pub fn asked(method: &str, env: &Envelope<'_>) -> Option<Asked> {
+    if exempt(method) {
+        return None;
+    }
+    let target = env.target.as_deref();
+    let (kind, name) = match (method, target) {
+        ("tools/call", Some(n)) => (Kind::Tool, n.to_owned()),
+        ("prompts/get", Some(n)) => (Kind::Prompt, n.to_owned()),
+        ("resources/read" | "resources/subscribe" | "resources/unsubscribe", Some(u)) => {
+            (Kind::Resource, u.to_owned())
+        }
+        ("completion/complete", _) => match completion_ref(env.params) {
+            Some(found) => found,
+            None => (Kind::Method, method.to_owned()),
+        },
+        _ => (Kind::Method, method.to_owned()),
+    };
+    Some(Asked { kind, name })
+}
+
+fn completion_ref(params: Option<&RawValue>) -> Option<(Kind, String)> {
+    let p: CompletionParams = serde_json::from_str(params?.get()).ok()?;
+    match p.reference.kind.as_str() {
+        "ref/prompt" => Some((Kind::Prompt, p.reference.name?)),
+        "ref/resource" => Some((Kind::ResourceTemplate, p.reference.uri?)),
+        _ => None,
+    }
+}
+
+/// The upstream's name for the tool a client called: `Ok(None)` when it is not
+/// renamed, `Ok(Some(original))` when it is, `Err(())` when the client used a name
+/// that was renamed away (unknown to clients).
+#[allow(clippy::result_unit_err)]
+pub fn upstream_tool(policy: &Policy, asked: &Asked) -> Result<Option<String>, ()> {
+    if asked.kind != Kind::Tool {
+        return Ok(None);
+    }
+    match policy.upstream_tool_name(&asked.name) {
+        Ok(original) if original != asked.name => Ok(Some(original.to_owned())),
+        Ok(_) => Ok(None),
+        Err(()) => Err(()),
+    }
+}
+
+/// Judges `asked` (by its upstream name `name`) for `who`, with the tool's annotations
+/// (the spec's defaults when unknown or untrusted).
+pub fn judge(
+    policy: &Policy,
+    who: Option<&Principal>,
+    method: &str,
+    asked: &Asked,
+    name: &str,
+    upstream: &str,
+    annotations: Annotations,
+) -> Decision {
+    let target = Target {
+        method,
+        kind: asked.kind,
+        name,
+        upstream,
+        annotations,
+    };
+    policy.decide(who, &target)
+}
+
+/// The decision for a tool called by a name that was renamed away: unknown.
+pub fn renamed_away() -> Decision {
+    Decision {
+        effect: Effect::Hide,
+        rule: Some(std::sync::Arc::from("renamed")),
+    }
+}
+
+/// The refusal for a `deny` or `hide` decision on `asked`.
+pub fn refusal(decision: &Decision, asked: &Asked) -> Option<Refusal> {
+    match decision.effect {
+        Effect::Allow => None,
+        Effect::Deny => Some(Refusal::PolicyDenied {
+            rule: decision.rule_name().to_owned(),
+            target: format!("{} {}", kind_word(asked.kind), asked.name),
+        }),
+        Effect::Hide => Some(Refusal::Hidden {
+            kind: match asked.kind {
+                Kind::Tool => Unknown::Tool,
+                Kind::Prompt => Unknown::Prompt,
+                Kind::Resource | Kind::ResourceTemplate => Unknown::Resource,
+                Kind::Method => Unknown::Method,
+            },
+            name: asked.name.clone(),
+        }),
+    }
+}
+
+fn kind_word(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Tool => "tool",
+        Kind::Prompt => "prompt",
+        Kind::Resource => "resource",
+        Kind::ResourceTemplate => "resource template",
+        Kind::Method => "method",
+    }
+}
+
+/// `body` with `params.name` set to `name` (a renamed tool's upstream name). `None` if
+/// the body is not the object it was already parsed as.
+pub fn with_tool_name(body: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let params = v.get_mut("params")?.as_object_mut()?;
+    params.insert("name".into(), serde_json::Value::String(name.to_owned()));
+    serde_json::to_vec(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_mcp::Body;
+
+    fn env_asked(json: &str) -> Option<Asked> {
+        let body = Body::parse(json.as_bytes()).expect("parses");
+        let Body::Single(env) = body else {
+            panic!("single")
+        };
+        let method = env.method.as_deref().unwrap_or("").to_owned();
+        asked(&method, &env)
+    }
+
+    #[test]
+    fn requests_name_what_they_use() {
+        let cases = [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#,
+                Some((Kind::Tool, "echo")),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#,
+                Some((Kind::Prompt, "p")),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":"file:///a"}}"#,
+                Some((Kind::Resource, "file:///a")),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"p"},"argument":{"name":"a","value":"b"}}}"#,
+                Some((Kind::Prompt, "p")),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///{x}"}}}"#,
+                Some((Kind::ResourceTemplate, "file:///{x}")),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":7}}"#,
+                Some((Kind::Method, "completion/complete")),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+                Some((Kind::Method, "logging/setLevel")),
+            ),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, None),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+                None,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                None,
+            ),
+        ];
+        for (json, want) in cases {
+            let got = env_asked(json);
+            let want = want.map(|(kind, name)| Asked {
+                kind,
+                name: name.to_owned(),
+            });
+            assert_eq!(got, want, "{json}");
+        }
+    }
+
+    #[test]
+    fn renamed_tools_map_back_and_the_old_name_is_unknown() {
+        let file = portcullis_policy::parse(
+            "default: allow\ntransforms:\n  tools:\n    - {tool: search, rename: gh_search}\n",
+        )
+        .expect("parse");
+        let p = portcullis_policy::compile(&file).expect("compile");
+        let ask = |name: &str| Asked {
+            kind: Kind::Tool,
+            name: name.into(),
+        };
+        assert_eq!(
+            upstream_tool(&p, &ask("gh_search")),
+            Ok(Some("search".into()))
+        );
+        assert_eq!(upstream_tool(&p, &ask("search")), Err(()));
+        assert_eq!(upstream_tool(&p, &ask("echo")), Ok(None));
+        assert_eq!(
+            with_tool_name(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"gh_search","arguments":{}}}"#, "search")
+                .map(|b| String::from_utf8_lossy(&b).contains(r#""name":"search""#)),
+            Some(true)
+        );
+    }
+}

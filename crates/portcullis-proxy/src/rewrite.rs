@@ -1,0 +1,241 @@
+//! Rewriting a `*/list` answer on its way to the client: a JSON body is read whole and
+//! filtered; an SSE stream is split into events and only the event carrying the list's
+//! result is rewritten, every other event (progress, notifications) passes byte for
+//! byte. An answer that cannot be read is replaced by a JSON-RPC error rather than
+//! passed on unfiltered: a policy fails closed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use portcullis_auth::Principal;
+use portcullis_mcp::sse::{Event, Splitter};
+use portcullis_policy::discovery::{filter_list, ListKind};
+use portcullis_policy::Policy;
+use serde_json::Value;
+
+use crate::catalog::Catalogs;
+
+/// The largest list answer (JSON body, or one SSE event) the gateway will rewrite.
+pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// Everything a list filter needs, owned so it can live across the relay loop.
+pub(crate) struct ListFilter {
+    pub policy: Arc<Policy>,
+    pub kind: ListKind,
+    pub who: Option<Arc<Principal>>,
+    pub upstream: String,
+    pub trust_annotations: bool,
+    pub cache: Arc<Catalogs>,
+    /// The request id's JSON text, for the fail-closed error.
+    pub rpc_id: Option<String>,
+}
+
+impl ListFilter {
+    /// Filters one JSON-RPC message (as text). `None` if it is not JSON at all.
+    fn message(&self, text: &str) -> Option<String> {
+        let mut msg: Value = serde_json::from_str(text).ok()?;
+        if let Some(result) = msg.get_mut("result") {
+            let out = filter_list(
+                &self.policy,
+                self.who.as_deref(),
+                &self.upstream,
+                self.kind,
+                self.trust_annotations,
+                result,
+            );
+            // Untrusted upstreams' tools carry the spec's defaults here already.
+            self.cache.learn(&self.upstream, &out.tool_annotations);
+        }
+        serde_json::to_string(&msg).ok()
+    }
+
+    fn unreadable(&self) -> Vec<u8> {
+        let id = self.rpc_id.as_deref().unwrap_or("null");
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32603,"message":"Internal error: the upstream's list answer could not be read"}}}}"#
+        )
+        .into_bytes()
+    }
+}
+
+/// What happens to a response body on its way through.
+pub(crate) enum Rewriter {
+    /// Relayed as is.
+    Pass,
+    /// A JSON list answer, gathered whole.
+    Json { filter: ListFilter, buf: Vec<u8> },
+    /// An SSE stream carrying a list answer.
+    Sse {
+        filter: ListFilter,
+        splitter: Box<Splitter>,
+    },
+}
+
+impl Rewriter {
+    /// A rewriter for a response of this content type.
+    pub fn new(filter: Option<ListFilter>, is_sse: bool) -> Rewriter {
+        match filter {
+            None => Rewriter::Pass,
+            Some(filter) if is_sse => Rewriter::Sse {
+                filter,
+                splitter: Box::new(Splitter::new(MAX_LIST_BYTES)),
+            },
+            Some(filter) => Rewriter::Json {
+                filter,
+                buf: Vec::new(),
+            },
+        }
+    }
+
+    /// Whether the body changes (then its length does too).
+    pub fn rewrites(&self) -> bool {
+        !matches!(self, Rewriter::Pass)
+    }
+
+    /// Takes a chunk from the upstream; returns what to send now. `Err` when the answer
+    /// grew past [`MAX_LIST_BYTES`].
+    pub fn push(&mut self, chunk: Bytes) -> Result<Bytes, ()> {
+        match self {
+            Rewriter::Pass => Ok(chunk),
+            Rewriter::Json { buf, .. } => {
+                if buf.len() + chunk.len() > MAX_LIST_BYTES {
+                    return Err(());
+                }
+                buf.extend_from_slice(&chunk);
+                Ok(Bytes::new())
+            }
+            Rewriter::Sse { filter, splitter } => {
+                let events = splitter.push(&chunk).map_err(|_| ())?;
+                Ok(Bytes::from(events_out(filter, events)))
+            }
+        }
+    }
+
+    /// The upstream's body ended; returns what is left to send.
+    pub fn finish(&mut self) -> Bytes {
+        match self {
+            Rewriter::Pass => Bytes::new(),
+            Rewriter::Json { filter, buf } => {
+                let text = std::str::from_utf8(buf).ok();
+                match text.and_then(|t| filter.message(t)) {
+                    Some(out) => Bytes::from(out),
+                    None => Bytes::from(filter.unreadable()),
+                }
+            }
+            Rewriter::Sse { filter, splitter } => {
+                // An event cut off by the stream's end is dropped: it cannot be judged.
+                let events = splitter.finish();
+                Bytes::from(events_out(filter, events))
+            }
+        }
+    }
+}
+
+fn events_out(filter: &ListFilter, events: Vec<Event>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for ev in events {
+        let Some(data) = ev.data.as_deref() else {
+            out.extend_from_slice(&ev.raw);
+            continue;
+        };
+        if !data.contains("\"result\"") {
+            // Progress and other notifications, errors: nothing to filter.
+            out.extend_from_slice(&ev.raw);
+            continue;
+        }
+        match filter.message(data) {
+            Some(text) => out.extend_from_slice(&ev.with_data(&text)),
+            None => {
+                out.extend_from_slice(&ev.with_data(&String::from_utf8_lossy(&filter.unreadable())))
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::discovery::list_kind;
+
+    fn filter() -> ListFilter {
+        let file = portcullis_policy::parse(
+            "default: allow\nrules:\n  - {name: h, effect: hide, targets: [{tool: \"secret*\"}]}\n",
+        )
+        .expect("parse");
+        ListFilter {
+            policy: Arc::new(portcullis_policy::compile(&file).expect("compile")),
+            kind: list_kind("tools/list").expect("list"),
+            who: None,
+            upstream: "u".into(),
+            trust_annotations: true,
+            cache: Arc::new(Catalogs::default()),
+            rpc_id: Some("4".into()),
+        }
+    }
+
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":4,"result":{"tools":[{"name":"secret_x"},{"name":"echo","annotations":{"readOnlyHint":true}}]}}"#;
+
+    #[test]
+    fn a_json_list_is_filtered_whole_and_annotations_are_learned() {
+        let f = filter();
+        let cache = f.cache.clone();
+        let mut r = Rewriter::new(Some(f), false);
+        for chunk in LIST.as_bytes().chunks(7) {
+            assert!(r
+                .push(Bytes::copy_from_slice(chunk))
+                .expect("fits")
+                .is_empty());
+        }
+        let out = r.finish();
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v["result"]["tools"][0]["name"], "echo");
+        assert!(
+            matches!(cache.tool("u", "echo"), crate::catalog::ToolInfo::Listed(a) if a.read_only)
+        );
+        assert!(
+            matches!(
+                cache.tool("u", "secret_x"),
+                crate::catalog::ToolInfo::Listed(_)
+            ),
+            "hidden tools are learned too"
+        );
+    }
+
+    #[test]
+    fn an_sse_list_is_filtered_and_other_events_pass_untouched() {
+        let progress = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n";
+        let stream = format!("{progress}event: message\nid: 9\ndata: {LIST}\n\n");
+        let mut r = Rewriter::new(Some(filter()), true);
+        let mut out = Vec::new();
+        for chunk in stream.as_bytes().chunks(5) {
+            out.extend_from_slice(&r.push(Bytes::copy_from_slice(chunk)).expect("fits"));
+        }
+        out.extend_from_slice(&r.finish());
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with(progress), "{text}");
+        assert!(text.contains("id: 9\n"), "{text}");
+        assert!(!text.contains("secret_x"), "{text}");
+        assert!(text.contains("\"echo\""), "{text}");
+    }
+
+    #[test]
+    fn unreadable_or_oversized_answers_fail_closed() {
+        let mut r = Rewriter::new(Some(filter()), false);
+        r.push(Bytes::from_static(
+            b"{\"result\": {\"tools\": [ {\"name\":\"secret",
+        ))
+        .expect("fits");
+        let out = r.finish();
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+        let v: Value = serde_json::from_slice(&out).expect("an error in JSON");
+        assert_eq!(v["error"]["code"], -32603);
+        assert_eq!(v["id"], 4);
+
+        let mut r = Rewriter::new(Some(filter()), false);
+        let big = Bytes::from(vec![b' '; MAX_LIST_BYTES]);
+        assert!(r.push(big).is_ok());
+        assert!(r.push(Bytes::from_static(b"x")).is_err());
+    }
+}
