@@ -17,6 +17,7 @@ build: deps
 test: deps deps-node build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --no-fail-fast
+	target/debug/portcullis policy test policies/*.yaml
 	bash tests/interop/run.sh
 	bash tests/conformance/run.sh
 

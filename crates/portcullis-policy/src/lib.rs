@@ -8,7 +8,7 @@
 
 mod compile;
 pub mod discovery;
-mod file;
+pub mod file;
 mod model;
 pub mod table;
 

@@ -2,6 +2,7 @@
 //! or start the `demo` (a built-in MCP server behind the gateway).
 
 mod demo;
+mod policy_cmd;
 mod signals;
 mod token;
 
@@ -60,6 +61,11 @@ enum Command {
         #[arg(long, default_value = "24h")]
         ttl: humantime::Duration,
     },
+    /// Explain and test policies (docs/policies.md).
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCommand,
+    },
     /// Start a built-in demo MCP server behind the gateway and print how to connect.
     Demo {
         /// Public MCP listener.
@@ -97,6 +103,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config, None),
         Command::Check { config } => check(&config),
         Command::Demo { listen, admin } => demo::run(&listen, &admin),
+        Command::Policy { cmd } => policy_cmd::run(cmd),
         Command::Token {
             subject,
             scopes,

@@ -259,3 +259,113 @@ async fn the_demo_requires_a_token_and_portcullis_token_mints_one_it_accepts() {
         .expect("answer");
     assert_eq!(r.status(), 403, "a token without mcp:tools");
 }
+
+#[test]
+fn policy_test_runs_the_tables_beside_each_policy_and_fails_on_a_wrong_row() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(examples)
+        .expect("policies/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    let out = bin()
+        .args(["policy", "test"])
+        .args(&files)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("per-team.yaml"), "{text}");
+
+    let dir = scratch("policy-test");
+    std::fs::write(
+        dir.join("p.yaml"),
+        "default: deny\nrules:\n  - {name: a, effect: allow, targets: [{tool: ok}]}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("p.tests.yaml"),
+        "- {name: right, tool: ok, expect: allow, rule: a}\n- {name: wrong, tool: nope, expect: allow}\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("lonely.yaml"), "default: allow\n").expect("write");
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "default: allow\nrules:\n  - name: x\n    effect: perhaps\n",
+    )
+    .expect("write");
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(dir.join("p.yaml"))
+        .arg(dir.join("p.tests.yaml"))
+        .arg(dir.join("lonely.yaml"))
+        .arg(dir.join("broken.yaml"))
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("wrong: expected allow, got deny (rule default)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lonely.tests.yaml"),
+        "a policy without tables fails: {text}"
+    );
+    assert!(
+        text.contains("broken.yaml:4"),
+        "names the broken line: {text}"
+    );
+    assert!(text.contains("1 passed, 3 failed"), "{text}");
+}
+
+#[test]
+fn policy_explain_prints_the_decision_and_every_matching_rule() {
+    let dir = scratch("explain");
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies/per-team.yaml");
+    let yaml = config_for("http://127.0.0.1:9/mcp", "").replace(
+        "    upstream: main\n",
+        &format!("    upstream: main\n    policy: {policies}\n"),
+    );
+    let config = dir.join("gw.yaml");
+    std::fs::write(&config, yaml).expect("write");
+    let explain = |args: &[&str]| {
+        let out = bin()
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, _) = explain(&[
+        "--subject",
+        "dana",
+        "--group",
+        "data",
+        "--tool",
+        "sql_drop_table",
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(text.starts_with("decision: deny (rule no-drops)"), "{text}");
+    assert!(
+        text.contains("allow  data-sql") && text.contains("deny   no-drops"),
+        "{text}"
+    );
+    let (_, text, _) = explain(&["--tool", "docs_search", "--annotation", "readOnlyHint=true"]);
+    assert!(
+        text.starts_with("decision: hide (rule anonymous-sees-nothing)"),
+        "{text}"
+    );
+    assert!(text.contains("caller:   anonymous"), "{text}");
+    let (code, _, err) = explain(&["--tool", "x", "--annotation", "readOnly=yes"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("annotation"), "{err}");
+    let (code, _, err) = explain(&["--subject", "a"]);
+    assert_eq!(code, Some(2), "no target");
+    assert!(err.contains("tool"), "{err}");
+}
