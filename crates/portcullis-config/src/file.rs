@@ -27,6 +27,9 @@ pub struct ConfigFile {
     /// The structured access log.
     #[serde(default)]
     pub access_log: AccessLogFile,
+    /// The audit log: one line per tools/call.
+    #[serde(default)]
+    pub audit_log: AuditLogFile,
     /// Public paths and the upstream each forwards to.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
@@ -153,6 +156,32 @@ pub struct AccessLogFile {
     /// `stdout` (default), `stderr`, or a file path (appended to).
     #[serde(default = "default_stdout")]
     pub output: String,
+}
+
+/// `audit_log:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogFile {
+    /// Write one JSON line per tools/call. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `stdout` (default), `stderr`, or a file path (appended to).
+    #[serde(default = "default_stdout")]
+    pub output: String,
+    /// Put the call's arguments in the record (they may hold secrets or personal
+    /// data). Default false: only their size and SHA-256.
+    #[serde(default)]
+    pub include_arguments: bool,
+}
+
+impl Default for AuditLogFile {
+    fn default() -> Self {
+        AuditLogFile {
+            enabled: true,
+            output: default_stdout(),
+            include_arguments: false,
+        }
+    }
 }
 
 impl Default for AccessLogFile {

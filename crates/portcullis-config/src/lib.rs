@@ -13,8 +13,8 @@ pub mod watch;
 
 pub use error::ConfigError;
 pub use file::{
-    AccessLogFile, AuthFile, ConfigFile, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile,
-    ListenersFile, RouteFile, ServerFile, SessionsFile, UpstreamFile,
+    AccessLogFile, AuditLogFile, AuthFile, ConfigFile, HttpFile, IdentityHeadersFile, IssuerFile,
+    JwtFile, ListenersFile, RouteFile, ServerFile, SessionsFile, UpstreamFile,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;

@@ -43,6 +43,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Access log settings.
     pub access_log: AccessLogFile,
+    /// Audit log settings.
+    pub audit_log: crate::file::AuditLogFile,
     /// Routes, in file order.
     pub routes: Vec<Route>,
     /// Upstreams, referenced by index from routes.
@@ -490,6 +492,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             .as_ref()
             .map(|u| u.trim_end_matches('/').to_owned()),
         access_log: file.access_log,
+        audit_log: file.audit_log,
         routes,
         upstreams,
         session_key,

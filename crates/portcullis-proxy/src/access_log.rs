@@ -96,6 +96,17 @@ impl AccessLog {
         output: &str,
         dropped: prometheus::IntCounter,
     ) -> std::io::Result<AccessLog> {
+        AccessLog::start_named("access-log", enabled, output, dropped)
+    }
+
+    /// Like [`AccessLog::start`], for another stream of JSON lines (the audit log);
+    /// `name` names its writer thread.
+    pub fn start_named(
+        name: &str,
+        enabled: bool,
+        output: &str,
+        dropped: prometheus::IntCounter,
+    ) -> std::io::Result<AccessLog> {
         if !enabled {
             return Ok(AccessLog { shared: None });
         }
@@ -117,7 +128,7 @@ impl AccessLog {
         });
         let writer = shared.clone();
         std::thread::Builder::new()
-            .name("access-log".into())
+            .name(name.into())
             .spawn(move || loop {
                 {
                     let mut pending = writer.pending.lock();
@@ -134,11 +145,21 @@ impl AccessLog {
 
     /// Appends one line to the pending batch; never blocks on I/O.
     pub fn write(&self, rec: &Record<'_>) {
+        self.write_line(|line| format_into(line, rec));
+    }
+
+    /// Whether lines are written at all.
+    pub fn enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Appends the line `fill` writes (it must end with a newline) to the pending batch.
+    pub fn write_line(&self, fill: impl FnOnce(&mut String)) {
         let Some(shared) = &self.shared else { return };
         LINE.with(|line| {
             let mut line = line.borrow_mut();
             line.clear();
-            format_into(&mut line, rec);
+            fill(&mut line);
             let mut pending = shared.pending.lock();
             if pending.len() + line.len() > MAX_PENDING {
                 shared.dropped.inc();
@@ -171,7 +192,7 @@ pub fn session_hash(id: &[u8]) -> String {
 }
 
 /// Appends `s` as a JSON string literal.
-fn push_json_str(out: &mut String, s: &str) {
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -189,7 +210,7 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn push_str_field(out: &mut String, key: &str, value: Option<&str>) {
+pub(crate) fn push_str_field(out: &mut String, key: &str, value: Option<&str>) {
     if let Some(v) = value {
         out.push_str(",\"");
         out.push_str(key);

@@ -28,6 +28,7 @@ use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
 
 use crate::access_log::{AccessLog, Record};
+use crate::audit::{ArgsDigest, AuditLog, AuditRecord};
 use crate::catalog::{Catalogs, ToolInfo};
 use crate::forward::{self, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
@@ -51,6 +52,7 @@ pub struct Gateway {
     connector: Connector,
     metrics: Arc<Metrics>,
     access: AccessLog,
+    audit: AuditLog,
     options: HttpServerOptions,
     /// What is known of each upstream's tools (for policies).
     catalogs: Arc<Catalogs>,
@@ -83,6 +85,10 @@ pub(crate) struct Exchange {
     pub list_filter: Option<ListKind>,
     /// A renamed tool's upstream name, sent instead of the client's.
     pub upstream_tool: Option<String>,
+    /// The policy's effect on the request (`allow`, `deny`, `hide`, `absent`).
+    pub effect: Option<&'static str>,
+    /// A `tools/call`'s arguments, digested for the audit log.
+    pub audit_args: Option<ArgsDigest>,
 }
 
 /// A refusal and the request id to answer it with.
@@ -116,7 +122,13 @@ impl Drop for InFlight<'_> {
 
 impl Gateway {
     /// Builds the app.
-    pub fn new(live: Live, metrics: Arc<Metrics>, access: AccessLog, pool_size: usize) -> Gateway {
+    pub fn new(
+        live: Live,
+        metrics: Arc<Metrics>,
+        access: AccessLog,
+        audit: AuditLog,
+        pool_size: usize,
+    ) -> Gateway {
         let catalogs = Arc::new(Catalogs::default());
         // Building a client fails only without a TLS backend; this one speaks plain http.
         let catalog_client = reqwest::Client::builder()
@@ -130,6 +142,7 @@ impl Gateway {
             connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
             metrics,
             access,
+            audit,
             options,
             catalogs,
             catalog_client,
@@ -315,6 +328,14 @@ impl Gateway {
                 }
             }
         }
+        if let Body::Single(env) = &parsed {
+            if self.audit.enabled() && env.method.as_deref() == Some("tools/call") {
+                ex.audit_args = Some(crate::audit::digest(
+                    env.params,
+                    self.audit.include_arguments(),
+                ));
+            }
+        }
         let renamed = match &parsed {
             Body::Single(env) => self.apply_policy(snap, route_idx, env, ex).await?,
             Body::Batch(_) => None,
@@ -372,6 +393,7 @@ impl Gateway {
                 if info == ToolInfo::Absent {
                     // No such tool: the upstream answers it as unknown, exactly as it
                     // would a hidden one, whatever the policy's default says.
+                    ex.effect = Some("absent");
                     return Ok(renamed);
                 }
                 let annotations = match info {
@@ -399,6 +421,7 @@ impl Gateway {
             ])
             .inc();
         ex.rule = Some(Arc::from(decision.rule_name()));
+        ex.effect = Some(decision.effect.as_str());
         match crate::policy::refusal(&decision, &asked) {
             Some(refusal) => Err(Refused {
                 refusal,
@@ -528,6 +551,20 @@ impl Gateway {
             subject: ex.principal.as_ref().map(|p| p.subject.as_str()),
             rule: ex.rule.as_deref(),
         });
+        if ex.rpc_method.as_deref() == Some("tools/call") && self.audit.enabled() {
+            self.audit.write(&AuditRecord {
+                route,
+                upstream,
+                tool: ex.target.as_deref(),
+                principal: ex.principal.as_deref(),
+                decision: ex.effect.unwrap_or("allow"),
+                rule: ex.rule.as_deref(),
+                status: ex.status,
+                reason: ex.reason,
+                rpc_id: ex.rpc_id.as_deref(),
+                args: ex.audit_args.as_ref(),
+            });
+        }
     }
 }
 

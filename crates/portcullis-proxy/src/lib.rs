@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod catalog;
 mod forward;
 pub mod health;

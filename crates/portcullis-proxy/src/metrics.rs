@@ -36,6 +36,8 @@ pub struct Metrics {
     pub watching: IntGauge,
     /// `portcullis_access_log_dropped_total`: lines dropped because the log writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// `portcullis_audit_log_dropped_total`.
+    pub audit_log_dropped: IntCounter,
     /// `portcullis_policy_decisions_total{route, effect, rule}`.
     pub policy_decisions: IntCounterVec,
     /// `portcullis_jwks_fetches_total{url, result}`.
@@ -165,6 +167,13 @@ impl Metrics {
                 IntCounter::new(
                     "portcullis_access_log_dropped_total",
                     "Access log lines dropped because the writer fell behind",
+                ),
+            ),
+            audit_log_dropped: registered(
+                &r,
+                IntCounter::new(
+                    "portcullis_audit_log_dropped_total",
+                    "Audit log lines dropped because the writer fell behind",
                 ),
             ),
             policy_decisions: counter(

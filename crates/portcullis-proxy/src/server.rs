@@ -18,6 +18,7 @@ use pingora_core::services::listening::Service as Listening;
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::app::Gateway;
+use crate::audit::AuditLog;
 use crate::health::{Health, Prober};
 use crate::jwks::JwksFetcher;
 use crate::listen::{Prebound, PreboundService};
@@ -43,6 +44,8 @@ pub struct Prepared {
     pub version: String,
     /// The access log, to flush before the process exits.
     pub access_log: AccessLog,
+    /// The audit log, likewise.
+    pub audit_log: AuditLog,
 }
 
 /// Loads `config_path`, binds both listeners and builds every service.
@@ -75,6 +78,21 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
             config.access_log.output
         )
     })?;
+    let audit = AuditLog::new(
+        AccessLog::start_named(
+            "audit-log",
+            config.audit_log.enabled,
+            &config.audit_log.output,
+            metrics.audit_log_dropped.clone(),
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open audit_log.output {:?}: {e}",
+                config.audit_log.output
+            )
+        })?,
+        config.audit_log.include_arguments,
+    );
     let threads = config.threads;
     let work_stealing = config.work_stealing;
     let grace_period = config.grace_period;
@@ -103,6 +121,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         live.clone(),
         metrics.clone(),
         access.clone(),
+        audit.clone(),
         POOL_PER_THREAD * threads,
     );
     let mut public_svc = Listening::new("portcullis".to_owned(), gateway);
@@ -150,6 +169,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         grace_period,
         version,
         access_log: access,
+        audit_log: audit,
     })
 }
 

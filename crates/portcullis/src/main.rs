@@ -152,7 +152,11 @@ pub(crate) fn run(
     if let Some(banner) = banner {
         banner(&prepared);
     }
-    let watch = signals::Signals::new(prepared.in_flight.clone(), prepared.access_log.clone());
+    let watch = signals::Signals::new(
+        prepared.in_flight.clone(),
+        prepared.access_log.clone(),
+        prepared.audit_log.clone(),
+    );
     prepared.run(Box::new(watch));
     ExitCode::SUCCESS
 }

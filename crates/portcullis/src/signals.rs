@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use portcullis_proxy::access_log::AccessLog;
+use portcullis_proxy::audit::AuditLog;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How often the drain checks whether anything is still in flight.
@@ -16,15 +17,21 @@ const DRAIN_POLL: Duration = Duration::from_millis(25);
 pub struct Signals {
     in_flight: prometheus::IntGauge,
     access_log: AccessLog,
+    audit_log: AuditLog,
 }
 
 impl Signals {
-    /// `in_flight` is the gateway's count of requests being handled; `access_log` is
-    /// flushed before an early exit.
-    pub fn new(in_flight: prometheus::IntGauge, access_log: AccessLog) -> Signals {
+    /// `in_flight` is the gateway's count of requests being handled; the access and
+    /// audit logs are flushed before an early exit.
+    pub fn new(
+        in_flight: prometheus::IntGauge,
+        access_log: AccessLog,
+        audit_log: AuditLog,
+    ) -> Signals {
         Signals {
             in_flight,
             access_log,
+            audit_log,
         }
     }
 }
@@ -44,6 +51,7 @@ impl ShutdownSignalWatch for Signals {
                 tracing::info!("SIGTERM: draining (no new connections; in-flight requests and streams may finish)");
                 let in_flight = self.in_flight.clone();
                 let access_log = self.access_log.clone();
+                let audit_log = self.audit_log.clone();
                 // pingora waits out the whole grace period; exit as soon as nothing is left.
                 let _ = std::thread::Builder::new().name("drain".into()).spawn(move || {
                     let mut quiet = 0;
@@ -53,6 +61,7 @@ impl ShutdownSignalWatch for Signals {
                         // Two quiet polls: nothing in flight, not even a request just accepted.
                         if quiet >= 2 {
                             access_log.flush();
+                            audit_log.flush();
                             tracing::info!("drained; exiting");
                             std::process::exit(0);
                         }

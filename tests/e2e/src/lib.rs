@@ -80,6 +80,8 @@ pub struct Gateway {
     pub config_path: PathBuf,
     /// The access log file.
     pub access_log: PathBuf,
+    /// The audit log file.
+    pub audit_log: PathBuf,
 }
 
 impl Gateway {
@@ -94,6 +96,15 @@ impl Gateway {
 }
 
 static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// Every line of a JSON-lines log file.
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a log line is JSON"))
+        .collect()
+}
 
 /// A fresh private directory under the system temp dir.
 pub fn scratch_dir() -> PathBuf {
@@ -139,7 +150,12 @@ impl Gateway {
         }
         let config_path = dir.join("portcullis.yaml");
         let access_log = dir.join("access.log");
-        let text = format!("{yaml}\naccess_log:\n  output: {}\n", access_log.display());
+        let audit_log = dir.join("audit.log");
+        let text = format!(
+            "{yaml}\naccess_log:\n  output: {}\naudit_log:\n  output: {}\n",
+            access_log.display(),
+            audit_log.display()
+        );
         std::fs::write(&config_path, text).expect("write config");
         let running = portcullis_proxy::spawn(&config_path).expect("gateway starts");
         let gw = Gateway {
@@ -149,6 +165,7 @@ impl Gateway {
             running: Some(running),
             config_path,
             access_log,
+            audit_log,
         };
         gw.wait_for("/healthz", 200).await;
         // Reload tests rewrite the file right away: wait until changes are watched.
@@ -191,11 +208,23 @@ impl Gateway {
 
     /// Access log lines written so far, parsed.
     pub fn access_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
-            .collect()
+        json_lines(&self.access_log)
+    }
+
+    /// Polls the audit log until a line satisfies `pred`, failing after [`DEADLINE`].
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(l) = json_lines(&self.audit_log).into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no audit log line for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls the access log until a line satisfies `pred` (lines are batched and
