@@ -105,6 +105,8 @@ pub fn compile(file: &PolicyFile) -> Result<Policy, PolicyError> {
     // Name patterns per kind, with the entry each belongs to.
     let mut named: Vec<Vec<(Glob, usize)>> = (0..KINDS).map(|_| Vec::new()).collect();
     let mut unnamed: Vec<Vec<usize>> = (0..KINDS).map(|_| Vec::new()).collect();
+    // Entries without a name pattern but with a method pattern, per kind.
+    let mut by_method: Vec<Vec<(Glob, usize)>> = (0..KINDS).map(|_| Vec::new()).collect();
     let mut names = HashSet::new();
 
     for (r, rf) in file.rules.iter().enumerate() {
@@ -154,13 +156,23 @@ pub fn compile(file: &PolicyFile) -> Result<Policy, PolicyError> {
             let given: Vec<_> = kinds.iter().filter(|(_, p, _)| p.is_some()).collect();
             match given.as_slice() {
                 [] => {
-                    // Every kind; for plain methods the method pattern is the name.
-                    for kind in [Kind::Tool, Kind::Prompt, Kind::Resource, Kind::ResourceTemplate] {
-                        unnamed[kind as usize].push(e);
-                    }
+                    // Every kind, found by its method pattern if it has one; for plain
+                    // methods the method is the name.
+                    let kinds = [Kind::Tool, Kind::Prompt, Kind::Resource, Kind::ResourceTemplate];
                     match &tf.method {
-                        Some(m) => named[Kind::Method as usize].push((glob(m, &tat("method"))?, e)),
-                        None => unnamed[Kind::Method as usize].push(e),
+                        Some(m) => {
+                            let g = glob(m, &tat("method"))?;
+                            for kind in kinds {
+                                by_method[kind as usize].push((g.clone(), e));
+                            }
+                            named[Kind::Method as usize].push((g, e));
+                        }
+                        None => {
+                            for kind in kinds {
+                                unnamed[kind as usize].push(e);
+                            }
+                            unnamed[Kind::Method as usize].push(e);
+                        }
                     }
                 }
                 [(kind, Some(pattern), k)] => {
@@ -189,19 +201,14 @@ pub fn compile(file: &PolicyFile) -> Result<Policy, PolicyError> {
     }
 
     let mut index = Vec::with_capacity(KINDS);
-    for (patterns, loose) in named.into_iter().zip(unnamed) {
-        let mut builder = GlobSetBuilder::new();
-        let mut owners = Vec::with_capacity(patterns.len());
-        for (g, e) in patterns {
-            builder.add(g);
-            owners.push(e);
-        }
-        let set = builder
-            .build()
-            .map_err(|e| err(&[key("rules")], format!("cannot compile the patterns: {e}")))?;
+    for ((patterns, methods), loose) in named.into_iter().zip(by_method).zip(unnamed) {
+        let (set, owners) = glob_set(patterns)?;
+        let (method_set, method_owners) = glob_set(methods)?;
         index.push(KindIndex {
             set,
             named: owners,
+            method_set,
+            by_method: method_owners,
             unnamed: loose,
         });
     }
@@ -222,6 +229,20 @@ pub fn compile(file: &PolicyFile) -> Result<Policy, PolicyError> {
         renamed_from,
         max_tools: file.transforms.max_tools,
     })
+}
+
+/// One automaton over `patterns`, and the entry each match index belongs to.
+fn glob_set(patterns: Vec<(Glob, usize)>) -> Result<(globset::GlobSet, Vec<usize>), PolicyError> {
+    let mut builder = GlobSetBuilder::new();
+    let mut owners = Vec::with_capacity(patterns.len());
+    for (g, e) in patterns {
+        builder.add(g);
+        owners.push(e);
+    }
+    let set = builder
+        .build()
+        .map_err(|e| err(&[key("rules")], format!("cannot compile the patterns: {e}")))?;
+    Ok((set, owners))
 }
 
 type Transforms = (HashMap<String, ToolTransform>, HashMap<String, String>);

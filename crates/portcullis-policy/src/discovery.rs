@@ -71,6 +71,9 @@ pub fn filter_list(
         return out;
     };
     let before = items.len();
+    if list.kind == Kind::Tool {
+        out.tool_annotations.reserve(before);
+    }
     items.retain(|item| {
         let Some(name) = item.get(list.key).and_then(Value::as_str) else {
             return false;

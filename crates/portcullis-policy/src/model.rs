@@ -193,7 +193,10 @@ pub(crate) struct KindIndex {
     /// Name patterns; match `i` is entry `named[i]`.
     pub set: GlobSet,
     pub named: Vec<usize>,
-    /// Entries with no name pattern for this kind (checked for every target).
+    /// Method patterns of entries with no name pattern; match `i` is `by_method[i]`.
+    pub method_set: GlobSet,
+    pub by_method: Vec<usize>,
+    /// Entries with neither (checked for every target of this kind).
     pub unnamed: Vec<usize>,
 }
 
@@ -358,6 +361,13 @@ impl Policy {
             index.set.matches_into(target.name, buf);
             for &i in buf.iter() {
                 check(index.named[i]);
+            }
+            if !index.by_method.is_empty() {
+                buf.clear();
+                index.method_set.matches_into(target.method, buf);
+                for &i in buf.iter() {
+                    check(index.by_method[i]);
+                }
             }
         });
         for &e in &index.unnamed {
