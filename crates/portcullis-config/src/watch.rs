@@ -1,4 +1,5 @@
-//! Reload triggers: a change in the config file's directory, or SIGHUP.
+//! Reload triggers: a change in the config file's directory (or in a directory holding
+//! a policy file the config names), or SIGHUP.
 //!
 //! The directory is watched rather than the file because editors replace files and
 //! Kubernetes swaps a ConfigMap's `..data` symlink; the reloader compares content
@@ -29,9 +30,14 @@ impl Trigger {
     }
 }
 
-/// Starts watching `path` and SIGHUP on the current tokio runtime. Triggers that arrive
-/// within `settle` of each other are coalesced into one.
-pub fn triggers(path: &Path, settle: Duration) -> Result<mpsc::Receiver<Trigger>, String> {
+/// Starts watching `path`'s directory, each of `also` (directories of files the config
+/// refers to, such as policies), and SIGHUP, on the current tokio runtime. Triggers that
+/// arrive within `settle` of each other are coalesced into one.
+pub fn triggers(
+    path: &Path,
+    also: &[std::path::PathBuf],
+    settle: Duration,
+) -> Result<mpsc::Receiver<Trigger>, String> {
     let (raw_tx, mut raw_rx) = mpsc::channel::<Trigger>(16);
     let dir = path
         .parent()
@@ -51,6 +57,13 @@ pub fn triggers(path: &Path, settle: Duration) -> Result<mpsc::Receiver<Trigger>
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    for extra in also {
+        if *extra != dir {
+            watcher
+                .watch(extra, RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", extra.display()))?;
+        }
+    }
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;

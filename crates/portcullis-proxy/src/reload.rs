@@ -79,7 +79,18 @@ impl Reloader {
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut triggers = match watch::triggers(&self.path, SETTLE) {
+        // Directories of the policy files the config names: editing a policy reloads.
+        let mut policy_dirs: Vec<std::path::PathBuf> = self
+            .live
+            .load()
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| r.policy_path.as_ref()?.parent().map(|d| d.to_owned()))
+            .collect();
+        policy_dirs.sort();
+        policy_dirs.dedup();
+        let mut triggers = match watch::triggers(&self.path, &policy_dirs, SETTLE) {
             Ok(rx) => {
                 self.metrics.watching.set(1);
                 info!(config = %self.path.display(), "watching the config file and SIGHUP for reloads");

@@ -88,10 +88,10 @@ impl Gateway {
     /// Replaces a file beside the config the way an editor or a ConfigMap update does
     /// (write aside, then rename), so the watcher never sees half a file.
     pub fn write_file(&self, name: &str, content: &str) {
-        let dir = self.config_path.parent().expect("config dir");
-        let tmp = dir.join(format!(".{name}.tmp"));
+        let target = self.config_path.parent().expect("config dir").join(name);
+        let tmp = target.with_extension("tmp");
         std::fs::write(&tmp, content).expect("write");
-        std::fs::rename(&tmp, dir.join(name)).expect("rename into place");
+        std::fs::rename(&tmp, &target).expect("rename into place");
     }
 }
 
@@ -146,7 +146,11 @@ impl Gateway {
     pub async fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Gateway {
         let dir = scratch_dir();
         for (name, content) in files {
-            std::fs::write(dir.join(name), content).expect("write a file beside the config");
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create a directory beside the config");
+            }
+            std::fs::write(path, content).expect("write a file beside the config");
         }
         let config_path = dir.join("portcullis.yaml");
         let access_log = dir.join("access.log");

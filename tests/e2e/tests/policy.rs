@@ -113,7 +113,7 @@ async fn setup(policy: &str, upstream_extra: &str) -> Setup {
         .replace(
             "    upstream: main\n",
             &format!(
-                "    upstream: main\n{}    policy: policy.yaml\n",
+                "    upstream: main\n{}    policy: policies/policy.yaml\n",
                 test_jwt_auth()
             ),
         )
@@ -121,7 +121,8 @@ async fn setup(policy: &str, upstream_extra: &str) -> Setup {
             "connect_timeout: 1s\n",
             &format!("connect_timeout: 1s\n{upstream_extra}"),
         );
-    let gw = Gateway::start_with_files(&yaml, &[("policy.yaml", policy)]).await;
+    // In a directory of its own, as a second ConfigMap would be: watched too.
+    let gw = Gateway::start_with_files(&yaml, &[("policies/policy.yaml", policy)]).await;
     Setup {
         gw,
         called,
@@ -296,7 +297,7 @@ async fn a_policy_reload_changes_new_decisions_and_a_broken_one_keeps_the_old() 
         "rules:\n",
         "rules:\n  - name: no-reading\n    effect: deny\n    targets: [{tool: read_file}]\n",
     );
-    s.gw.write_file("policy.yaml", &stricter);
+    s.gw.write_file("policies/policy.yaml", &stricter);
     s.gw.wait_metrics("the reload", |m| {
         m.contains(r#"portcullis_config_reloads_total{result="success"} 1"#)
     })
@@ -309,7 +310,7 @@ async fn a_policy_reload_changes_new_decisions_and_a_broken_one_keeps_the_old() 
     assert_eq!(call_code(&c, "echo_1").await, None, "the session lives on");
 
     s.gw.write_file(
-        "policy.yaml",
+        "policies/policy.yaml",
         "default: deny\nrules:\n  - name: x\n    effect: maybe\n",
     );
     s.gw.wait_metrics("the refused reload", |m| {
