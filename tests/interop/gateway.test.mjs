@@ -580,3 +580,74 @@ describe("an authenticated route: the SDK client meets the 401, finds the metada
     { timeout: TEST_TIMEOUT_MS },
   );
 });
+
+describe("a route with a policy: the SDK client sees the filtered list and the refusals", () => {
+  let tmp;
+  let upstream;
+  let gateway;
+  let mcpUrl;
+
+  before(
+    async () => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-policy-"));
+      tempDirs.add(tmp);
+      upstream = await startEverything();
+      fs.writeFileSync(
+        path.join(tmp, "policy.yaml"),
+        `default: allow
+rules:
+  - name: hide-env
+    effect: hide
+    targets: [{tool: get-env}, {tool: "trigger-*"}]
+  - name: no-sums
+    effect: deny
+    targets: [{tool: get-sum}]
+transforms:
+  tools:
+    - {tool: echo, rename: say, description: Says it back}
+`,
+      );
+      const configFile = path.join(tmp, "portcullis.yaml");
+      fs.writeFileSync(
+        configFile,
+        gatewayConfig(upstream.port).replace("    upstream: everything\n", "    upstream: everything\n    policy: policy.yaml\n"),
+      );
+      gateway = await startGateway(configFile);
+      mcpUrl = `http://${gateway.publicAddr}/mcp`;
+    },
+    { timeout: 2 * STARTUP_DEADLINE_MS + 10_000 },
+  );
+
+  after(() => {
+    killAllChildren();
+  });
+
+  it(
+    "hidden tools are absent and unknown, denied ones listed and refused, renames work",
+    async () => {
+      const client = new Client({ name: "portcullis-interop-policy", version: "1.0.0" });
+      await client.connect(new StreamableHTTPClientTransport(new URL(mcpUrl)));
+      const { tools } = await client.listTools();
+      const names = tools.map((t) => t.name);
+      assert.ok(!names.includes("get-env"), `get-env hidden: ${names.join(", ")}`);
+      assert.ok(!names.some((n) => n.startsWith("trigger-")), `trigger-* hidden: ${names.join(", ")}`);
+      assert.ok(names.includes("get-sum"), "denied tools stay listed");
+      assert.ok(names.includes("say") && !names.includes("echo"), "echo renamed to say");
+      assert.equal(tools.find((t) => t.name === "say").description, "Says it back");
+
+      await assert.rejects(client.callTool({ name: "get-env", arguments: {} }), (e) => {
+        assert.equal(e.code, -32602, `hidden: answered as an unknown tool (${e.message})`);
+        assert.match(e.message, /Unknown tool: get-env/);
+        return true;
+      });
+      await assert.rejects(client.callTool({ name: "get-sum", arguments: { a: 1, b: 2 } }), (e) => {
+        assert.equal(e.code, -32016, `denied (${e.message})`);
+        return true;
+      });
+      const said = await client.callTool({ name: "say", arguments: { message: "renamed" } });
+      assert.match(said.content.map((c) => c.text).join(""), /renamed/);
+      await client.close();
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+});
