@@ -120,6 +120,20 @@ pub struct AnnotationsFile {
     pub open_world_hint: Option<bool>,
 }
 
+impl AnnotationsFile {
+    /// These hints with the spec's defaults for absent ones, normalised.
+    pub fn resolve(&self) -> crate::Annotations {
+        let d = crate::Annotations::SPEC_DEFAULTS;
+        crate::Annotations {
+            read_only: self.read_only_hint.unwrap_or(d.read_only),
+            destructive: self.destructive_hint.unwrap_or(d.destructive),
+            idempotent: self.idempotent_hint.unwrap_or(d.idempotent),
+            open_world: self.open_world_hint.unwrap_or(d.open_world),
+        }
+        .normalized()
+    }
+}
+
 /// `transforms:`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -79,8 +79,23 @@ impl Annotations {
         open_world: true,
     };
 
+    /// As the spec reads the hints: `destructiveHint` and `idempotentHint` are
+    /// meaningful only when `readOnlyHint` is false, so a read-only tool is neither
+    /// destructive nor anything but idempotent, whatever else it says.
+    pub fn normalized(self) -> Annotations {
+        if self.read_only {
+            Annotations {
+                destructive: false,
+                idempotent: true,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
     /// A tool's `annotations` object (from `tools/list`); absent or non-boolean hints
-    /// take the spec's defaults.
+    /// take the spec's defaults (then [`Annotations::normalized`]).
     pub fn from_json(annotations: Option<&Value>) -> Annotations {
         let hint = |name: &str, default: bool| {
             annotations
@@ -95,6 +110,7 @@ impl Annotations {
             idempotent: hint("idempotentHint", d.idempotent),
             open_world: hint("openWorldHint", d.open_world),
         }
+        .normalized()
     }
 }
 

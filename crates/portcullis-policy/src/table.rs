@@ -137,6 +137,14 @@ impl Case {
         }
     }
 
+    /// The row's tool annotations as the gateway would read them (spec defaults for
+    /// absent hints, then normalised).
+    pub fn annotations(&self) -> Annotations {
+        self.annotations
+            .as_ref()
+            .map_or(Annotations::SPEC_DEFAULTS, AnnotationsFile::resolve)
+    }
+
     /// Runs this row against `policy`.
     pub fn run(&self, policy: &Policy) -> Outcome {
         let principal = self.who.as_ref().map(Who::principal);
@@ -153,18 +161,7 @@ impl Case {
                 }
             }
         };
-        let annotations = self
-            .annotations
-            .as_ref()
-            .map_or(Annotations::SPEC_DEFAULTS, |a| {
-                let d = Annotations::SPEC_DEFAULTS;
-                Annotations {
-                    read_only: a.read_only_hint.unwrap_or(d.read_only),
-                    destructive: a.destructive_hint.unwrap_or(d.destructive),
-                    idempotent: a.idempotent_hint.unwrap_or(d.idempotent),
-                    open_world: a.open_world_hint.unwrap_or(d.open_world),
-                }
-            });
+        let annotations = self.annotations();
         let target = Target {
             method,
             kind,

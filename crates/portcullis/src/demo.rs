@@ -3,7 +3,18 @@
 
 use std::process::ExitCode;
 
-/// Writes the demo config next to nothing else, starts both servers, blocks until a signal.
+/// The demo route's policy: destructive tools only for the `admins` group.
+const DEMO_POLICY: &str = r#"# Written by `portcullis demo`: who may call what (docs/policies.md).
+# Edit and save: the gateway reloads it live.
+default: allow
+rules:
+  - name: destructive-tools-need-admins
+    effect: deny
+    except: [{group: admins}]
+    targets: [{tool: "*", annotations: {destructiveHint: true}}]
+"#;
+
+/// Writes the demo config and policy, starts both servers, blocks until a signal.
 pub fn run(listen: &str, admin: &str) -> ExitCode {
     let (upstream, _stop) = match portcullis_demo::spawn(([127, 0, 0, 1], 0).into()) {
         Ok(s) => s,
@@ -32,6 +43,7 @@ pub fn run(listen: &str, admin: &str) -> ExitCode {
         format!("          - issuer: {}", crate::token::DEMO_ISSUER),
         format!("            audiences: [{}]", crate::token::DEMO_AUDIENCE),
         "            secret_file: demo-hmac.key".to_owned(),
+        "    policy: demo-policy.yaml".to_owned(),
         "upstreams:".to_owned(),
         "  demo:".to_owned(),
         format!("    url: http://{upstream}/mcp"),
@@ -40,6 +52,7 @@ pub fn run(listen: &str, admin: &str) -> ExitCode {
     .join("\n");
     let written = std::fs::create_dir_all(&dir)
         .and_then(|_| std::fs::write(dir.join("demo-hmac.key"), crate::token::DEMO_SECRET))
+        .and_then(|_| std::fs::write(dir.join("demo-policy.yaml"), DEMO_POLICY))
         .and_then(|_| std::fs::write(&path, config));
     if let Err(e) = written {
         eprintln!("error: cannot write {}: {e}", path.display());
@@ -66,6 +79,8 @@ fn banner(p: &portcullis_proxy::Prepared, config: &std::path::Path) {
   Admin         http://{admin}/healthz  /readyz  /metrics\n\
   Config        {config} (edit it; changes apply without a restart)\n\
 \nDemo tools: echo, add, slow (streams progress), delete_file (annotated destructive).\n\
+The demo policy ({policy}) denies destructive tools except to group admins:\n\
+  portcullis token --group admins   mints a token that may call delete_file.\n\
 \nThe endpoint requires a bearer token (scope mcp:tools). One, valid for 24 hours:\n\
 \n  export PORTCULLIS_TOKEN={token}\n\
 \n(`portcullis token --help` mints others; without a token the gateway answers 401 with\n\
@@ -82,5 +97,6 @@ a WWW-Authenticate challenge pointing at its protected resource metadata.)\n\
 \nCtrl-C stops; SIGTERM drains.\n",
         admin = p.admin,
         config = config.display(),
+        policy = config.with_file_name("demo-policy.yaml").display(),
     );
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use portcullis_policy::file::AnnotationsFile;
 use portcullis_policy::table::{self, Case, Who};
-use portcullis_policy::{Annotations, Policy, Target};
+use portcullis_policy::{Policy, Target};
 
 /// `portcullis policy ...`
 #[derive(Subcommand)]
@@ -170,18 +170,7 @@ fn explain(args: &ExplainArgs) -> Result<String, String> {
         rule: None,
     };
     let (kind, name, method) = case.target()?;
-    let a = case
-        .annotations
-        .as_ref()
-        .map_or(Annotations::SPEC_DEFAULTS, |f| {
-            let d = Annotations::SPEC_DEFAULTS;
-            Annotations {
-                read_only: f.read_only_hint.unwrap_or(d.read_only),
-                destructive: f.destructive_hint.unwrap_or(d.destructive),
-                idempotent: f.idempotent_hint.unwrap_or(d.idempotent),
-                open_world: f.open_world_hint.unwrap_or(d.open_world),
-            }
-        });
+    let a = case.annotations();
     let target = Target {
         method,
         kind,

@@ -258,6 +258,45 @@ async fn the_demo_requires_a_token_and_portcullis_token_mints_one_it_accepts() {
         .await
         .expect("answer");
     assert_eq!(r.status(), 403, "a token without mcp:tools");
+
+    // The demo policy: delete_file (destructive) only for group admins.
+    let mint = |args: &[&str]| {
+        let out = bin().arg("token").args(args).output().expect("token");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let delete = |token: String| {
+        let url = url.clone();
+        async move {
+            let r = stateless_call(
+                &http_client(),
+                &url,
+                "delete_file",
+                json!({"path": "/tmp/x"}),
+            )
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("answer");
+            let body = r.text().await.expect("body");
+            messages(&body)
+                .first()
+                .map(|m| m["error"]["code"].clone())
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(
+        delete(mint(&[])).await,
+        json!(-32016),
+        "denied to a plain user"
+    );
+    assert_eq!(
+        delete(mint(&["--group", "admins"])).await,
+        serde_json::Value::Null,
+        "allowed to admins"
+    );
 }
 
 #[test]
