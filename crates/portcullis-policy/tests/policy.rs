@@ -305,13 +305,22 @@ rules:
     assert_eq!(e(on_github), Effect::Hide, "by upstream");
     assert_eq!(
         Annotations::from_json(Some(
-            &json!({"readOnlyHint": true, "destructiveHint": "yes"})
+            &json!({"readOnlyHint": false, "destructiveHint": "yes"})
+        )),
+        Annotations::SPEC_DEFAULTS,
+        "a non-boolean hint takes the default"
+    );
+    assert_eq!(
+        Annotations::from_json(Some(
+            &json!({"readOnlyHint": true, "destructiveHint": true})
         )),
         Annotations {
             read_only: true,
-            ..Annotations::SPEC_DEFAULTS
+            destructive: false,
+            idempotent: true,
+            open_world: true,
         },
-        "a non-boolean hint takes the default"
+        "destructive and idempotent hints mean nothing on a read-only tool"
     );
 }
 
