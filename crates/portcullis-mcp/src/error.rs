@@ -63,6 +63,8 @@ pub enum Unknown {
     Resource,
     /// `Method not found` (-32601).
     Method,
+    /// `Method not found` (-32601) with HTTP 404, as the 2026-07-28 revision answers.
+    StatelessMethod,
 }
 
 /// A request the gateway refuses or cannot complete, with everything the answer needs.
@@ -172,6 +174,10 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => 502,
             Refusal::ShuttingDown => 503,
             Refusal::UpstreamTimeout { .. } => 504,
+            Refusal::Hidden {
+                kind: Unknown::StatelessMethod,
+                ..
+            } => 404,
             Refusal::PolicyDenied { .. } | Refusal::Hidden { .. } => 200,
         }
     }
@@ -201,7 +207,7 @@ impl Refusal {
             Refusal::Hidden { kind, .. } => match kind {
                 Unknown::Tool | Unknown::Prompt => INVALID_PARAMS,
                 Unknown::Resource => RESOURCE_NOT_FOUND,
-                Unknown::Method => METHOD_NOT_FOUND,
+                Unknown::Method | Unknown::StatelessMethod => METHOD_NOT_FOUND,
             },
         }
     }
@@ -281,7 +287,7 @@ impl Refusal {
                 Unknown::Tool => format!("Unknown tool: {name}"),
                 Unknown::Prompt => format!("Unknown prompt: {name}"),
                 Unknown::Resource => "Resource not found".to_owned(),
-                Unknown::Method => "Method not found".to_owned(),
+                Unknown::Method | Unknown::StatelessMethod => "Method not found".to_owned(),
             },
         }
     }
@@ -452,6 +458,14 @@ mod tests {
             assert_eq!(v["error"]["message"], message);
             assert!(v["error"]["data"].get("reason").is_none(), "{v}");
         }
+        let stateless = Refusal::Hidden {
+            kind: Unknown::StatelessMethod,
+            name: "logging/setLevel".into(),
+        };
+        assert_eq!(
+            (stateless.status(), stateless.code()),
+            (404, METHOD_NOT_FOUND)
+        );
         let v: Value = serde_json::from_slice(
             &Refusal::Hidden {
                 kind: Unknown::Resource,

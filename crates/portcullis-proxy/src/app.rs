@@ -85,6 +85,8 @@ pub(crate) struct Exchange {
     pub list_filter: Option<ListKind>,
     /// A renamed tool's upstream name, sent instead of the client's.
     pub upstream_tool: Option<String>,
+    /// The response will be rewritten (so it must not arrive compressed).
+    pub filtering: bool,
     /// The policy's effect on the request (`allow`, `deny`, `hide`, `absent`).
     pub effect: Option<&'static str>,
     /// A `tools/call`'s arguments, digested for the audit log.
@@ -131,8 +133,12 @@ impl Gateway {
     ) -> Gateway {
         let catalogs = Arc::new(Catalogs::default());
         // Building a client fails only without a TLS backend; this one speaks plain http.
+        // Never redirected and never through a proxy from the environment: the
+        // upstream's own credential headers go to the upstream and nowhere else.
         let catalog_client = reqwest::Client::builder()
             .timeout(crate::catalog::FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .unwrap_or_default();
         let mut options = HttpServerOptions::default();
@@ -347,7 +353,15 @@ impl Gateway {
                     ex.upstream_tool = Some(name);
                     Bytes::from(b)
                 }
-                None => body,
+                // Never forward the client's name for a renamed tool.
+                None => {
+                    return Err(Refused {
+                        refusal: Refusal::InvalidParams(
+                            "the request could not be rewritten for a renamed tool".into(),
+                        ),
+                        id: ex.rpc_id.clone(),
+                    })
+                }
             },
             None => body,
         };
@@ -368,13 +382,29 @@ impl Gateway {
         let Some(policy) = &route.policy else {
             return Ok(None);
         };
+        let method = env.method.as_deref().unwrap_or("");
+        let refuse = |refusal: Refusal, ex: &Exchange| Refused {
+            refusal,
+            id: ex.rpc_id.clone(),
+        };
         if env.kind != Kind::Request {
+            // MCP's notifications all live under notifications/; anything else sent
+            // without an id would be a call that escapes judgement.
+            if env.method.is_some() && !method.starts_with("notifications/") {
+                return Err(refuse(
+                    Refusal::InvalidRequest(format!(
+                        "{method} must be a request (with an id) on a route with a policy"
+                    )),
+                    ex,
+                ));
+            }
             return Ok(None);
         }
-        let method = env.method.as_deref().unwrap_or("");
         ex.list_filter = portcullis_policy::discovery::list_kind(method);
-        let Some(asked) = crate::policy::asked(method, env) else {
-            return Ok(None);
+        let asked = match crate::policy::asked(method, env) {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(None),
+            Err(why) => return Err(refuse(Refusal::InvalidParams(why), ex)),
         };
         let up = &snap.upstreams[route.upstream];
         let upstream = &up.config;
@@ -391,25 +421,26 @@ impl Gateway {
                     ToolInfo::Unknown
                 };
                 if info == ToolInfo::Absent {
-                    // No such tool: the upstream answers it as unknown, exactly as it
-                    // would a hidden one, whatever the policy's default says.
-                    ex.effect = Some("absent");
-                    return Ok(renamed);
+                    // Not in the upstream's list: answered as unknown by the gateway,
+                    // exactly as a hidden tool is, whatever the policy's default says.
+                    (crate::policy::absent(), renamed)
+                } else {
+                    let annotations = match info {
+                        // Trust is read now, so turning it off applies at once.
+                        ToolInfo::Listed(a) if upstream.trust_annotations => a,
+                        _ => portcullis_policy::Annotations::SPEC_DEFAULTS,
+                    };
+                    let d = crate::policy::judge(
+                        policy,
+                        ex.principal.as_deref(),
+                        method,
+                        &asked,
+                        name,
+                        &upstream.name,
+                        annotations,
+                    );
+                    (d, renamed)
                 }
-                let annotations = match info {
-                    ToolInfo::Listed(a) => a,
-                    _ => portcullis_policy::Annotations::SPEC_DEFAULTS,
-                };
-                let d = crate::policy::judge(
-                    policy,
-                    ex.principal.as_deref(),
-                    method,
-                    &asked,
-                    name,
-                    &upstream.name,
-                    annotations,
-                );
-                (d, renamed)
             }
         };
         self.metrics
@@ -421,8 +452,18 @@ impl Gateway {
             ])
             .inc();
         ex.rule = Some(Arc::from(decision.rule_name()));
-        ex.effect = Some(decision.effect.as_str());
-        match crate::policy::refusal(&decision, &asked) {
+        ex.effect = Some(if decision.rule_name() == "absent" {
+            "absent"
+        } else {
+            decision.effect.as_str()
+        });
+        // 2026-07-28 requests carry their revision in _meta (checked above).
+        let stateless = env
+            .meta_protocol_version
+            .as_deref()
+            .and_then(ProtocolVersion::parse)
+            .is_some_and(|v| v.era() == Era::Stateless);
+        match crate::policy::refusal(&decision, &asked, stateless) {
             Some(refusal) => Err(Refused {
                 refusal,
                 id: ex.rpc_id.clone(),
@@ -445,8 +486,16 @@ impl Gateway {
         let upstream = &snap.upstreams[up_idx];
         let route = &snap.config.routes[route_idx];
         let route_name = route.name.as_str();
-        let list_filter = match (&route.policy, ex.list_filter) {
-            (Some(policy), Some(kind)) => Some(ListFilter {
+        // POST lists are filtered as what they ask for; on a GET stream (where a resumed
+        // answer may arrive) any list answer is recognised and filtered.
+        let wanted = match (&route.policy, ex.list_filter, &method) {
+            (Some(p), Some(kind), _) => Some((p, Some(kind))),
+            (Some(p), None, &Method::GET) => Some((p, None)),
+            _ => None,
+        };
+        ex.filtering = wanted.is_some();
+        let list_filter = match wanted {
+            Some((policy, kind)) => Some(ListFilter {
                 policy: policy.clone(),
                 kind,
                 who: ex.principal.clone(),

@@ -47,8 +47,35 @@ pub fn digest(params: Option<&RawValue>, keep_raw: bool) -> ArgsDigest {
     ArgsDigest {
         bytes: args.len(),
         sha256,
-        raw: (keep_raw && !args.is_empty()).then(|| args.to_owned()),
+        raw: (keep_raw && !args.is_empty()).then(|| compact(args)),
     }
+}
+
+/// Valid JSON without the whitespace between tokens: one line, whatever the client
+/// sent (raw line breaks can only be whitespace; inside strings they are escaped), so
+/// no argument can start a forged record on a line of its own.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One audited call.
@@ -162,6 +189,15 @@ mod tests {
         assert_eq!(
             digest(Some(&params), true).raw.as_deref(),
             Some(r#"{"path":"/etc/passwd"}"#)
+        );
+        let spread: Box<RawValue> = serde_json::from_str(
+            "{\"name\":\"t\",\"arguments\":{\n\"a\": \"x y\\\"}\",\n\"b\" : [1, 2]\n}}",
+        )
+        .expect("json");
+        let kept = digest(Some(&spread), true).raw.expect("kept");
+        assert_eq!(
+            kept, r#"{"a":"x y\"}","b":[1,2]}"#,
+            "one line, strings untouched"
         );
         let none: Box<RawValue> = serde_json::from_str(r#"{"name":"t"}"#).expect("json");
         assert_eq!(digest(Some(&none), true).bytes, 0);

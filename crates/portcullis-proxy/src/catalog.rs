@@ -24,6 +24,14 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many `tools/list` pages are walked (a runaway cursor loop ends here).
 const MAX_PAGES: usize = 100;
 
+/// At most this many tools are kept per upstream; names longer than this are skipped.
+const MAX_TOOLS: usize = 10_000;
+const MAX_NAME: usize = 256;
+
+/// The least time between two walks of one upstream's list, whatever asks for them
+/// (calls for unknown tools, `list_changed` clearing the catalog, failures).
+pub const MIN_WALK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The largest answer read while fetching.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
@@ -53,6 +61,8 @@ pub struct Catalogs {
     by_upstream: RwLock<HashMap<String, Known>>,
     /// One fetch at a time per upstream.
     fetching: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each upstream's list was last walked (or a walk was tried).
+    walked_at: parking_lot::Mutex<HashMap<String, Instant>>,
 }
 
 impl Catalogs {
@@ -99,10 +109,12 @@ impl Catalogs {
     }
 
     /// What is known of `tool`, walking the upstream's list first if nothing fresh is
-    /// known. A failed walk leaves it [`ToolInfo::Unknown`] (callers then assume the
-    /// spec's cautious defaults).
+    /// known (at most once per [`MIN_WALK_INTERVAL`] per upstream, one walk at a time).
+    /// The walk runs as a task of its own: a caller that stops waiting never leaves a
+    /// half-walked session behind. A failed or slow walk leaves it
+    /// [`ToolInfo::Unknown`] (callers then assume the spec's cautious defaults).
     pub async fn tool_fetching(
-        &self,
+        self: &Arc<Self>,
         client: &reqwest::Client,
         upstream: &Upstream,
         endpoint: std::net::SocketAddr,
@@ -119,30 +131,35 @@ impl Catalogs {
             .or_default()
             .clone();
         let _one = lock.lock().await;
-        // Someone else may have fetched while this call waited.
+        // Someone else may have walked while this call waited.
         let info = self.tool(&upstream.name, tool);
         if info != ToolInfo::Unknown {
             return info;
         }
-        let walk = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            list_tools(client, upstream, endpoint, upstream.trust_annotations),
-        )
-        .await;
-        match walk {
-            Ok(Ok(tools)) => {
-                self.replace(&upstream.name, tools);
-                self.tool(&upstream.name, tool)
+        {
+            let mut walked = self.walked_at.lock();
+            if walked
+                .get(&upstream.name)
+                .is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL)
+            {
+                return ToolInfo::Unknown;
             }
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %upstream.name, error = %e, "could not list the upstream's tools");
-                ToolInfo::Unknown
-            }
-            Err(_) => {
-                tracing::warn!(upstream = %upstream.name, "listing the upstream's tools timed out");
-                ToolInfo::Unknown
-            }
+            walked.insert(upstream.name.clone(), Instant::now());
         }
+        let me = self.clone();
+        let (client, up) = (client.clone(), upstream.clone());
+        let walk = tokio::spawn(async move {
+            match list_tools(&client, &up, endpoint, up.trust_annotations).await {
+                Ok(tools) => me.replace(&up.name, tools),
+                Err(e) => {
+                    tracing::warn!(upstream = %up.name, error = %e, "could not list the upstream's tools")
+                }
+            }
+        });
+        if tokio::time::timeout(FETCH_TIMEOUT, walk).await.is_err() {
+            tracing::warn!(upstream = %upstream.name, "listing the upstream's tools is taking long; judging with the spec's defaults");
+        }
+        self.tool(&upstream.name, tool)
     }
 }
 
@@ -229,10 +246,16 @@ impl Walker<'_> {
             params["_meta"] = json!({
                 "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": client_info(),
             });
         }
         params
     }
+}
+
+/// How the gateway names itself to upstreams.
+fn client_info() -> Value {
+    json!({"name": "portcullis-gateway", "version": env!("CARGO_PKG_VERSION")})
 }
 
 /// Walks the upstream's whole `tools/list` as the gateway: a 2025-11-25 session
@@ -252,17 +275,28 @@ pub async fn list_tools(
         version: "2025-11-25",
     };
     let init = json!({"jsonrpc":"2.0","id":"portcullis-init","method":"initialize","params":{
-        "protocolVersion":"2025-11-25","capabilities":{},
-        "clientInfo":{"name":"portcullis-gateway","version":env!("CARGO_PKG_VERSION")}}});
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":client_info()}});
+    let mut opened = Ok(());
     match w.post(init, "initialize").await {
         Ok((sid, Some(msg))) if msg.get("result").is_some() => {
             w.session = sid;
+            // Speak the revision the upstream chose, if it is one we know.
+            if let Some(v) = msg["result"]["protocolVersion"]
+                .as_str()
+                .and_then(portcullis_mcp::ProtocolVersion::parse)
+            {
+                w.version = v.as_str();
+            }
             let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-            w.post(note, "notifications/initialized").await?;
+            opened = w.post(note, "notifications/initialized").await.map(|_| ());
         }
         _ => w.version = "2026-07-28",
     }
-    let walked = walk(&w, trust).await;
+    // The session is ended below whatever happens in between.
+    let walked = match opened {
+        Ok(()) => walk(&w, trust).await,
+        Err(e) => Err(e),
+    };
     if let Some(sid) = &w.session {
         let mut del = client
             .delete(&w.url)
@@ -297,7 +331,11 @@ async fn walk(w: &Walker<'_>, trust: bool) -> Result<Vec<(String, Annotations)>,
             .into_iter()
             .flatten()
         {
-            if let Some(name) = t.get("name").and_then(Value::as_str) {
+            if tools.len() >= MAX_TOOLS {
+                return Err(format!("tools/list: more than {MAX_TOOLS} tools"));
+            }
+            let name = t.get("name").and_then(Value::as_str);
+            if let Some(name) = name.filter(|n| n.len() <= MAX_NAME) {
                 let a = if trust {
                     Annotations::from_json(t.get("annotations"))
                 } else {

@@ -389,6 +389,10 @@ fn upstream_request(
         if spoofable && identity.names().any(|h| h == name) {
             continue;
         }
+        // A response the gateway must read and rewrite has to arrive uncompressed.
+        if ex.filtering && name == header::ACCEPT_ENCODING {
+            continue;
+        }
         req.append_header(name.clone(), value.clone())?;
     }
     req.insert_header(header::HOST, cfg.authority.as_str())?;

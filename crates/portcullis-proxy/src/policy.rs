@@ -34,12 +34,20 @@ struct CompletionRef {
     uri: Option<String>,
 }
 
-/// Methods never judged: the handshake, liveness, and lists (lists are filtered).
+/// Methods never judged: the handshake, liveness, discovery, the stream of
+/// notifications, follow-ups on tasks already judged when created, and lists (lists
+/// are filtered instead).
 fn exempt(method: &str) -> bool {
     matches!(
         method,
         "initialize"
             | "ping"
+            | "server/discover"
+            | "subscriptions/listen"
+            | "tasks/get"
+            | "tasks/result"
+            | "tasks/cancel"
+            | "tasks/list"
             | "tools/list"
             | "prompts/list"
             | "resources/list"
@@ -47,11 +55,12 @@ fn exempt(method: &str) -> bool {
     ) || method.starts_with("notifications/")
 }
 
-/// What a client request asks to use, or `None` for exempt methods. A malformed
-/// `completion/complete` reference is judged as the method itself.
-pub fn asked(method: &str, env: &Envelope<'_>) -> Option<Asked> {
+/// What a client request asks to use: `Ok(None)` for exempt methods, `Err` with the
+/// reason when its target cannot be read (it is then refused, never judged as
+/// something else).
+pub fn asked(method: &str, env: &Envelope<'_>) -> Result<Option<Asked>, String> {
     if exempt(method) {
-        return None;
+        return Ok(None);
     }
     let target = env.target.as_deref();
     let (kind, name) = match (method, target) {
@@ -60,13 +69,24 @@ pub fn asked(method: &str, env: &Envelope<'_>) -> Option<Asked> {
         ("resources/read" | "resources/subscribe" | "resources/unsubscribe", Some(u)) => {
             (Kind::Resource, u.to_owned())
         }
+        ("tools/call" | "prompts/get", None) => {
+            return Err("params must be an object with a string name".into())
+        }
+        ("resources/read" | "resources/subscribe" | "resources/unsubscribe", None) => {
+            return Err("params must be an object with a string uri".into())
+        }
         ("completion/complete", _) => match completion_ref(env.params) {
             Some(found) => found,
-            None => (Kind::Method, method.to_owned()),
+            None => {
+                return Err(
+                    "params.ref must name a prompt (ref/prompt, name) or a resource template (ref/resource, uri)"
+                        .into(),
+                )
+            }
         },
         _ => (Kind::Method, method.to_owned()),
     };
-    Some(Asked { kind, name })
+    Ok(Some(Asked { kind, name }))
 }
 
 fn completion_ref(params: Option<&RawValue>) -> Option<(Kind, String)> {
@@ -122,8 +142,17 @@ pub fn renamed_away() -> Decision {
     }
 }
 
-/// The refusal for a `deny` or `hide` decision on `asked`.
-pub fn refusal(decision: &Decision, asked: &Asked) -> Option<Refusal> {
+/// The decision for a tool the upstream's list does not have: unknown, like a hidden one.
+pub fn absent() -> Decision {
+    Decision {
+        effect: Effect::Hide,
+        rule: Some(std::sync::Arc::from("absent")),
+    }
+}
+
+/// The refusal for a `deny` or `hide` decision on `asked`. In the stateless revision
+/// an unknown method is HTTP 404, as there.
+pub fn refusal(decision: &Decision, asked: &Asked, stateless: bool) -> Option<Refusal> {
     match decision.effect {
         Effect::Allow => None,
         Effect::Deny => Some(Refusal::PolicyDenied {
@@ -135,6 +164,7 @@ pub fn refusal(decision: &Decision, asked: &Asked) -> Option<Refusal> {
                 Kind::Tool => Unknown::Tool,
                 Kind::Prompt => Unknown::Prompt,
                 Kind::Resource | Kind::ResourceTemplate => Unknown::Resource,
+                Kind::Method if stateless => Unknown::StatelessMethod,
                 Kind::Method => Unknown::Method,
             },
             name: asked.name.clone(),
@@ -152,13 +182,21 @@ fn kind_word(kind: Kind) -> &'static str {
     }
 }
 
-/// `body` with `params.name` set to `name` (a renamed tool's upstream name). `None` if
-/// the body is not the object it was already parsed as.
+/// `body` with `params.name` set to `name` (a renamed tool's upstream name). Every
+/// other value keeps its exact JSON text (large numbers included). `None` if the body
+/// cannot be rewritten; the caller then refuses the request rather than forward the
+/// client's name.
 pub fn with_tool_name(body: &[u8], name: &str) -> Option<Vec<u8>> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let params = v.get_mut("params")?.as_object_mut()?;
-    params.insert("name".into(), serde_json::Value::String(name.to_owned()));
-    serde_json::to_vec(&v).ok()
+    use std::collections::BTreeMap;
+    type Raw = Box<RawValue>;
+    let mut top: BTreeMap<String, Raw> = serde_json::from_slice(body).ok()?;
+    let mut params: BTreeMap<String, Raw> = serde_json::from_str(top.get("params")?.get()).ok()?;
+    params.insert("name".into(), serde_json::value::to_raw_value(name).ok()?);
+    top.insert(
+        "params".into(),
+        serde_json::value::to_raw_value(&params).ok()?,
+    );
+    serde_json::to_vec(&top).ok()
 }
 
 #[cfg(test)]
@@ -166,7 +204,7 @@ mod tests {
     use super::*;
     use portcullis_mcp::Body;
 
-    fn env_asked(json: &str) -> Option<Asked> {
+    fn env_asked(json: &str) -> Result<Option<Asked>, String> {
         let body = Body::parse(json.as_bytes()).expect("parses");
         let Body::Single(env) = body else {
             panic!("single")
@@ -199,10 +237,6 @@ mod tests {
                 Some((Kind::ResourceTemplate, "file:///{x}")),
             ),
             (
-                r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":7}}"#,
-                Some((Kind::Method, "completion/complete")),
-            ),
-            (
                 r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"debug"}}"#,
                 Some((Kind::Method, "logging/setLevel")),
             ),
@@ -217,13 +251,41 @@ mod tests {
             ),
         ];
         for (json, want) in cases {
-            let got = env_asked(json);
+            let got = env_asked(json).expect("readable");
             let want = want.map(|(kind, name)| Asked {
                 kind,
                 name: name.to_owned(),
             });
             assert_eq!(got, want, "{json}");
         }
+    }
+
+    #[test]
+    fn unreadable_targets_are_refused_not_judged_as_something_else() {
+        for json in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":7}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a","name":"b"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/other"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["admin_x"]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":["p"]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{}}"#,
+        ] {
+            assert!(env_asked(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_rename_keeps_every_other_value_exactly() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"gh_search","arguments":{"n":12345678901234567890123,"f":1.0000000000000001}}}"#;
+        let out =
+            String::from_utf8(with_tool_name(body, "search").expect("rewritten")).expect("utf-8");
+        assert!(out.contains(r#""name":"search""#), "{out}");
+        assert!(
+            out.contains("12345678901234567890123") && out.contains("1.0000000000000001"),
+            "{out}"
+        );
+        assert!(with_tool_name(br#"{"params":[1]}"#, "x").is_none());
+        assert!(with_tool_name(b"not json", "x").is_none());
     }
 
     #[test]

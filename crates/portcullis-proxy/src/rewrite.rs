@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use portcullis_auth::Principal;
 use portcullis_mcp::sse::{Event, Splitter};
-use portcullis_policy::discovery::{filter_list, ListKind};
+use portcullis_policy::discovery::{filter_list, list_kind, ListKind};
 use portcullis_policy::Policy;
 use serde_json::Value;
 
@@ -21,7 +21,9 @@ pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 /// Everything a list filter needs, owned so it can live across the relay loop.
 pub(crate) struct ListFilter {
     pub policy: Arc<Policy>,
-    pub kind: ListKind,
+    /// The list this answer is for; `None` on a GET stream, where any list answer (a
+    /// resumed POST's, say) is recognised by its members.
+    pub kind: Option<ListKind>,
     pub who: Option<Arc<Principal>>,
     pub upstream: String,
     pub trust_annotations: bool,
@@ -31,22 +33,28 @@ pub(crate) struct ListFilter {
 }
 
 impl ListFilter {
-    /// Filters one JSON-RPC message (as text). `None` if it is not JSON at all.
-    fn message(&self, text: &str) -> Option<String> {
-        let mut msg: Value = serde_json::from_str(text).ok()?;
-        if let Some(result) = msg.get_mut("result") {
-            let out = filter_list(
-                &self.policy,
-                self.who.as_deref(),
-                &self.upstream,
-                self.kind,
-                self.trust_annotations,
-                result,
-            );
-            // Untrusted upstreams' tools carry the spec's defaults here already.
-            self.cache.learn(&self.upstream, &out.tool_annotations);
+    /// Filters one JSON-RPC message given as text. `Err` when it is JSON but not one
+    /// message object (a policy cannot judge it); `Ok(None)` when it is not JSON at all.
+    fn message(&self, text: &str) -> Result<Option<String>, ()> {
+        let Ok(mut msg) = serde_json::from_str::<Value>(text) else {
+            return Ok(None);
+        };
+        let obj = msg.as_object_mut().ok_or(())?;
+        if let Some(result) = obj.get_mut("result") {
+            if let Some(kind) = self.kind.or_else(|| detect(result)) {
+                let out = filter_list(
+                    &self.policy,
+                    self.who.as_deref(),
+                    &self.upstream,
+                    kind,
+                    self.trust_annotations,
+                    result,
+                );
+                // Untrusted upstreams' tools carry the spec's defaults here already.
+                self.cache.learn(&self.upstream, &out.tool_annotations);
+            }
         }
-        serde_json::to_string(&msg).ok()
+        serde_json::to_string(&msg).map(Some).map_err(|_| ())
     }
 
     fn unreadable(&self) -> Vec<u8> {
@@ -56,6 +64,19 @@ impl ListFilter {
         )
         .into_bytes()
     }
+}
+
+/// Which list a result answers, by its members (for streams that may carry any).
+fn detect(result: &Value) -> Option<ListKind> {
+    [
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+    ]
+    .into_iter()
+    .filter_map(list_kind)
+    .find(|k| result.get(k.member).is_some_and(Value::is_array))
 }
 
 /// What happens to a response body on its way through.
@@ -117,9 +138,9 @@ impl Rewriter {
             Rewriter::Pass => Bytes::new(),
             Rewriter::Json { filter, buf } => {
                 let text = std::str::from_utf8(buf).ok();
-                match text.and_then(|t| filter.message(t)) {
-                    Some(out) => Bytes::from(out),
-                    None => Bytes::from(filter.unreadable()),
+                match text.map(|t| filter.message(t)) {
+                    Some(Ok(Some(out))) => Bytes::from(out),
+                    _ => Bytes::from(filter.unreadable()),
                 }
             }
             Rewriter::Sse { filter, splitter } => {
@@ -138,14 +159,14 @@ fn events_out(filter: &ListFilter, events: Vec<Event>) -> Vec<u8> {
             out.extend_from_slice(&ev.raw);
             continue;
         };
-        if !data.contains("\"result\"") {
-            // Progress and other notifications, errors: nothing to filter.
-            out.extend_from_slice(&ev.raw);
-            continue;
-        }
+        // Every event is read (however its JSON is spelled): a list answer must not
+        // slip through because it was written unusually.
         match filter.message(data) {
-            Some(text) => out.extend_from_slice(&ev.with_data(&text)),
-            None => {
+            // Not JSON (a priming event, say): nothing a policy could filter.
+            Ok(None) => out.extend_from_slice(&ev.raw),
+            Ok(Some(text)) if text == data => out.extend_from_slice(&ev.raw),
+            Ok(Some(text)) => out.extend_from_slice(&ev.with_data(&text)),
+            Err(()) => {
                 out.extend_from_slice(&ev.with_data(&String::from_utf8_lossy(&filter.unreadable())))
             }
         }
@@ -156,7 +177,6 @@ fn events_out(filter: &ListFilter, events: Vec<Event>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_policy::discovery::list_kind;
 
     fn filter() -> ListFilter {
         let file = portcullis_policy::parse(
@@ -165,7 +185,7 @@ mod tests {
         .expect("parse");
         ListFilter {
             policy: Arc::new(portcullis_policy::compile(&file).expect("compile")),
-            kind: list_kind("tools/list").expect("list"),
+            kind: list_kind("tools/list"),
             who: None,
             upstream: "u".into(),
             trust_annotations: true,
@@ -221,6 +241,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_recognises_any_list_answer_however_it_is_spelled() {
+        let mut f = filter();
+        f.kind = None;
+        let escaped = LIST.replace("\"result\"", "\"res\\u0075lt\"");
+        let stream = format!("data: {escaped}\n\ndata: [1]\n\ndata:\n\n");
+        let mut r = Rewriter::new(Some(f), true);
+        let mut out = r.push(Bytes::from(stream)).expect("fits").to_vec();
+        out.extend_from_slice(&r.finish());
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(!text.contains("secret_x"), "{text}");
+        assert!(text.contains("echo"), "{text}");
+        assert!(
+            text.contains("-32603"),
+            "a non-object message fails closed: {text}"
+        );
+        assert!(
+            text.ends_with("data:\n\n"),
+            "a priming event passes: {text}"
+        );
+    }
+
+    #[test]
     fn unreadable_or_oversized_answers_fail_closed() {
         let mut r = Rewriter::new(Some(filter()), false);
         r.push(Bytes::from_static(
@@ -232,6 +274,16 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).expect("an error in JSON");
         assert_eq!(v["error"]["code"], -32603);
         assert_eq!(v["id"], 4);
+
+        let mut r = Rewriter::new(Some(filter()), false);
+        r.push(Bytes::from_static(
+            b"[{\"result\":{\"tools\":[{\"name\":\"secret\"}]}}]",
+        ))
+        .expect("fits");
+        assert!(
+            !String::from_utf8_lossy(&r.finish()).contains("secret"),
+            "an array answer"
+        );
 
         let mut r = Rewriter::new(Some(filter()), false);
         let big = Bytes::from(vec![b' '; MAX_LIST_BYTES]);

@@ -348,3 +348,52 @@ async fn a_call_before_any_list_is_judged_from_the_gateways_own_walk() {
     assert_eq!(call_code(&c, "read_file").await, None);
     assert_eq!(*s.called.lock(), ["read_file"]);
 }
+
+/// A raw POST on a policy route: status and JSON-RPC error code.
+async fn raw_post(gw: &Gateway, token: &str, sid: &str, body: Value) -> (u16, Value) {
+    let r = http_client()
+        .post(&gw.url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    let code = messages(&text)
+        .first()
+        .map_or(Value::Null, |m| m["error"]["code"].clone());
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_would_escape_judgement_are_refused() {
+    let s = setup(POLICY, "").await;
+    let token = token_for("alice", &[]);
+    let sid = initialize_raw(&s.gw.url, &token).await;
+    let cases = [
+        (
+            "a call sent as a notification",
+            json!({"jsonrpc":"2.0","method":"tools/call","params":{"name":"admin_a"}}),
+            (400, json!(-32600)),
+        ),
+        (
+            "array params hide the tool name",
+            json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":["admin_a"]}),
+            (400, json!(-32602)),
+        ),
+        (
+            "an unreadable completion reference",
+            json!({"jsonrpc":"2.0","id":4,"method":"completion/complete","params":{"ref":{"type":"ref/prompt"}}}),
+            (400, json!(-32602)),
+        ),
+    ];
+    for (what, body, want) in cases {
+        assert_eq!(raw_post(&s.gw, &token, &sid, body).await, want, "{what}");
+    }
+    assert!(s.called.lock().is_empty(), "nothing reached the upstream");
+}
