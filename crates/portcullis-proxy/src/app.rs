@@ -486,13 +486,10 @@ impl Gateway {
         let upstream = &snap.upstreams[up_idx];
         let route = &snap.config.routes[route_idx];
         let route_name = route.name.as_str();
-        // POST lists are filtered as what they ask for; on a GET stream (where a resumed
-        // answer may arrive) any list answer is recognised and filtered.
-        let wanted = match (&route.policy, ex.list_filter, &method) {
-            (Some(p), Some(kind), _) => Some((p, Some(kind))),
-            (Some(p), None, &Method::GET) => Some((p, None)),
-            _ => None,
-        };
+        // On a policy route every answer is watched: POST lists are filtered as what
+        // they ask for; in any stream a list answer (a resumed one, say) is recognised
+        // and filtered, and server requests are judged.
+        let wanted = route.policy.as_ref().map(|p| (p, ex.list_filter));
         ex.filtering = wanted.is_some();
         let list_filter = match wanted {
             Some((policy, kind)) => Some(ListFilter {
@@ -519,6 +516,7 @@ impl Gateway {
             &snap.sessions,
             list_filter,
             annotations,
+            route.policy.as_ref().map(|_| &self.catalog_client),
         )
         .await;
         let count = |kind: &str| {

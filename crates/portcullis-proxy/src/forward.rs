@@ -20,7 +20,7 @@ use portcullis_mcp::{Era, ProtocolVersion, Refusal};
 use crate::app::{add_cors, Exchange};
 use crate::catalog::Catalogs;
 use crate::metrics::Metrics;
-use crate::rewrite::{ListFilter, Rewriter};
+use crate::rewrite::{ListFilter, Reply, Rewriter};
 use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
 use portcullis_auth::Principal;
@@ -81,6 +81,7 @@ pub(crate) async fn exchange(
     sessions: &SessionSeal,
     list_filter: Option<ListFilter>,
     annotations: Option<&Catalogs>,
+    reply_client: Option<&reqwest::Client>,
 ) -> Result<Upstreamed, Failed> {
     // 2026-07-28 has no sessions: a stray Mcp-Session-Id is ignored (and not forwarded).
     let stateless = ds
@@ -148,6 +149,19 @@ pub(crate) async fn exchange(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut rewriter = Rewriter::new(list_filter.filter(|_| status == 200), up_is_sse);
+    // Where answers to held-back server requests go: the same upstream session.
+    let reply_to = reply_client.map(|client| ReplyTarget {
+        client: client.clone(),
+        url: format!(
+            "http://{}{}",
+            upstream.config.endpoints[idx], upstream.config.path
+        ),
+        upstream: upstream.config.clone(),
+        session: upstream_sid.clone(),
+        version: ds
+            .get_header(MCP_PROTOCOL_VERSION)
+            .map(|v| v.as_bytes().to_vec()),
+    });
     let sealing = Sealing {
         seal: sessions,
         owner,
@@ -217,6 +231,11 @@ pub(crate) async fn exchange(
                 let Ok(out) = rewriter.push(chunk) else {
                     return Ok(Upstreamed::Broken("protocol"));
                 };
+                if let Some(to) = &reply_to {
+                    for reply in rewriter.take_replies() {
+                        to.send(reply);
+                    }
+                }
                 if out.is_empty() {
                     continue;
                 }
@@ -245,6 +264,47 @@ pub(crate) async fn exchange(
         .release_http_session(us, peer, Some(upstream.config.idle_timeout))
         .await;
     Ok(Upstreamed::Complete)
+}
+
+/// The upstream session a held-back server request came from.
+struct ReplyTarget {
+    client: reqwest::Client,
+    url: String,
+    upstream: portcullis_config::Upstream,
+    session: Option<Vec<u8>>,
+    version: Option<Vec<u8>>,
+}
+
+impl ReplyTarget {
+    /// POSTs the gateway's answer (a JSON-RPC error) to the upstream, in the background.
+    fn send(&self, reply: Reply) {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("host", &self.upstream.authority)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in &self.upstream.headers {
+            req = req.header(k, v);
+        }
+        if let Some(sid) = &self.session {
+            req = req.header(MCP_SESSION_ID, sid.as_slice());
+        }
+        if let Some(v) = &self.version {
+            req = req.header(MCP_PROTOCOL_VERSION, v.as_slice());
+        }
+        let upstream = self.upstream.name.clone();
+        let req = req.body(reply.body);
+        tokio::spawn(async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(%upstream, status = r.status().as_u16(),
+                    "the upstream did not take the answer to its refused request"),
+                Err(e) => tracing::warn!(%upstream, error = %e,
+                    "could not answer the upstream's refused request"),
+            }
+        });
+    }
 }
 
 /// Whether an SSE chunk announces that the upstream's tool list changed (then its

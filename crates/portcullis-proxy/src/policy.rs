@@ -142,6 +142,33 @@ pub fn renamed_away() -> Decision {
     }
 }
 
+/// The refusal for a request the server sends the client (`sampling/createMessage`,
+/// `elicitation/create`, `roots/list`...), judged as its method; `None` if allowed.
+pub fn server_request_refusal(
+    policy: &Policy,
+    who: Option<&Principal>,
+    method: &str,
+    upstream: &str,
+) -> Option<Refusal> {
+    if exempt(method) {
+        return None;
+    }
+    let asked = Asked {
+        kind: Kind::Method,
+        name: method.to_owned(),
+    };
+    let d = judge(
+        policy,
+        who,
+        method,
+        &asked,
+        method,
+        upstream,
+        Annotations::SPEC_DEFAULTS,
+    );
+    refusal(&d, &asked, false)
+}
+
 /// The decision for a tool the upstream's list does not have: unknown, like a hidden one.
 pub fn absent() -> Decision {
     Decision {

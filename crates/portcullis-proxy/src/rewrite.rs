@@ -1,8 +1,10 @@
-//! Rewriting a `*/list` answer on its way to the client: a JSON body is read whole and
-//! filtered; an SSE stream is split into events and only the event carrying the list's
-//! result is rewritten, every other event (progress, notifications) passes byte for
-//! byte. An answer that cannot be read is replaced by a JSON-RPC error rather than
-//! passed on unfiltered: a policy fails closed.
+//! Responses on a route with a policy, on their way to the client: a `*/list` answer
+//! sent as JSON is read whole and filtered; an SSE stream is split into events, a list
+//! answer in it is rewritten, and a request the server sends the client (such as
+//! `sampling/createMessage`) that the policy does not allow is held back and answered
+//! to the server on the client's behalf. Every other event passes byte for byte. An
+//! answer that cannot be read is replaced by a JSON-RPC error rather than passed on
+//! unfiltered: a policy fails closed.
 
 use std::sync::Arc;
 
@@ -32,14 +34,53 @@ pub(crate) struct ListFilter {
     pub rpc_id: Option<String>,
 }
 
+/// What reading one message found.
+enum Seen {
+    /// Not JSON (a priming event, say): nothing a policy could judge.
+    NotJson,
+    /// JSON, but not one message object: a policy cannot judge it.
+    Unreadable,
+    /// A message to pass on, as this text.
+    Message(String),
+    /// A request from the server the policy does not allow: the answer the server
+    /// gets instead of the client's.
+    Refused(Reply),
+}
+
+/// An answer the gateway sends the upstream on the client's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// The JSON-RPC error response.
+    pub body: Vec<u8>,
+}
+
 impl ListFilter {
-    /// Filters one JSON-RPC message given as text. `Err` when it is JSON but not one
-    /// message object (a policy cannot judge it); `Ok(None)` when it is not JSON at all.
-    fn message(&self, text: &str) -> Result<Option<String>, ()> {
+    /// Reads one JSON-RPC message given as text.
+    fn message(&self, text: &str) -> Seen {
         let Ok(mut msg) = serde_json::from_str::<Value>(text) else {
-            return Ok(None);
+            return Seen::NotJson;
         };
-        let obj = msg.as_object_mut().ok_or(())?;
+        let Some(obj) = msg.as_object_mut() else {
+            return Seen::Unreadable;
+        };
+        let is_response = obj.contains_key("result") || obj.contains_key("error");
+        if let (Some(method), Some(id), false) = (
+            obj.get("method").and_then(Value::as_str),
+            obj.get("id"),
+            is_response,
+        ) {
+            return match crate::policy::server_request_refusal(
+                &self.policy,
+                self.who.as_deref(),
+                method,
+                &self.upstream,
+            ) {
+                None => Seen::Message(text.to_owned()),
+                Some(refusal) => Seen::Refused(Reply {
+                    body: refusal.body(Some(&id.to_string())),
+                }),
+            };
+        }
         if let Some(result) = obj.get_mut("result") {
             if let Some(kind) = self.kind.or_else(|| detect(result)) {
                 let out = filter_list(
@@ -52,9 +93,13 @@ impl ListFilter {
                 );
                 // Untrusted upstreams' tools carry the spec's defaults here already.
                 self.cache.learn(&self.upstream, &out.tool_annotations);
+                return match serde_json::to_string(&msg) {
+                    Ok(t) => Seen::Message(t),
+                    Err(_) => Seen::Unreadable,
+                };
             }
         }
-        serde_json::to_string(&msg).map(Some).map_err(|_| ())
+        Seen::Message(text.to_owned())
     }
 
     fn unreadable(&self) -> Vec<u8> {
@@ -85,26 +130,38 @@ pub(crate) enum Rewriter {
     Pass,
     /// A JSON list answer, gathered whole.
     Json { filter: ListFilter, buf: Vec<u8> },
-    /// An SSE stream carrying a list answer.
+    /// An SSE stream: list answers filtered, server requests judged.
     Sse {
         filter: ListFilter,
         splitter: Box<Splitter>,
+        replies: Vec<Reply>,
     },
 }
 
 impl Rewriter {
-    /// A rewriter for a response of this content type.
+    /// A rewriter for a response of this content type. A JSON body is rewritten only
+    /// when it answers a list request; every SSE stream on a policy route is read.
     pub fn new(filter: Option<ListFilter>, is_sse: bool) -> Rewriter {
         match filter {
             None => Rewriter::Pass,
             Some(filter) if is_sse => Rewriter::Sse {
                 filter,
                 splitter: Box::new(Splitter::new(MAX_LIST_BYTES)),
+                replies: Vec::new(),
             },
-            Some(filter) => Rewriter::Json {
+            Some(filter) if filter.kind.is_some() => Rewriter::Json {
                 filter,
                 buf: Vec::new(),
             },
+            Some(_) => Rewriter::Pass,
+        }
+    }
+
+    /// Answers to send the upstream for requests of its that were held back.
+    pub fn take_replies(&mut self) -> Vec<Reply> {
+        match self {
+            Rewriter::Sse { replies, .. } => std::mem::take(replies),
+            _ => Vec::new(),
         }
     }
 
@@ -125,9 +182,13 @@ impl Rewriter {
                 buf.extend_from_slice(&chunk);
                 Ok(Bytes::new())
             }
-            Rewriter::Sse { filter, splitter } => {
+            Rewriter::Sse {
+                filter,
+                splitter,
+                replies,
+            } => {
                 let events = splitter.push(&chunk).map_err(|_| ())?;
-                Ok(Bytes::from(events_out(filter, events)))
+                Ok(Bytes::from(events_out(filter, events, replies)))
             }
         }
     }
@@ -139,34 +200,38 @@ impl Rewriter {
             Rewriter::Json { filter, buf } => {
                 let text = std::str::from_utf8(buf).ok();
                 match text.map(|t| filter.message(t)) {
-                    Some(Ok(Some(out))) => Bytes::from(out),
+                    Some(Seen::Message(out)) => Bytes::from(out),
                     _ => Bytes::from(filter.unreadable()),
                 }
             }
-            Rewriter::Sse { filter, splitter } => {
+            Rewriter::Sse {
+                filter,
+                splitter,
+                replies,
+            } => {
                 // An event cut off by the stream's end is dropped: it cannot be judged.
                 let events = splitter.finish();
-                Bytes::from(events_out(filter, events))
+                Bytes::from(events_out(filter, events, replies))
             }
         }
     }
 }
 
-fn events_out(filter: &ListFilter, events: Vec<Event>) -> Vec<u8> {
+fn events_out(filter: &ListFilter, events: Vec<Event>, replies: &mut Vec<Reply>) -> Vec<u8> {
     let mut out = Vec::new();
     for ev in events {
         let Some(data) = ev.data.as_deref() else {
             out.extend_from_slice(&ev.raw);
             continue;
         };
-        // Every event is read (however its JSON is spelled): a list answer must not
-        // slip through because it was written unusually.
+        // Every event is read (however its JSON is spelled): a list answer or a server
+        // request must not slip through because it was written unusually.
         match filter.message(data) {
-            // Not JSON (a priming event, say): nothing a policy could filter.
-            Ok(None) => out.extend_from_slice(&ev.raw),
-            Ok(Some(text)) if text == data => out.extend_from_slice(&ev.raw),
-            Ok(Some(text)) => out.extend_from_slice(&ev.with_data(&text)),
-            Err(()) => {
+            Seen::NotJson => out.extend_from_slice(&ev.raw),
+            Seen::Message(text) if text == data => out.extend_from_slice(&ev.raw),
+            Seen::Message(text) => out.extend_from_slice(&ev.with_data(&text)),
+            Seen::Refused(reply) => replies.push(reply),
+            Seen::Unreadable => {
                 out.extend_from_slice(&ev.with_data(&String::from_utf8_lossy(&filter.unreadable())))
             }
         }
@@ -260,6 +325,31 @@ mod tests {
             text.ends_with("data:\n\n"),
             "a priming event passes: {text}"
         );
+    }
+
+    #[test]
+    fn a_server_request_the_policy_refuses_is_held_back_and_answered() {
+        let file = portcullis_policy::parse(
+            "default: allow\nrules:\n  - {name: no-sampling, effect: deny, targets: [{method: sampling/createMessage}]}\n",
+        )
+        .expect("parse");
+        let mut f = filter();
+        f.policy = Arc::new(portcullis_policy::compile(&file).expect("compile"));
+        f.kind = None;
+        let ask = r#"{"jsonrpc":"2.0","id":"s1","method":"sampling/createMessage","params":{}}"#;
+        let roots = r#"{"jsonrpc":"2.0","id":"s2","method":"roots/list"}"#;
+        let stream = format!("data: {ask}\n\ndata: {roots}\n\n");
+        let mut r = Rewriter::new(Some(f), true);
+        let out = r.push(Bytes::from(stream)).expect("fits");
+        let text = String::from_utf8(out.to_vec()).expect("utf-8");
+        assert!(!text.contains("sampling"), "held back: {text}");
+        assert!(text.contains("roots/list"), "allowed requests pass: {text}");
+        let replies = r.take_replies();
+        assert_eq!(replies.len(), 1);
+        let v: Value = serde_json::from_slice(&replies[0].body).expect("json");
+        assert_eq!(v["id"], "s1");
+        assert_eq!(v["error"]["code"], -32016);
+        assert!(r.take_replies().is_empty());
     }
 
     #[test]

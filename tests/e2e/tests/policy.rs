@@ -397,3 +397,110 @@ async fn requests_that_would_escape_judgement_are_refused() {
     }
     assert!(s.called.lock().is_empty(), "nothing reached the upstream");
 }
+
+/// An upstream whose `ask` tool asks the client to sample (a server-to-client request)
+/// and reports what came back.
+#[derive(Clone, Default)]
+struct Sampler;
+
+impl ServerHandler for Sampler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        serde_json::from_value(
+            json!({"tools": [{"name": "ask", "inputSchema": {"type": "object"},
+            "annotations": {"readOnlyHint": true}}]}),
+        )
+        .map_err(|e| McpError::internal_error(e.to_string(), None))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let params: CreateMessageRequestParams = serde_json::from_value(json!({
+            "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+            "maxTokens": 10
+        }))
+        .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let text = match ctx.peer.create_message(params).await {
+            Ok(r) => format!(
+                "sampled: {}",
+                serde_json::to_value(&r.message.content).unwrap_or_default()
+            ),
+            Err(rmcp::ServiceError::McpError(e)) => format!("refused: {}", e.code.0),
+            Err(other) => format!("failed: {other}"),
+        };
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
+    }
+}
+
+/// A client that samples (answers `sampling/createMessage`) and counts the requests.
+#[derive(Clone, Default)]
+struct SamplingClient {
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl rmcp::ClientHandler for SamplingClient {
+    async fn create_message(
+        &self,
+        _params: CreateMessageRequestParams,
+        _ctx: RequestContext<rmcp::RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        serde_json::from_value(json!({"role": "assistant",
+            "content": {"type": "text", "text": "hello"}, "model": "test"}))
+        .map_err(|e| McpError::internal_error(e.to_string(), None))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_requests_the_policy_refuses_never_reach_the_client() {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+
+    let upstream = Upstream::serve(|| Sampler).await;
+    let policy = "default: allow\nrules:\n  - name: sampling-for-admins\n    effect: deny\n    except: [{group: admins}]\n    targets: [{method: sampling/createMessage}]\n";
+    let yaml = config_for(&upstream.url, "http:\n  public_url: http://mcp.test\n").replace(
+        "    upstream: main\n",
+        &format!(
+            "    upstream: main\n{}    policy: policy.yaml\n",
+            test_jwt_auth()
+        ),
+    );
+    let gw = Gateway::start_with_files(&yaml, &[("policy.yaml", policy)]).await;
+
+    for (who, groups, want) in [
+        ("alice", &[][..], "refused: -32016"),
+        ("root", &["admins"][..], "sampled: "),
+    ] {
+        let client = SamplingClient::default();
+        let asked = client.asked.clone();
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(gw.url.clone())
+                .auth_header(token_for(who, groups)),
+        );
+        let service = client.serve(transport).await.expect("connects");
+        let r = service
+            .call_tool(CallToolRequestParams::new("ask"))
+            .await
+            .expect("the tool answers");
+        let text = serde_json::to_string(&r.content).expect("json");
+        assert!(text.contains(want), "{who}: {text}");
+        let reached = asked.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            reached,
+            usize::from(who == "root"),
+            "{who}: sampling reached the client {reached} times"
+        );
+        let _ = service.cancel().await;
+    }
+}
