@@ -114,9 +114,10 @@ fn start_gateway(
         &config,
         format!(
             "listeners:\n  public: {listen}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
-access_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n{}\
+access_log:\n  output: {}\naudit_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n{}\
 upstreams:\n  echo:\n    url: http://{up}/mcp\n",
             dir.join(format!("{name}-access.log")).display(),
+            dir.join(format!("{name}-audit.log")).display(),
             auth.unwrap_or("")
         ),
     )
