@@ -27,6 +27,8 @@ fn catalog() -> Vec<Value> {
     }
     tools.push(json!({"name": "echo_1", "annotations": safe}));
     tools.push(json!({"name": "echo_2", "annotations": safe}));
+    // Holds its answer until the test releases it (an in-flight call across a reload).
+    tools.push(json!({"name": "hold", "annotations": safe}));
     for t in &mut tools {
         t["inputSchema"] = json!({"type": "object"});
     }
@@ -39,6 +41,7 @@ const PAGE: usize = 4;
 #[derive(Clone, Default)]
 struct Catalog {
     called: Arc<Mutex<Vec<String>>>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl ServerHandler for Catalog {
@@ -77,6 +80,9 @@ impl ServerHandler for Catalog {
             ));
         }
         self.called.lock().push(name.clone());
+        if name == "hold" {
+            self.release.notified().await;
+        }
         Ok(CallToolResult::success(vec![ContentBlock::text(format!("called {name}"))]).into())
     }
 }
@@ -102,12 +108,14 @@ transforms:
 struct Setup {
     gw: Gateway,
     called: Arc<Mutex<Vec<String>>>,
+    release: Arc<tokio::sync::Notify>,
     _upstream: Upstream,
 }
 
 async fn setup(policy: &str, upstream_extra: &str) -> Setup {
     let cat = Catalog::default();
     let called = cat.called.clone();
+    let release = cat.release.clone();
     let upstream = Upstream::serve(move || cat.clone()).await;
     let yaml = config_for(&upstream.url, "http:\n  public_url: http://mcp.test\n")
         .replace(
@@ -126,6 +134,7 @@ async fn setup(policy: &str, upstream_extra: &str) -> Setup {
     Setup {
         gw,
         called,
+        release,
         _upstream: upstream,
     }
 }
@@ -161,7 +170,8 @@ async fn hidden_tools_are_absent_and_unknown_denied_ones_listed_and_refused() {
             "delete_file",
             "find",
             "echo_1",
-            "echo_2"
+            "echo_2",
+            "hold"
         ],
         "admin tools hidden (a whole page of them); denied ones listed; search renamed"
     );
@@ -209,7 +219,7 @@ async fn hidden_tools_are_absent_and_unknown_denied_ones_listed_and_refused() {
     let admin =
         connect_session_with_token(&s.gw.url, &token_for("root", &["admins", "writers"])).await;
     let all = admin.service.list_all_tools().await.expect("list");
-    assert_eq!(all.len(), 10, "admins see every tool");
+    assert_eq!(all.len(), 11, "admins see every tool");
     assert_eq!(call_code(&admin, "write_file").await, None);
     assert_eq!(
         call_code(&admin, "delete_file").await,
@@ -245,10 +255,14 @@ async fn raw_page(gw: &Gateway, token: &str, sid: &str, cursor: Option<&str>) ->
         .body(json!({"jsonrpc":"2.0","id":2,"method":"tools/list","params":params}).to_string())
         .send()
         .await
-        .expect("answer")
-        .text()
-        .await
-        .expect("body");
+        .expect("answer");
+    assert!(
+        body.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("text/event-stream")),
+        "rmcp streams its answers: this list was filtered as SSE"
+    );
+    let body = body.text().await.expect("body");
     messages(&body)
         .into_iter()
         .find(|m| m["id"] == 2)
@@ -270,7 +284,7 @@ async fn a_page_emptied_by_filtering_keeps_its_cursor() {
         "the walk goes on: {second}"
     );
     let third = raw_page(&s.gw, &token, &sid, second["nextCursor"].as_str()).await;
-    assert_eq!(third["tools"].as_array().map(Vec::len), Some(2));
+    assert_eq!(third["tools"].as_array().map(Vec::len), Some(3));
     assert!(third.get("nextCursor").is_none());
 }
 
@@ -292,10 +306,23 @@ async fn a_policy_reload_changes_new_decisions_and_a_broken_one_keeps_the_old() 
     let c = connect_session_with_token(&s.gw.url, &token_for("alice", &[])).await;
     let _ = c.service.list_all_tools().await.expect("list");
     assert_eq!(call_code(&c, "read_file").await, None);
+    // A call in flight across the reload: allowed when it started, it finishes.
+    let held = {
+        let peer = c.service.peer().clone();
+        tokio::spawn(async move { peer.call_tool(CallToolRequestParams::new("hold")).await })
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !s.called.lock().iter().any(|n| n == "hold") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held call never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     let stricter = format!("{POLICY}  # appended by the test\n").replace(
         "rules:\n",
-        "rules:\n  - name: no-reading\n    effect: deny\n    targets: [{tool: read_file}]\n",
+        "rules:\n  - name: no-reading\n    effect: deny\n    targets: [{tool: read_file}, {tool: hold}]\n",
     );
     s.gw.write_file("policies/policy.yaml", &stricter);
     s.gw.wait_metrics("the reload", |m| {
@@ -308,6 +335,19 @@ async fn a_policy_reload_changes_new_decisions_and_a_broken_one_keeps_the_old() 
         "new decisions"
     );
     assert_eq!(call_code(&c, "echo_1").await, None, "the session lives on");
+    assert_eq!(
+        call_code(&c, "hold").await,
+        Some(-32016),
+        "a new hold is denied"
+    );
+    s.release.notify_one();
+    let done = held
+        .await
+        .expect("task")
+        .expect("the in-flight call completes");
+    assert!(serde_json::to_string(&done.content)
+        .expect("json")
+        .contains("called hold"));
 
     s.gw.write_file(
         "policies/policy.yaml",
