@@ -49,6 +49,8 @@ pub const UNAUTHORIZED: i32 = -32014;
 pub const INSUFFICIENT_SCOPE: i32 = -32015;
 /// A policy rule denies this call (the target is listed, but not for this caller).
 pub const POLICY_DENIED: i32 = -32016;
+/// A rate limit refused the request (HTTP 429).
+pub const RATE_LIMITED: i32 = -32017;
 /// MCP's "resource not found" (older revisions), used for hidden resources.
 pub const RESOURCE_NOT_FOUND: i32 = -32002;
 
@@ -65,6 +67,31 @@ pub enum Unknown {
     Method,
     /// `Method not found` (-32601) with HTTP 404, as the 2026-07-28 revision answers.
     StatelessMethod,
+}
+
+/// Why a request was turned away for capacity (HTTP 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// A concurrency gate is full and so is its queue.
+    QueueFull,
+    /// The request waited in a gate's queue for its whole `queue_timeout`.
+    QueueTimeout,
+    /// The replica is serving `admission.max_requests` requests.
+    TooManyRequests,
+    /// The replica holds `admission.max_streams` open GET streams.
+    TooManyStreams,
+}
+
+impl Overload {
+    /// The stable word in `data.reason`, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overload::QueueFull => "queue_full",
+            Overload::QueueTimeout => "queue_timeout",
+            Overload::TooManyRequests => "too_many_requests",
+            Overload::TooManyStreams => "too_many_streams",
+        }
+    }
 }
 
 /// A request the gateway refuses or cannot complete, with everything the answer needs.
@@ -141,6 +168,17 @@ pub enum Refusal {
         /// What was refused, e.g. `tool delete_file`.
         target: String,
     },
+    /// 429, -32017: a rate limit is exhausted; `Retry-After` and `data.retryAfterMs`
+    /// say when it will admit the request.
+    RateLimited {
+        /// The limit's configured name.
+        limit: String,
+        /// Milliseconds until the limit admits one request.
+        retry_after_ms: u64,
+    },
+    /// 503, -32011, with `Retry-After`: a concurrency gate or a replica-wide cap
+    /// turned the request away.
+    Overloaded(Overload),
     /// A policy hides the target: answered exactly as an unknown target of its kind
     /// (HTTP 200, the JSON-RPC error an MCP server gives, no `data.reason`), so a caller
     /// cannot tell it exists. Logs and metrics still say `policy_hidden`.
@@ -172,7 +210,8 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::UnsupportedMediaType => 415,
             Refusal::UpstreamUnavailable { .. } => 502,
-            Refusal::ShuttingDown => 503,
+            Refusal::ShuttingDown | Refusal::Overloaded(_) => 503,
+            Refusal::RateLimited { .. } => 429,
             Refusal::UpstreamTimeout { .. } => 504,
             Refusal::Hidden {
                 kind: Unknown::StatelessMethod,
@@ -198,7 +237,8 @@ impl Refusal {
             Refusal::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
             Refusal::UpstreamUnavailable { .. } => UPSTREAM_UNAVAILABLE,
             Refusal::UpstreamTimeout { .. } => UPSTREAM_TIMEOUT,
-            Refusal::ShuttingDown => UNAVAILABLE,
+            Refusal::ShuttingDown | Refusal::Overloaded(_) => UNAVAILABLE,
+            Refusal::RateLimited { .. } => RATE_LIMITED,
             Refusal::RequestTimeout => REQUEST_TIMEOUT,
             Refusal::SessionNotFound => SESSION_NOT_FOUND,
             Refusal::Unauthorized { .. } => UNAUTHORIZED,
@@ -230,6 +270,8 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => "upstream_unavailable",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::Overloaded(o) => o.as_str(),
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::RequestTimeout => "request_timeout",
             Refusal::SessionNotFound => "session_not_found",
             Refusal::Unauthorized { .. } => "unauthorized",
@@ -268,6 +310,21 @@ impl Refusal {
                 format!("Upstream {upstream} did not answer in time")
             }
             Refusal::ShuttingDown => "Service unavailable: the gateway is draining".to_owned(),
+            Refusal::Overloaded(o) => match o {
+                Overload::QueueFull => "Service unavailable: too many calls are waiting".to_owned(),
+                Overload::QueueTimeout => {
+                    "Service unavailable: the call waited too long for a free slot".to_owned()
+                }
+                Overload::TooManyRequests | Overload::TooManyStreams => {
+                    "Service unavailable: the gateway is at capacity".to_owned()
+                }
+            },
+            Refusal::RateLimited {
+                limit,
+                retry_after_ms,
+            } => {
+                format!("Rate limited: limit {limit}; retry in {retry_after_ms} ms")
+            }
             Refusal::RequestTimeout => {
                 "Request timeout: the request body did not arrive in time".to_owned()
             }
@@ -305,7 +362,11 @@ impl Refusal {
     /// Seconds for `Retry-After`, where the refusal is worth retrying.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Refusal::ShuttingDown => Some(1),
+            Refusal::ShuttingDown | Refusal::Overloaded(_) => Some(1),
+            // Whole seconds, rounded up, so a client that waits exactly this long passes.
+            Refusal::RateLimited { retry_after_ms, .. } => {
+                Some(retry_after_ms.div_ceil(1000).max(1))
+            }
             _ => None,
         }
     }
@@ -351,6 +412,14 @@ impl Refusal {
             Refusal::PolicyDenied { rule, .. } => {
                 data.push_str(r#","rule":"#);
                 push_json_string(&mut data, rule);
+            }
+            Refusal::RateLimited {
+                limit,
+                retry_after_ms,
+            } => {
+                data.push_str(r#","limit":"#);
+                push_json_string(&mut data, limit);
+                let _ = write!(data, r#","retryAfterMs":{retry_after_ms}"#);
             }
             _ => {}
         }
@@ -416,6 +485,14 @@ mod tests {
                 rule: "no-deletes".into(),
                 target: "tool delete_file".into(),
             },
+            Refusal::RateLimited {
+                limit: "per-caller".into(),
+                retry_after_ms: 1500,
+            },
+            Refusal::Overloaded(Overload::QueueFull),
+            Refusal::Overloaded(Overload::QueueTimeout),
+            Refusal::Overloaded(Overload::TooManyRequests),
+            Refusal::Overloaded(Overload::TooManyStreams),
         ]
     }
 
@@ -475,6 +552,27 @@ mod tests {
         )
         .expect("json");
         assert_eq!(v["error"]["data"]["uri"], "file:///x");
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_the_wait_in_both_forms() {
+        let r = Refusal::RateLimited {
+            limit: "per-caller".into(),
+            retry_after_ms: 1001,
+        };
+        assert_eq!((r.status(), r.code()), (429, RATE_LIMITED));
+        assert_eq!(r.retry_after_secs(), Some(2), "rounded up");
+        let v: Value = serde_json::from_slice(&r.body(Some("1"))).expect("json");
+        assert_eq!(v["error"]["data"]["retryAfterMs"], 1001);
+        assert_eq!(v["error"]["data"]["limit"], "per-caller");
+        let soon = Refusal::RateLimited {
+            limit: "x".into(),
+            retry_after_ms: 0,
+        };
+        assert_eq!(soon.retry_after_secs(), Some(1), "never Retry-After: 0");
+        let full = Refusal::Overloaded(Overload::QueueFull);
+        assert_eq!((full.status(), full.reason()), (503, "queue_full"));
+        assert_eq!(full.retry_after_secs(), Some(1));
     }
 
     #[test]

@@ -11,4 +11,4 @@ pub mod sse;
 
 pub use envelope::{Body, Envelope, EnvelopeError, Kind, MAX_DEPTH, MAX_ID_LEN};
 pub use era::{Era, ProtocolVersion};
-pub use error::{Refusal, Unknown};
+pub use error::{Overload, Refusal, Unknown};
