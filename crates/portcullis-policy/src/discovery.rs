@@ -6,7 +6,7 @@
 use portcullis_auth::Principal;
 use serde_json::Value;
 
-use crate::model::{Annotations, Effect, Kind, Policy, Target};
+use crate::model::{Annotations, Effect, Kind, Policy};
 
 /// The `*/list` methods whose results are filtered, and how their items are judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,7 @@ pub fn filter_list(
     if list.kind == Kind::Tool {
         out.tool_annotations.reserve(before);
     }
+    let mut judge = policy.list_judge(who, list.kind, list.use_method, upstream);
     items.retain(|item| {
         let Some(name) = item.get(list.key).and_then(Value::as_str) else {
             return false;
@@ -86,14 +87,7 @@ pub fn filter_list(
         if list.kind == Kind::Tool {
             out.tool_annotations.push((name.to_owned(), annotations));
         }
-        let target = Target {
-            method: list.use_method,
-            kind: list.kind,
-            name,
-            upstream,
-            annotations,
-        };
-        policy.decide(who, &target).effect != Effect::Hide
+        judge.effect(name, annotations) != Effect::Hide
     });
     out.hidden = before - items.len();
     if list.kind == Kind::Tool {

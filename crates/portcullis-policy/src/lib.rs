@@ -14,4 +14,4 @@ pub mod table;
 
 pub use compile::{compile, parse, PathStep, PolicyError};
 pub use file::PolicyFile;
-pub use model::{Annotations, Decision, Effect, Kind, Policy, Target, ToolTransform};
+pub use model::{Annotations, Decision, Effect, Kind, ListJudge, Policy, Target, ToolTransform};

@@ -145,6 +145,53 @@ impl Decision {
     }
 }
 
+/// Decides the items of one list answer (see [`Policy::list_judge`]).
+pub struct ListJudge<'p> {
+    policy: &'p Policy,
+    who: Option<&'p Principal>,
+    kind: Kind,
+    method: &'p str,
+    upstream: &'p str,
+    /// Entries whose method pattern matched `method`.
+    method_entries: Vec<usize>,
+    /// Reused buffer of name matches.
+    names: Vec<usize>,
+}
+
+impl ListJudge<'_> {
+    /// The effect on the item `name` with `annotations`: what [`Policy::decide`] would
+    /// answer, without the deciding rule's name.
+    pub fn effect(&mut self, name: &str, annotations: Annotations) -> Effect {
+        let p = self.policy;
+        let index = &p.index[self.kind as usize];
+        let target = Target {
+            method: self.method,
+            kind: self.kind,
+            name,
+            upstream: self.upstream,
+            annotations,
+        };
+        let mut best: Option<Effect> = None;
+        let mut consider = |e: usize| {
+            if let Some((_, effect)) = p.entry_fits(e, self.who, &target) {
+                best = best.max(Some(effect));
+            }
+        };
+        self.names.clear();
+        index.set.matches_into(name, &mut self.names);
+        for &i in &self.names {
+            consider(index.named[i]);
+        }
+        for &e in &self.method_entries {
+            consider(e);
+        }
+        for &e in &index.unnamed {
+            consider(e);
+        }
+        best.unwrap_or(p.default)
+    }
+}
+
 /// One condition on the principal.
 #[derive(Debug, Clone)]
 pub(crate) enum Cond {
@@ -341,6 +388,54 @@ impl Policy {
             .collect()
     }
 
+    /// The rule of entry `e` and its effect, if the entry matches `target` for `who`
+    /// (its name or method pattern already matched).
+    fn entry_fits(&self, e: usize, who: Option<&Principal>, target: &Target<'_>) -> Option<(usize, Effect)> {
+        let entry = &self.entries[e];
+        let rule = &self.rules[entry.rule];
+        let fits = entry
+            .method
+            .as_ref()
+            .is_none_or(|m| m.is_match(target.method))
+            && entry
+                .upstream
+                .as_deref()
+                .is_none_or(|u| u == target.upstream)
+            && entry.annotations.holds(&target.annotations)
+            && rule.applies_to(who);
+        fits.then_some((entry.rule, rule.effect))
+    }
+
+    /// A judge for many targets of one `kind` used by `method` on `upstream`, for
+    /// `who`: a list answer's items. The method's own matches are found once.
+    pub fn list_judge<'p>(
+        &'p self,
+        who: Option<&'p Principal>,
+        kind: Kind,
+        method: &'p str,
+        upstream: &'p str,
+    ) -> ListJudge<'p> {
+        let index = &self.index[kind as usize];
+        let mut method_entries = Vec::new();
+        if !index.by_method.is_empty() {
+            method_entries = index
+                .method_set
+                .matches(method)
+                .into_iter()
+                .map(|i| index.by_method[i])
+                .collect();
+        }
+        ListJudge {
+            policy: self,
+            who,
+            kind,
+            method,
+            upstream,
+            method_entries,
+            names: Vec::new(),
+        }
+    }
+
     fn each_match(
         &self,
         who: Option<&Principal>,
@@ -349,20 +444,8 @@ impl Policy {
     ) {
         let index = &self.index[target.kind as usize];
         let mut check = |e: usize| {
-            let entry = &self.entries[e];
-            let rule = &self.rules[entry.rule];
-            let fits = entry
-                .method
-                .as_ref()
-                .is_none_or(|m| m.is_match(target.method))
-                && entry
-                    .upstream
-                    .as_deref()
-                    .is_none_or(|u| u == target.upstream)
-                && entry.annotations.holds(&target.annotations)
-                && rule.applies_to(who);
-            if fits {
-                found(entry.rule, rule.effect);
+            if let Some((rule, effect)) = self.entry_fits(e, who, target) {
+                found(rule, effect);
             }
         };
         HITS.with(|hits| {

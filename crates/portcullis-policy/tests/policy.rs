@@ -489,3 +489,62 @@ fn table_tests_pass_and_fail_with_reasons() {
     assert!(outcomes[3].failure.is_none(), "{:?}", outcomes[3]);
     assert!(portcullis_policy::table::parse("- name: x\n  expect: sometimes\n").is_err());
 }
+
+#[test]
+fn a_list_judge_agrees_with_decide_on_every_item() {
+    let p = policy(
+        r#"
+default: allow
+rules:
+  - name: hide-admin
+    effect: hide
+    except: [{group: admins}]
+    targets: [{tool: "admin_*"}, {prompt: "admin-*"}]
+  - name: by-method
+    effect: deny
+    targets: [{method: "tools/call"}]
+    subjects: [{group: frozen}]
+  - name: no-destructive
+    effect: deny
+    targets: [{tool: "*", annotations: {destructiveHint: true}}]
+  - name: other-upstream
+    effect: hide
+    targets: [{tool: "*", upstream: elsewhere}]
+  - name: readers
+    effect: allow
+    subjects: [{scope: "mcp:read"}]
+    targets: [{tool: "get_*"}]
+"#,
+    );
+    let callers = [
+        None,
+        Some(who("a", &[], &[])),
+        Some(who("b", &["admins"], &["mcp:read"])),
+        Some(who("c", &["frozen"], &[])),
+    ];
+    let destructive = Annotations::from_json(Some(&json!({"destructiveHint": true})));
+    let safe = Annotations::from_json(Some(&json!({"readOnlyHint": true})));
+    for caller in &callers {
+        for (kind, method) in [(Kind::Tool, "tools/call"), (Kind::Prompt, "prompts/get")] {
+            for upstream in ["files", "elsewhere"] {
+                let mut judge = p.list_judge(caller.as_ref(), kind, method, upstream);
+                for name in ["admin_reset", "admin-x", "get_file", "delete_file", "x"] {
+                    for a in [destructive, safe, Annotations::SPEC_DEFAULTS] {
+                        let target = Target {
+                            method,
+                            kind,
+                            name,
+                            upstream,
+                            annotations: a,
+                        };
+                        assert_eq!(
+                            judge.effect(name, a),
+                            p.decide(caller.as_ref(), &target).effect,
+                            "{caller:?} {kind:?} {name} {upstream} {a:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
