@@ -95,8 +95,8 @@ impl Drop for Proc {
     }
 }
 
-/// Starts a Portcullis process in front of `up`, with an `auth` block on its route
-/// when given, and waits until it accepts connections.
+/// Starts a Portcullis process in front of `up`, with `route_extra` YAML under its
+/// route and `upstream_extra` under its upstream, and waits until it accepts connections.
 #[allow(clippy::too_many_arguments)]
 fn start_gateway(
     portcullis: &std::path::Path,
@@ -106,7 +106,8 @@ fn start_gateway(
     threads: usize,
     work_stealing: bool,
     up: &str,
-    auth: Option<&str>,
+    route_extra: &str,
+    upstream_extra: &str,
 ) -> Result<Proc, String> {
     let admin = format!("127.0.0.1:{}", free_port()?);
     let config = dir.join(format!("{name}.yaml"));
@@ -115,10 +116,10 @@ fn start_gateway(
         format!(
             "listeners:\n  public: {listen}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
 access_log:\n  output: {}\naudit_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n{}\
-upstreams:\n  echo:\n    url: http://{up}/mcp\n",
+upstreams:\n  echo:\n    url: http://{up}/mcp\n{upstream_extra}",
             dir.join(format!("{name}-access.log")).display(),
             dir.join(format!("{name}-audit.log")).display(),
-            auth.unwrap_or("")
+            route_extra
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -207,7 +208,8 @@ fn run(
         threads,
         work_stealing,
         &up,
-        None,
+        "",
+        "",
     )?;
     // The same gateway with bearer JWT auth on; the token is cached after its first check.
     let secret = b"portcullis-bench-hmac-key-32-bytes-or-more";
@@ -223,7 +225,26 @@ fn run(
         threads,
         work_stealing,
         &up,
-        Some(jwt_auth),
+        jwt_auth,
+        "",
+    )?;
+    // The same gateway with rate limits and gates configured but never reached: the
+    // cost of counting and of taking slots.
+    let limits = "    rate_limits:\n      - {name: route, per: route, rate: 100000000/s}\n\
+\x20     - {name: caller, per: principal, rate: 100000000/s}\n\
+\x20     - {name: tool, per: principal_tool, rate: 100000000/s, tools: [\"*\"]}\n";
+    let gates = "    concurrency: {max_in_flight: 100000}\n    tools:\n      - {match: \"ech*\", max_in_flight: 100000}\n";
+    let gw_limits = format!("127.0.0.1:{}", free_port()?);
+    let _gateway_limits = start_gateway(
+        portcullis,
+        &dir,
+        "limits",
+        &gw_limits,
+        threads,
+        work_stealing,
+        &up,
+        limits,
+        gates,
     )?;
     let token = load::token(secret)?;
 
@@ -234,6 +255,7 @@ fn run(
         ("pingora floor", fl.as_str(), &plain),
         ("portcullis", gw.as_str(), &plain),
         ("portcullis+jwt", gw_jwt.as_str(), &authed),
+        ("portcullis+limits", gw_limits.as_str(), &plain),
     ];
     println!(
         "machine: {} CPUs, {}; median of {rounds} rounds of {seconds}s, wrk on loopback; small tools/call (echo) POSTs; \
@@ -258,12 +280,12 @@ pingora threads {threads}, work_stealing {work_stealing}",
         }
     }
     println!(
-        "\n{:<6} {:<14} {:>10} {:>10} {:>10}",
+        "\n{:<6} {:<18} {:>10} {:>10} {:>10}",
         "conns", "target", "req/s", "p50", "p99"
     );
     for (c, name, r) in &table {
         println!(
-            "{:<6} {:<14} {:>10.0} {:>8.0}us {:>8.0}us",
+            "{:<6} {:<18} {:>10.0} {:>8.0}us {:>8.0}us",
             c, name, r.rps, r.p50_us, r.p99_us
         );
     }
@@ -285,6 +307,7 @@ pingora threads {threads}, work_stealing {work_stealing}",
         get(1, "portcullis"),
     );
     let j50 = get(50, "portcullis+jwt");
+    let l50 = get(50, "portcullis+limits");
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!("\nratios (same run):");
     println!(
@@ -302,6 +325,10 @@ pingora threads {threads}, work_stealing {work_stealing}",
     println!(
         "  50 conns  portcullis+jwt / portcullis req/s  {:.2}   (target >= 0.90)",
         ratio(j50.rps, p50.rps)
+    );
+    println!(
+        "  50 conns  portcullis+limits / portcullis req/s  {:.2}   (target >= 0.95)",
+        ratio(l50.rps, p50.rps)
     );
     let added_gw = p1.p50_us - d1.p50_us;
     let added_floor = f1.p50_us - d1.p50_us;

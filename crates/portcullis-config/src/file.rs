@@ -39,6 +39,37 @@ pub struct ConfigFile {
     /// How session ids handed to clients are sealed.
     #[serde(default)]
     pub sessions: SessionsFile,
+    /// Replica-wide caps on requests and streams (docs/traffic.md).
+    #[serde(default)]
+    pub admission: AdmissionFile,
+}
+
+/// `admission:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionFile {
+    /// Requests served at once by this replica. Default 4096.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Standalone GET streams held open by this replica. Default 1024.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+}
+
+impl Default for AdmissionFile {
+    fn default() -> Self {
+        AdmissionFile {
+            max_requests: default_max_requests(),
+            max_streams: default_max_streams(),
+        }
+    }
+}
+
+fn default_max_requests() -> usize {
+    4096
+}
+fn default_max_streams() -> usize {
+    1024
 }
 
 /// `sessions:`
@@ -211,6 +242,70 @@ pub struct RouteFile {
     /// target allowed and listed).
     #[serde(default)]
     pub policy: Option<std::path::PathBuf>,
+    /// Rate limits, checked in order (docs/traffic.md). Default: none.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitFile>,
+}
+
+/// One entry of `routes[].rate_limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Its name in refusals, logs and metrics. Default: the `per` value.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What is counted separately: `route`, `principal`, `tool`, `principal_tool`.
+    pub per: String,
+    /// The steady rate: `N/s`, `N/m`, `N/h` or `N/<duration>`.
+    pub rate: String,
+    /// Requests admitted at once. Default: the rate's N.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Only `tools/call` of these tool globs count. Default: every request.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// The most keys tracked; past it new keys share one bucket. Default 100000.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// `upstreams.<name>.concurrency:` a gate for every request to the upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateFile {
+    /// Requests running at once.
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot. Default 0 (refused at once when full).
+    #[serde(default)]
+    pub max_queue: usize,
+    /// The longest wait in the queue. Default 10s.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+/// One entry of `upstreams.<name>.tools:` a gate for the tools one glob names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolTrafficFile {
+    /// A glob of the upstream's tool names; the first matching entry applies.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Calls of the matching tools running at once.
+    pub max_in_flight: usize,
+    /// Calls waiting for a slot. Default 0.
+    #[serde(default)]
+    pub max_queue: usize,
+    /// The longest wait in the queue. Default 10s.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `routes[].auth:`
@@ -363,6 +458,12 @@ pub struct UpstreamFile {
     /// false makes every tool carry the spec's defaults (destructive, open-world).
     #[serde(default = "default_true")]
     pub trust_annotations: bool,
+    /// A concurrency gate for every JSON-RPC request to this upstream. Default: none.
+    #[serde(default)]
+    pub concurrency: Option<GateFile>,
+    /// Concurrency gates per tool glob. Default: none.
+    #[serde(default)]
+    pub tools: Vec<ToolTrafficFile>,
 }
 
 /// `upstreams.<name>.identity_headers:` header names, each optional.

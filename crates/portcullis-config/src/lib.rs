@@ -8,16 +8,19 @@ mod file;
 mod locate;
 mod policy;
 mod size;
+mod traffic;
 mod validate;
 pub mod watch;
 
 pub use error::ConfigError;
 pub use file::{
-    AccessLogFile, AuditLogFile, AuthFile, ConfigFile, HttpFile, IdentityHeadersFile, IssuerFile,
-    JwtFile, ListenersFile, RouteFile, ServerFile, SessionsFile, UpstreamFile,
+    AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, ConfigFile, GateFile, HttpFile,
+    IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RouteFile, ServerFile,
+    SessionsFile, ToolTrafficFile, UpstreamFile,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;
+pub use traffic::{Admission, ToolGate};
 pub use validate::{
     Config, IdentityHeaders, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN,
 };

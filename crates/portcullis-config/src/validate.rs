@@ -53,6 +53,8 @@ pub struct Config {
     pub session_key: Option<SessionKey>,
     /// A key being rotated out: ids it sealed still open (`sessions.previous_key_*`).
     pub previous_session_key: Option<SessionKey>,
+    /// Replica-wide caps on requests and streams.
+    pub admission: crate::traffic::Admission,
 }
 
 /// Key material that must never be printed.
@@ -90,6 +92,8 @@ pub struct Route {
     pub policy: Option<std::sync::Arc<portcullis_policy::Policy>>,
     /// The policy file, for logs and reload watching.
     pub policy_path: Option<PathBuf>,
+    /// Rate limits, in the order they are checked.
+    pub rate_limits: Vec<portcullis_traffic::LimitSpec>,
 }
 
 /// An upstream MCP server, ready to connect to.
@@ -117,6 +121,10 @@ pub struct Upstream {
     pub identity_headers: IdentityHeaders,
     /// Whether policies may use this upstream's tool annotations.
     pub trust_annotations: bool,
+    /// The gate every JSON-RPC request to this upstream passes, if configured.
+    pub concurrency: Option<portcullis_traffic::GateSpec>,
+    /// Gates per tool glob; the first match applies.
+    pub tool_gates: Vec<crate::traffic::ToolGate>,
 }
 
 /// Where the caller's identity goes on requests to one upstream.
@@ -361,6 +369,11 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             headers.push(credential_header(&cx, name, cred)?);
         }
         let identity_headers = identity_headers(&cx, name, &up.identity_headers, &headers)?;
+        let concurrency = match &up.concurrency {
+            Some(g) => Some(crate::traffic::gate(&cx, &at("concurrency"), g)?),
+            None => None,
+        };
+        let tool_gates = crate::traffic::tool_gates(&cx, name, &up.tools)?;
         upstreams.push(Upstream {
             name: name.clone(),
             authority: authority.as_str().to_owned(),
@@ -375,6 +388,8 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             headers,
             identity_headers,
             trust_annotations: up.trust_annotations,
+            concurrency,
+            tool_gates,
         });
     }
 
@@ -439,6 +454,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             }
             None => None,
         };
+        let rate_limits = crate::traffic::rate_limits(&cx, i, &r.rate_limits)?;
         routes.push(crate::Route {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
@@ -446,6 +462,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             auth,
             policy,
             policy_path,
+            rate_limits,
         });
     }
 
@@ -497,6 +514,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         upstreams,
         session_key,
         previous_session_key,
+        admission: crate::traffic::admission(&cx, &file.admission)?,
     })
 }
 

@@ -390,7 +390,12 @@ impl Policy {
 
     /// The rule of entry `e` and its effect, if the entry matches `target` for `who`
     /// (its name or method pattern already matched).
-    fn entry_fits(&self, e: usize, who: Option<&Principal>, target: &Target<'_>) -> Option<(usize, Effect)> {
+    fn entry_fits(
+        &self,
+        e: usize,
+        who: Option<&Principal>,
+        target: &Target<'_>,
+    ) -> Option<(usize, Effect)> {
         let entry = &self.entries[e];
         let rule = &self.rules[entry.rule];
         let fits = entry

@@ -25,7 +25,7 @@ use pingora_http::ResponseHeader;
 use portcullis_auth::Principal;
 use portcullis_mcp::envelope::{Body, EnvelopeError};
 use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
-use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
+use portcullis_mcp::{Era, Kind, Overload, ProtocolVersion, Refusal};
 
 use crate::access_log::{AccessLog, Record};
 use crate::audit::{ArgsDigest, AuditLog, AuditRecord};
@@ -34,6 +34,7 @@ use crate::forward::{self, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
 use crate::rewrite::ListFilter;
 use crate::snapshot::{Live, Snapshot};
+use crate::traffic::{Counted, Counting};
 use portcullis_policy::discovery::ListKind;
 
 /// Idle seconds a client connection is kept open between requests.
@@ -226,6 +227,19 @@ impl Gateway {
                     }
                     .to_owned(),
                 );
+                // Held while the stream is open.
+                let _stream = if method == Method::GET {
+                    let open = Counting::enter(self.metrics.get_streams_open.clone());
+                    if self.metrics.get_streams_open.get()
+                        > snap.config.admission.max_streams as i64
+                    {
+                        return Err(Refusal::Overloaded(Overload::TooManyStreams).into());
+                    }
+                    Some(open)
+                } else {
+                    None
+                };
+                self.check_limits(snap, ds, ex, route_idx, Counted::Request { tool: None })?;
                 self.forward(snap, ds, ex, route_idx, method, None).await
             }
             Method::OPTIONS => {
@@ -302,6 +316,15 @@ impl Gateway {
                     )
                     .into());
                 }
+                if items.iter().any(|e| e.method_str() == "tools/call")
+                    && snap.traffic.watches_tools(&snap.config, route_idx)
+                {
+                    // Each call must meet its own tool limits and gates.
+                    return Err(Refusal::InvalidRequest(
+                        "JSON-RPC batches carrying tools/call are not accepted where tools are rate-limited or gated".into(),
+                    )
+                    .into());
+                }
             }
             Body::Single(env) => {
                 ex.rpc_method = env.method.as_deref().map(str::to_owned);
@@ -346,6 +369,33 @@ impl Gateway {
             Body::Single(env) => self.apply_policy(snap, route_idx, env, ex).await?,
             Body::Batch(_) => None,
         };
+        // What the request counts as for rate limits and gates (see docs/traffic.md).
+        let (counted, is_request) = match &parsed {
+            Body::Single(env) => match env.kind {
+                Kind::Response => (Counted::Exempt, false),
+                Kind::Notification => match env.method.as_deref() {
+                    Some("notifications/cancelled" | "notifications/initialized") => {
+                        (Counted::Exempt, false)
+                    }
+                    _ => (Counted::Request { tool: None }, false),
+                },
+                Kind::Request => {
+                    let tool = (env.method.as_deref() == Some("tools/call"))
+                        .then_some(ex.target.as_deref())
+                        .flatten();
+                    (Counted::Request { tool }, true)
+                }
+            },
+            Body::Batch(items) => (
+                Counted::Request { tool: None },
+                items.iter().any(|e| e.kind == Kind::Request),
+            ),
+        };
+        self.check_limits(snap, ds, ex, route_idx, counted)
+            .map_err(|mut r| {
+                r.id = ex.rpc_id.clone();
+                r
+            })?;
         drop(parsed);
         let body = match renamed {
             Some(name) => match crate::policy::with_tool_name(&body, &name) {
@@ -365,8 +415,47 @@ impl Gateway {
             },
             None => body,
         };
+        let is_call = ex.rpc_method.as_deref() == Some("tools/call");
+        let upstream_tool = ex.upstream_tool.as_deref().or(ex.target.as_deref());
+        // Held until the answer has ended, streams included; dropped on every path.
+        let _slots = snap
+            .traffic
+            .enter(
+                &snap.config,
+                &self.metrics,
+                snap.config.routes[route_idx].upstream,
+                is_request,
+                upstream_tool.filter(|_| is_call),
+            )
+            .await
+            .map_err(|refusal| Refused {
+                refusal,
+                id: ex.rpc_id.clone(),
+            })?;
         self.forward(snap, ds, ex, route_idx, Method::POST, Some(body))
             .await
+    }
+
+    /// Counts the request against the route's rate limits.
+    fn check_limits(
+        &self,
+        snap: &Snapshot,
+        ds: &ServerSession,
+        ex: &Exchange,
+        route_idx: usize,
+        counted: Counted<'_>,
+    ) -> Result<(), Refused> {
+        let client = ds.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        snap.traffic
+            .check_limits(
+                &snap.config,
+                &self.metrics,
+                route_idx,
+                ex.principal.as_deref(),
+                client,
+                counted,
+            )
+            .map_err(Refused::from)
     }
 
     /// Judges a request against the route's policy, before any upstream work. Returns
@@ -1049,7 +1138,14 @@ impl HttpServerApp for Gateway {
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let snap = self.live.load_full();
         let mut ex = Exchange::default();
-        if let Err(refused) = self.handle(&snap, &mut ds, &mut ex).await {
+        let outcome = if self.metrics.in_flight.get() > snap.config.admission.max_requests as i64 {
+            // The body stays unread, so the connection cannot be reused.
+            ex.close = true;
+            Err(Refusal::Overloaded(Overload::TooManyRequests).into())
+        } else {
+            self.handle(&snap, &mut ds, &mut ex).await
+        };
+        if let Err(refused) = outcome {
             if ds.response_written().is_none() {
                 write_refusal(&mut ds, &refused, &mut ex).await;
             } else {

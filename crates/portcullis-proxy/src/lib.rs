@@ -22,5 +22,6 @@ mod rewrite;
 pub mod server;
 pub mod sessions;
 pub mod snapshot;
+pub mod traffic;
 
 pub use server::{prepare, spawn, Prepared, Running, ShutdownKind};

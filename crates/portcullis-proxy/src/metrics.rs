@@ -46,6 +46,21 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     /// `portcullis_jwks_last_success_timestamp_seconds{url}`.
     pub jwks_last_success: GaugeVec,
+    /// `portcullis_rate_limited_total{route, limit}`.
+    pub rate_limited: IntCounterVec,
+    /// `portcullis_gate_in_flight{upstream, gate}`.
+    pub gate_in_flight: IntGaugeVec,
+    /// `portcullis_gate_queue_depth{upstream, gate}`.
+    pub gate_queue_depth: IntGaugeVec,
+    /// `portcullis_gate_queue_wait_seconds{upstream, gate}`.
+    pub gate_queue_wait: HistogramVec,
+    /// `portcullis_gate_refusals_total{upstream, gate, reason}`.
+    pub gate_refusals: IntCounterVec,
+    /// `portcullis_tool_calls_in_flight{upstream, tool}`: tool is a configured gate's
+    /// pattern or `other`.
+    pub tool_calls_in_flight: IntGaugeVec,
+    /// `portcullis_get_streams_open`: what `admission.max_streams` caps.
+    pub get_streams_open: IntGauge,
 }
 
 /// Registers an unlabelled metric; names and help texts are static, so failure is a bug.
@@ -104,7 +119,51 @@ impl Metrics {
                 "1 once config file changes and SIGHUP trigger reloads, 0 if watching failed",
             ),
         );
+        let get_streams_open = registered(
+            &r,
+            IntGauge::new(
+                "portcullis_get_streams_open",
+                "Standalone GET streams open (capped by admission.max_streams)",
+            ),
+        );
         Metrics {
+            rate_limited: counter(
+                &r,
+                "portcullis_rate_limited_total",
+                "Requests a rate limit refused, by route and limit name",
+                &["route", "limit"],
+            ),
+            gate_in_flight: gauge_vec(
+                &r,
+                "portcullis_gate_in_flight",
+                "Calls holding a concurrency gate slot (gate: upstream, or a tools[].match pattern)",
+                &["upstream", "gate"],
+            ),
+            gate_queue_depth: gauge_vec(
+                &r,
+                "portcullis_gate_queue_depth",
+                "Calls waiting in a concurrency gate's queue",
+                &["upstream", "gate"],
+            ),
+            gate_queue_wait: histogram(
+                &r,
+                "portcullis_gate_queue_wait_seconds",
+                "Time queued calls waited for a gate slot",
+                &["upstream", "gate"],
+            ),
+            gate_refusals: counter(
+                &r,
+                "portcullis_gate_refusals_total",
+                "Calls a concurrency gate turned away, by reason (queue_full, queue_timeout)",
+                &["upstream", "gate", "reason"],
+            ),
+            tool_calls_in_flight: gauge_vec(
+                &r,
+                "portcullis_tool_calls_in_flight",
+                "tools/call requests being answered upstream (tool: a tools[].match pattern, or other)",
+                &["upstream", "tool"],
+            ),
+            get_streams_open,
             requests: counter(
                 &r,
                 "portcullis_requests_total",

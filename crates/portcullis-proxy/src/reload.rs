@@ -60,7 +60,7 @@ impl Reloader {
             warn!("listeners and server.threads changed in the file; they take effect on restart");
         }
         let version = config.version.clone();
-        let snapshot = match Snapshot::build(config) {
+        let snapshot = match Snapshot::build(config, Some(&old)) {
             Ok(s) => s,
             Err(e) => {
                 error!(error = %e, "config reload failed; the previous config keeps serving");

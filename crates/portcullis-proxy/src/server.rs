@@ -104,7 +104,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
              so replicas behind one Service cannot serve each other's sessions (docs/configuration.md)"
         );
     }
-    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config)?));
+    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
     let in_flight = metrics.in_flight.clone();
 
     let conf = ServerConf {

@@ -10,6 +10,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use portcullis_config::{Config, Upstream};
 
 use crate::sessions::{replica_token, SessionSeal};
+use crate::traffic::Traffic;
 
 /// The live snapshot, shared by every service of the process.
 pub type Live = Arc<ArcSwap<Snapshot>>;
@@ -23,6 +24,8 @@ pub struct Snapshot {
     /// Seals the session ids handed to clients (`sessions.key_file|key_env`, else this
     /// process's random key).
     pub sessions: SessionSeal,
+    /// Rate limiters and concurrency gates.
+    pub traffic: Traffic,
 }
 
 /// An upstream ready to dial.
@@ -39,7 +42,8 @@ pub struct UpstreamRuntime {
 impl Snapshot {
     /// Compiles a validated config. Cheap: no I/O (endpoints were resolved in
     /// validation). Fails only if the system has no randomness for a session key.
-    pub fn build(config: Config) -> Result<Snapshot, String> {
+    /// Rate limits and gates unchanged since `previous` keep their state.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
         let sessions = match &config.session_key {
             Some(key) => match &config.previous_session_key {
                 Some(previous) => SessionSeal::new(key.bytes()).with_previous(previous.bytes()),
@@ -66,10 +70,12 @@ impl Snapshot {
                 next: AtomicUsize::new(0),
             })
             .collect();
+        let traffic = Traffic::build(&config, previous.map(|p| (&p.config, &p.traffic)));
         Ok(Snapshot {
             config,
             upstreams,
             sessions,
+            traffic,
         })
     }
 }

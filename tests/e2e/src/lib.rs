@@ -328,6 +328,19 @@ impl Upstream {
         Upstream::serve_with(portcullis_demo::Demo::default, false).await
     }
 
+    /// Any rmcp handler, served statefully on `addr` (an upstream coming back on the
+    /// address a stopped one had).
+    pub async fn serve_at<H, F>(addr: SocketAddr, factory: F) -> Upstream
+    where
+        H: ServerHandler + Send + 'static,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind upstream again");
+        Upstream::serve_on(listener, factory, true)
+    }
+
     async fn serve_with<H, F>(factory: F, sessions: bool) -> Upstream
     where
         H: ServerHandler + Send + 'static,
@@ -336,6 +349,14 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
+        Upstream::serve_on(listener, factory, sessions)
+    }
+
+    fn serve_on<H, F>(listener: tokio::net::TcpListener, factory: F, sessions: bool) -> Upstream
+    where
+        H: ServerHandler + Send + 'static,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
         let addr = listener.local_addr().expect("upstream addr");
         let stop = CancellationToken::new();
         tokio::spawn(portcullis_demo::serve_with(

@@ -1,0 +1,352 @@
+//! Compiles the traffic-control keys: `routes[].rate_limits`, `upstreams.<n>.concurrency`,
+//! `upstreams.<n>.tools` and `admission`, into the specs `portcullis-traffic` enforces.
+//! Errors name the file, line and key like every other config error.
+
+use std::num::NonZeroU32;
+
+use portcullis_traffic::{GateSpec, LimitSpec, Rate, Scope, ToolSet};
+
+use crate::error::ConfigError;
+use crate::file::{GateFile, RateLimitFile, ToolTrafficFile};
+use crate::locate::Step;
+use crate::validate::Ctx;
+
+/// Upper bound for counts an operator writes (slots, queue places, burst).
+const MAX_COUNT: usize = 1_000_000;
+
+/// Replica-wide caps (`admission:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Requests served at once; past it, 503 `too_many_requests`.
+    pub max_requests: usize,
+    /// GET streams open at once; past it, 503 `too_many_streams`.
+    pub max_streams: usize,
+}
+
+/// A gate for the calls of the tools one glob names (`upstreams.<n>.tools[]`).
+#[derive(Debug, Clone)]
+pub struct ToolGate {
+    /// The glob as written: the gate's name in metrics.
+    pub pattern: String,
+    /// The compiled glob.
+    pub tools: ToolSet,
+    /// The gate's limits.
+    pub gate: GateSpec,
+}
+
+pub(crate) fn admission(
+    cx: &Ctx<'_>,
+    file: &crate::file::AdmissionFile,
+) -> Result<Admission, ConfigError> {
+    for (k, v) in [
+        ("max_requests", file.max_requests),
+        ("max_streams", file.max_streams),
+    ] {
+        if v == 0 || v > MAX_COUNT {
+            return Err(cx.err(
+                &[Step::Key("admission"), Step::Key(k)],
+                format!("{k} must be between 1 and {MAX_COUNT}"),
+            ));
+        }
+    }
+    Ok(Admission {
+        max_requests: file.max_requests,
+        max_streams: file.max_streams,
+    })
+}
+
+pub(crate) fn rate_limits(
+    cx: &Ctx<'_>,
+    route: usize,
+    limits: &[RateLimitFile],
+) -> Result<Vec<LimitSpec>, ConfigError> {
+    let mut out: Vec<LimitSpec> = Vec::with_capacity(limits.len());
+    for (j, l) in limits.iter().enumerate() {
+        let at = |k: &'static str| {
+            [
+                Step::Key("routes"),
+                Step::Index(route),
+                Step::Key("rate_limits"),
+                Step::Index(j),
+                Step::Key(k),
+            ]
+        };
+        let scope = Scope::parse(&l.per).ok_or_else(|| {
+            cx.err(
+                &at("per"),
+                format!(
+                    "`{}` is not a scope: use route, principal, tool or principal_tool",
+                    l.per
+                ),
+            )
+        })?;
+        let rate = Rate::parse(&l.rate).map_err(|e| cx.err(&at("rate"), e))?;
+        let burst = l.burst.unwrap_or(rate.count);
+        let burst = NonZeroU32::new(burst)
+            .filter(|b| b.get() as usize <= MAX_COUNT)
+            .ok_or_else(|| {
+                cx.err(
+                    &at("burst"),
+                    format!("burst must be between 1 and {MAX_COUNT}"),
+                )
+            })?;
+        if l.max_keys == 0 || l.max_keys > 10_000_000 {
+            return Err(cx.err(
+                &at("max_keys"),
+                "max_keys must be between 1 and 10000000".into(),
+            ));
+        }
+        let tools = if l.tools.is_empty() {
+            None
+        } else {
+            if l.tools.iter().any(String::is_empty) {
+                return Err(cx.err(
+                    &at("tools"),
+                    "an empty pattern matches nothing; use \"*\" for any tool".into(),
+                ));
+            }
+            Some(ToolSet::new(&l.tools).map_err(|e| cx.err(&at("tools"), e))?)
+        };
+        let name = l.name.clone().unwrap_or_else(|| scope.as_str().to_owned());
+        if name.is_empty() {
+            return Err(cx.err(&at("name"), "a limit's name must not be empty".into()));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(cx.err(
+                &at("name"),
+                format!("two limits of this route are named `{name}`; give each its own `name`"),
+            ));
+        }
+        out.push(LimitSpec {
+            name,
+            scope,
+            rate,
+            burst,
+            tools,
+            max_keys: l.max_keys,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn gate(cx: &Ctx<'_>, at: &[Step<'_>], g: &GateFile) -> Result<GateSpec, ConfigError> {
+    spec(cx, at, g.max_in_flight, g.max_queue, g.queue_timeout)
+}
+
+pub(crate) fn tool_gates(
+    cx: &Ctx<'_>,
+    upstream: &str,
+    tools: &[ToolTrafficFile],
+) -> Result<Vec<ToolGate>, ConfigError> {
+    let mut out = Vec::with_capacity(tools.len());
+    for (j, t) in tools.iter().enumerate() {
+        let at = [
+            Step::Key("upstreams"),
+            Step::Key(upstream),
+            Step::Key("tools"),
+            Step::Index(j),
+        ];
+        let with = |k: &'static str| {
+            let mut v = at.to_vec();
+            v.push(Step::Key(k));
+            v
+        };
+        if t.pattern.is_empty() {
+            return Err(cx.err(
+                &with("match"),
+                "an empty pattern matches nothing; use \"*\" for any tool".into(),
+            ));
+        }
+        if out.iter().any(|o: &ToolGate| o.pattern == t.pattern) {
+            return Err(cx.err(&with("match"), format!("`{}` is listed twice", t.pattern)));
+        }
+        let set = ToolSet::new(std::slice::from_ref(&t.pattern))
+            .map_err(|e| cx.err(&with("match"), e))?;
+        out.push(ToolGate {
+            pattern: t.pattern.clone(),
+            tools: set,
+            gate: spec(cx, &at, t.max_in_flight, t.max_queue, t.queue_timeout)?,
+        });
+    }
+    Ok(out)
+}
+
+fn spec(
+    cx: &Ctx<'_>,
+    at: &[Step<'_>],
+    max_in_flight: usize,
+    max_queue: usize,
+    queue_timeout: std::time::Duration,
+) -> Result<GateSpec, ConfigError> {
+    let with = |k: &'static str| {
+        let mut v = at.to_vec();
+        v.push(Step::Key(k));
+        v
+    };
+    if max_in_flight == 0 || max_in_flight > MAX_COUNT {
+        return Err(cx.err(
+            &with("max_in_flight"),
+            format!("max_in_flight must be between 1 and {MAX_COUNT}"),
+        ));
+    }
+    if max_queue > MAX_COUNT {
+        return Err(cx.err(
+            &with("max_queue"),
+            format!("max_queue must be at most {MAX_COUNT}"),
+        ));
+    }
+    if queue_timeout.is_zero() {
+        return Err(cx.err(
+            &with("queue_timeout"),
+            "queue_timeout must be more than zero".into(),
+        ));
+    }
+    Ok(GateSpec {
+        max_in_flight,
+        max_queue,
+        queue_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::{Config, ConfigError};
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        crate::load_str(Path::new("gw.yaml"), text)
+    }
+
+    const GOOD: &str = r#"routes:
+  - path: /mcp
+    upstream: demo
+    rate_limits:
+      - name: per-caller
+        per: principal
+        rate: 20/s
+      - per: principal_tool
+        rate: 5/10s
+        burst: 2
+        tools: ["search_*"]
+upstreams:
+  demo:
+    url: http://127.0.0.1:3001/mcp
+    concurrency:
+      max_in_flight: 64
+    tools:
+      - match: "render_*"
+        max_in_flight: 2
+        max_queue: 3
+        queue_timeout: 30s
+admission:
+  max_streams: 10
+"#;
+
+    #[test]
+    fn traffic_keys_validate_with_defaults_filled_in() {
+        let c = load(GOOD).expect("valid");
+        let limits = &c.routes[0].rate_limits;
+        assert_eq!(limits.len(), 2);
+        assert_eq!(
+            (limits[0].name.as_str(), limits[0].burst.get()),
+            ("per-caller", 20)
+        );
+        assert_eq!(limits[0].max_keys, 100_000);
+        assert_eq!(limits[1].name, "principal_tool", "named after its scope");
+        assert_eq!(limits[1].rate.interval(), Duration::from_secs(2));
+        assert!(limits[1]
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.matches("search_web")));
+        let up = &c.upstreams[0];
+        let all = up.concurrency.expect("gate");
+        assert_eq!(
+            (all.max_in_flight, all.max_queue, all.queue_timeout),
+            (64, 0, Duration::from_secs(10))
+        );
+        assert_eq!(up.tool_gates[0].gate.max_queue, 3);
+        assert!(up.tool_gates[0].tools.matches("render_pdf"));
+        assert_eq!(
+            (c.admission.max_requests, c.admission.max_streams),
+            (4096, 10)
+        );
+    }
+
+    #[test]
+    fn bad_traffic_values_name_line_and_key() {
+        for (from, to, line, key) in [
+            (
+                "rate: 20/s",
+                "rate: 20/fortnight",
+                7,
+                "routes[0].rate_limits[0].rate",
+            ),
+            (
+                "rate: 20/s",
+                "rate: 0/s",
+                7,
+                "routes[0].rate_limits[0].rate",
+            ),
+            (
+                "per: principal\n",
+                "per: team\n",
+                6,
+                "routes[0].rate_limits[0].per",
+            ),
+            ("burst: 2", "burst: 0", 10, "routes[0].rate_limits[1].burst"),
+            (
+                "[\"search_*\"]",
+                "[\"[oops\"]",
+                11,
+                "routes[0].rate_limits[1].tools",
+            ),
+            (
+                "- per: principal_tool",
+                "- name: per-caller\n        per: principal_tool",
+                8,
+                "routes[0].rate_limits[1].name",
+            ),
+            (
+                "max_in_flight: 64",
+                "max_in_flight: 0",
+                16,
+                "upstreams.demo.concurrency.max_in_flight",
+            ),
+            (
+                "max_queue: 3",
+                "max_queue: 2000000",
+                20,
+                "upstreams.demo.tools[0].max_queue",
+            ),
+            (
+                "queue_timeout: 30s",
+                "queue_timeout: 0s",
+                21,
+                "upstreams.demo.tools[0].queue_timeout",
+            ),
+            (
+                "match: \"render_*\"",
+                "match: \"\"",
+                18,
+                "upstreams.demo.tools[0].match",
+            ),
+            (
+                "max_streams: 10",
+                "max_streams: 0",
+                23,
+                "admission.max_streams",
+            ),
+        ] {
+            assert!(GOOD.contains(from), "{from}");
+            let e = load(&GOOD.replacen(from, to, 1)).expect_err(to);
+            assert_eq!(e.key.as_deref(), Some(key), "{to}: {e}");
+            assert_eq!(e.line, Some(line), "{to}: {e}");
+        }
+        let e = load(&GOOD.replace("        max_in_flight: 2\n", "")).expect_err("required");
+        assert!(e.message.contains("max_in_flight"), "{e}");
+        let e = load(&GOOD.replace("max_queue: 3", "max_qeue: 3")).expect_err("typo");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+}
