@@ -230,9 +230,9 @@ fn run(
     )?;
     // The same gateway with rate limits and gates configured but never reached: the
     // cost of counting and of taking slots.
-    let limits = "    rate_limits:\n      - {name: route, per: route, rate: 100000000/s}\n\
-\x20     - {name: caller, per: principal, rate: 100000000/s}\n\
-\x20     - {name: tool, per: principal_tool, rate: 100000000/s, tools: [\"*\"]}\n";
+    let limits = "    rate_limits:\n      - {name: route, per: route, rate: 1000000/s}\n\
+\x20     - {name: caller, per: principal, rate: 1000000/s}\n\
+\x20     - {name: tool, per: principal_tool, rate: 1000000/s, tools: [\"*\"]}\n";
     let gates = "    concurrency: {max_in_flight: 100000}\n    tools:\n      - {match: \"ech*\", max_in_flight: 100000}\n";
     let gw_limits = format!("127.0.0.1:{}", free_port()?);
     let _gateway_limits = start_gateway(

@@ -287,21 +287,30 @@ pub struct GateFile {
     pub queue_timeout: Duration,
 }
 
-/// One entry of `upstreams.<name>.tools:` a gate for the tools one glob names.
+/// One entry of `upstreams.<name>.tools:` a gate and a deadline for the tools one
+/// glob names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolTrafficFile {
     /// A glob of the upstream's tool names; the first matching entry applies.
     #[serde(rename = "match")]
     pub pattern: String,
-    /// Calls of the matching tools running at once.
-    pub max_in_flight: usize,
+    /// Calls of the matching tools running at once. Default: no gate.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
     /// Calls waiting for a slot. Default 0.
     #[serde(default)]
-    pub max_queue: usize,
+    pub max_queue: Option<usize>,
     /// The longest wait in the queue. Default 10s.
-    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
-    pub queue_timeout: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub queue_timeout: Option<Duration>,
+    /// How long a call may run before the gateway cancels it. Default: no deadline.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// How far progress notifications may push the deadline, from the call's start.
+    /// Default: the deadline itself (progress does not extend it).
+    #[serde(default, with = "humantime_serde")]
+    pub max_deadline: Option<Duration>,
 }
 
 fn default_queue_timeout() -> Duration {
@@ -461,7 +470,7 @@ pub struct UpstreamFile {
     /// A concurrency gate for every JSON-RPC request to this upstream. Default: none.
     #[serde(default)]
     pub concurrency: Option<GateFile>,
-    /// Concurrency gates per tool glob. Default: none.
+    /// Concurrency gates and call deadlines per tool glob. Default: none.
     #[serde(default)]
     pub tools: Vec<ToolTrafficFile>,
 }

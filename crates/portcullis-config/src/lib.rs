@@ -20,7 +20,7 @@ pub use file::{
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;
-pub use traffic::{Admission, ToolGate};
+pub use traffic::{Admission, Deadline, ToolTraffic};
 pub use validate::{
     Config, IdentityHeaders, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN,
 };

@@ -13,6 +13,8 @@ use crate::validate::Ctx;
 
 /// Upper bound for counts an operator writes (slots, queue places, burst).
 const MAX_COUNT: usize = 1_000_000;
+/// How long a call waits in a gate's queue when `queue_timeout` is not set.
+const DEFAULT_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Replica-wide caps (`admission:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,15 +25,27 @@ pub struct Admission {
     pub max_streams: usize,
 }
 
-/// A gate for the calls of the tools one glob names (`upstreams.<n>.tools[]`).
+/// What applies to the calls of the tools one glob names (`upstreams.<n>.tools[]`).
 #[derive(Debug, Clone)]
-pub struct ToolGate {
+pub struct ToolTraffic {
     /// The glob as written: the gate's name in metrics.
     pub pattern: String,
     /// The compiled glob.
     pub tools: ToolSet,
-    /// The gate's limits.
-    pub gate: GateSpec,
+    /// The gate, if `max_in_flight` is set.
+    pub gate: Option<GateSpec>,
+    /// The call deadline, if `deadline` is set.
+    pub deadline: Option<Deadline>,
+}
+
+/// A call deadline: cancelled `initial` after it started, or later when progress
+/// notifications keep coming, but never after `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// The deadline without progress, and what each progress notification grants anew.
+    pub initial: std::time::Duration,
+    /// The latest deadline, from the call's start.
+    pub max: std::time::Duration,
 }
 
 pub(crate) fn admission(
@@ -81,7 +95,8 @@ pub(crate) fn rate_limits(
             )
         })?;
         let rate = Rate::parse(&l.rate).map_err(|e| cx.err(&at("rate"), e))?;
-        let burst = l.burst.unwrap_or(rate.count);
+        // Unset, one period's worth (capped like a written one).
+        let burst = l.burst.unwrap_or_else(|| rate.count.min(MAX_COUNT as u32));
         let burst = NonZeroU32::new(burst)
             .filter(|b| b.get() as usize <= MAX_COUNT)
             .ok_or_else(|| {
@@ -133,12 +148,12 @@ pub(crate) fn gate(cx: &Ctx<'_>, at: &[Step<'_>], g: &GateFile) -> Result<GateSp
     spec(cx, at, g.max_in_flight, g.max_queue, g.queue_timeout)
 }
 
-pub(crate) fn tool_gates(
+pub(crate) fn tools(
     cx: &Ctx<'_>,
     upstream: &str,
     tools: &[ToolTrafficFile],
-) -> Result<Vec<ToolGate>, ConfigError> {
-    let mut out = Vec::with_capacity(tools.len());
+) -> Result<Vec<ToolTraffic>, ConfigError> {
+    let mut out: Vec<ToolTraffic> = Vec::with_capacity(tools.len());
     for (j, t) in tools.iter().enumerate() {
         let at = [
             Step::Key("upstreams"),
@@ -157,15 +172,67 @@ pub(crate) fn tool_gates(
                 "an empty pattern matches nothing; use \"*\" for any tool".into(),
             ));
         }
-        if out.iter().any(|o: &ToolGate| o.pattern == t.pattern) {
+        if out.iter().any(|o| o.pattern == t.pattern) {
             return Err(cx.err(&with("match"), format!("`{}` is listed twice", t.pattern)));
         }
         let set = ToolSet::new(std::slice::from_ref(&t.pattern))
             .map_err(|e| cx.err(&with("match"), e))?;
-        out.push(ToolGate {
+        let gate = match t.max_in_flight {
+            Some(n) => Some(spec(
+                cx,
+                &at,
+                n,
+                t.max_queue.unwrap_or(0),
+                t.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT),
+            )?),
+            None => {
+                for (k, set) in [
+                    ("max_queue", t.max_queue.is_some()),
+                    ("queue_timeout", t.queue_timeout.is_some()),
+                ] {
+                    if set {
+                        return Err(cx.err(
+                            &with(k),
+                            format!("{k} needs max_in_flight (the gate it queues for)"),
+                        ));
+                    }
+                }
+                None
+            }
+        };
+        let deadline = match (t.deadline, t.max_deadline) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(cx.err(
+                    &with("max_deadline"),
+                    "max_deadline needs deadline (the one progress extends)".into(),
+                ))
+            }
+            (Some(d), max) => {
+                if d.is_zero() {
+                    return Err(cx.err(&with("deadline"), "deadline must be more than zero".into()));
+                }
+                let max = max.unwrap_or(d);
+                if max < d {
+                    return Err(cx.err(
+                        &with("max_deadline"),
+                        "max_deadline must be at least deadline".into(),
+                    ));
+                }
+                Some(Deadline { initial: d, max })
+            }
+        };
+        if gate.is_none() && deadline.is_none() {
+            return Err(cx.err(
+                &with("match"),
+                "this entry sets neither max_in_flight nor deadline, so it does nothing".into(),
+            ));
+        }
+        out.push(ToolTraffic {
             pattern: t.pattern.clone(),
             tools: set,
-            gate: spec(cx, &at, t.max_in_flight, t.max_queue, t.queue_timeout)?,
+            gate,
+            deadline,
         });
     }
     Ok(out)
@@ -213,7 +280,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use crate::{Config, ConfigError};
+    use crate::{Config, ConfigError, Deadline};
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         crate::load_str(Path::new("gw.yaml"), text)
@@ -266,8 +333,9 @@ admission:
             (all.max_in_flight, all.max_queue, all.queue_timeout),
             (64, 0, Duration::from_secs(10))
         );
-        assert_eq!(up.tool_gates[0].gate.max_queue, 3);
-        assert!(up.tool_gates[0].tools.matches("render_pdf"));
+        assert_eq!(up.tools[0].gate.map(|g| g.max_queue), Some(3));
+        assert!(up.tools[0].tools.matches("render_pdf"));
+        assert_eq!(up.tools[0].deadline, None);
         assert_eq!(
             (c.admission.max_requests, c.admission.max_streams),
             (4096, 10)
@@ -348,5 +416,56 @@ admission:
         assert!(e.message.contains("max_in_flight"), "{e}");
         let e = load(&GOOD.replace("max_queue: 3", "max_qeue: 3")).expect_err("typo");
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn tool_entries_set_a_gate_a_deadline_or_both() {
+        let with = |entry: &str| {
+            GOOD.replace(
+                "      - match: \"render_*\"\n        max_in_flight: 2\n        max_queue: 3\n        queue_timeout: 30s\n",
+                entry,
+            )
+        };
+        let c = load(&with(
+            "      - match: slow\n        deadline: 30s\n        max_deadline: 5m\n",
+        ))
+        .expect("a deadline alone");
+        let t = &c.upstreams[0].tools[0];
+        assert!(t.gate.is_none());
+        assert_eq!(
+            t.deadline,
+            Some(Deadline {
+                initial: Duration::from_secs(30),
+                max: Duration::from_secs(300)
+            })
+        );
+        let c = load(&with("      - match: slow\n        deadline: 30s\n")).expect("valid");
+        assert_eq!(
+            c.upstreams[0].tools[0].deadline.map(|d| d.max),
+            Some(Duration::from_secs(30))
+        );
+        for (entry, key) in [
+            ("      - match: slow\n", "upstreams.demo.tools[0].match"),
+            (
+                "      - match: slow\n        max_queue: 3\n",
+                "upstreams.demo.tools[0].max_queue",
+            ),
+            (
+                "      - match: slow\n        deadline: 0s\n",
+                "upstreams.demo.tools[0].deadline",
+            ),
+            (
+                "      - match: slow\n        max_deadline: 5s\n",
+                "upstreams.demo.tools[0].max_deadline",
+            ),
+            (
+                "      - match: slow\n        deadline: 5s\n        max_deadline: 1s\n",
+                "upstreams.demo.tools[0].max_deadline",
+            ),
+        ] {
+            let e = load(&with(entry)).expect_err(entry);
+            assert_eq!(e.key.as_deref(), Some(key), "{entry}: {e}");
+            assert!(e.line.is_some(), "{e}");
+        }
     }
 }

@@ -123,8 +123,8 @@ pub struct Upstream {
     pub trust_annotations: bool,
     /// The gate every JSON-RPC request to this upstream passes, if configured.
     pub concurrency: Option<portcullis_traffic::GateSpec>,
-    /// Gates per tool glob; the first match applies.
-    pub tool_gates: Vec<crate::traffic::ToolGate>,
+    /// Gates and deadlines per tool glob; the first match applies.
+    pub tools: Vec<crate::traffic::ToolTraffic>,
 }
 
 /// Where the caller's identity goes on requests to one upstream.
@@ -373,7 +373,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             Some(g) => Some(crate::traffic::gate(&cx, &at("concurrency"), g)?),
             None => None,
         };
-        let tool_gates = crate::traffic::tool_gates(&cx, name, &up.tools)?;
+        let tools = crate::traffic::tools(&cx, name, &up.tools)?;
         upstreams.push(Upstream {
             name: name.clone(),
             authority: authority.as_str().to_owned(),
@@ -389,7 +389,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             identity_headers,
             trust_annotations: up.trust_annotations,
             concurrency,
-            tool_gates,
+            tools,
         });
     }
 

@@ -51,6 +51,8 @@ pub const INSUFFICIENT_SCOPE: i32 = -32015;
 pub const POLICY_DENIED: i32 = -32016;
 /// A rate limit refused the request (HTTP 429).
 pub const RATE_LIMITED: i32 = -32017;
+/// The client cancelled the request before its answer came.
+pub const REQUEST_CANCELLED: i32 = -32018;
 /// MCP's "resource not found" (older revisions), used for hidden resources.
 pub const RESOURCE_NOT_FOUND: i32 = -32002;
 
@@ -179,6 +181,16 @@ pub enum Refusal {
     /// 503, -32011, with `Retry-After`: a concurrency gate or a replica-wide cap
     /// turned the request away.
     Overloaded(Overload),
+    /// 504, -32010: the call ran past its deadline; the gateway cancelled it upstream.
+    DeadlineExceeded {
+        /// The upstream's configured name.
+        upstream: String,
+        /// How long the call had run, in milliseconds.
+        after_ms: u64,
+    },
+    /// 200, -32018: the client cancelled the request before any answer came (it
+    /// ignores this one; the exchange still needs an end).
+    Cancelled,
     /// A policy hides the target: answered exactly as an unknown target of its kind
     /// (HTTP 200, the JSON-RPC error an MCP server gives, no `data.reason`), so a caller
     /// cannot tell it exists. Logs and metrics still say `policy_hidden`.
@@ -212,7 +224,8 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => 502,
             Refusal::ShuttingDown | Refusal::Overloaded(_) => 503,
             Refusal::RateLimited { .. } => 429,
-            Refusal::UpstreamTimeout { .. } => 504,
+            Refusal::UpstreamTimeout { .. } | Refusal::DeadlineExceeded { .. } => 504,
+            Refusal::Cancelled => 200,
             Refusal::Hidden {
                 kind: Unknown::StatelessMethod,
                 ..
@@ -236,7 +249,8 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => PAYLOAD_TOO_LARGE,
             Refusal::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
             Refusal::UpstreamUnavailable { .. } => UPSTREAM_UNAVAILABLE,
-            Refusal::UpstreamTimeout { .. } => UPSTREAM_TIMEOUT,
+            Refusal::UpstreamTimeout { .. } | Refusal::DeadlineExceeded { .. } => UPSTREAM_TIMEOUT,
+            Refusal::Cancelled => REQUEST_CANCELLED,
             Refusal::ShuttingDown | Refusal::Overloaded(_) => UNAVAILABLE,
             Refusal::RateLimited { .. } => RATE_LIMITED,
             Refusal::RequestTimeout => REQUEST_TIMEOUT,
@@ -269,6 +283,8 @@ impl Refusal {
             Refusal::UnsupportedMediaType => "unsupported_media_type",
             Refusal::UpstreamUnavailable { .. } => "upstream_unavailable",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
+            Refusal::DeadlineExceeded { .. } => "deadline_exceeded",
+            Refusal::Cancelled => "cancelled",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::Overloaded(o) => o.as_str(),
             Refusal::RateLimited { .. } => "rate_limited",
@@ -309,6 +325,12 @@ impl Refusal {
             Refusal::UpstreamTimeout { upstream } => {
                 format!("Upstream {upstream} did not answer in time")
             }
+            Refusal::DeadlineExceeded { upstream, after_ms } => {
+                format!(
+                    "Deadline exceeded: the call to {upstream} ran {after_ms} ms and was cancelled"
+                )
+            }
+            Refusal::Cancelled => "Request cancelled by the client".to_owned(),
             Refusal::ShuttingDown => "Service unavailable: the gateway is draining".to_owned(),
             Refusal::Overloaded(o) => match o {
                 Overload::QueueFull => "Service unavailable: too many calls are waiting".to_owned(),
@@ -409,6 +431,11 @@ impl Refusal {
                 data.push_str(r#","upstream":"#);
                 push_json_string(&mut data, upstream);
             }
+            Refusal::DeadlineExceeded { upstream, after_ms } => {
+                data.push_str(r#","upstream":"#);
+                push_json_string(&mut data, upstream);
+                let _ = write!(data, r#","afterMs":{after_ms}"#);
+            }
             Refusal::PolicyDenied { rule, .. } => {
                 data.push_str(r#","rule":"#);
                 push_json_string(&mut data, rule);
@@ -493,6 +520,11 @@ mod tests {
             Refusal::Overloaded(Overload::QueueTimeout),
             Refusal::Overloaded(Overload::TooManyRequests),
             Refusal::Overloaded(Overload::TooManyStreams),
+            Refusal::DeadlineExceeded {
+                upstream: "u".into(),
+                after_ms: 1000,
+            },
+            Refusal::Cancelled,
         ]
     }
 

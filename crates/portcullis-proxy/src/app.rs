@@ -29,8 +29,9 @@ use portcullis_mcp::{Era, Kind, Overload, ProtocolVersion, Refusal};
 
 use crate::access_log::{AccessLog, Record};
 use crate::audit::{ArgsDigest, AuditLog, AuditRecord};
+use crate::calls::Calls;
 use crate::catalog::{Catalogs, ToolInfo};
-use crate::forward::{self, Upstreamed, MCP_SESSION_ID_H};
+use crate::forward::{self, Ending, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
 use crate::rewrite::ListFilter;
 use crate::snapshot::{Live, Snapshot};
@@ -57,8 +58,11 @@ pub struct Gateway {
     options: HttpServerOptions,
     /// What is known of each upstream's tools (for policies).
     catalogs: Arc<Catalogs>,
-    /// The gateway's own MCP client, for fetching catalogs.
+    /// The gateway's own MCP client, for fetching catalogs and telling upstreams of
+    /// cancellations and refused server requests.
     catalog_client: reqwest::Client,
+    /// Requests in flight that their client may cancel.
+    calls: Calls,
 }
 
 /// What the handling of one request learnt, for the access log and metrics.
@@ -92,6 +96,13 @@ pub(crate) struct Exchange {
     pub effect: Option<&'static str>,
     /// A `tools/call`'s arguments, digested for the audit log.
     pub audit_args: Option<ArgsDigest>,
+}
+
+/// How the wait at a request's gates ended.
+enum Gated {
+    Entered(Result<crate::traffic::Slots, Refusal>),
+    ClientLeft,
+    Cancelled,
 }
 
 /// A refusal and the request id to answer it with.
@@ -153,6 +164,7 @@ impl Gateway {
             options,
             catalogs,
             catalog_client,
+            calls: Calls::default(),
         }
     }
 
@@ -240,7 +252,13 @@ impl Gateway {
                     None
                 };
                 self.check_limits(snap, ds, ex, route_idx, Counted::Request { tool: None })?;
-                self.forward(snap, ds, ex, route_idx, method, None).await
+                let ending = Ending {
+                    cancelled: None,
+                    deadline: None,
+                    notifier: &self.catalog_client,
+                };
+                self.forward(snap, ds, ex, route_idx, method, None, ending)
+                    .await
             }
             Method::OPTIONS => {
                 ex.status = 204;
@@ -316,12 +334,10 @@ impl Gateway {
                     )
                     .into());
                 }
-                if items.iter().any(|e| e.method_str() == "tools/call")
-                    && snap.traffic.watches_tools(&snap.config, route_idx)
-                {
-                    // Each call must meet its own tool limits and gates.
+                if snap.traffic.governs(&snap.config, route_idx) {
+                    // Each call must meet its own limits and gates.
                     return Err(Refusal::InvalidRequest(
-                        "JSON-RPC batches carrying tools/call are not accepted where tools are rate-limited or gated".into(),
+                        "JSON-RPC batches are not accepted on routes with rate limits, or whose upstream has gates or deadlines".into(),
                     )
                     .into());
                 }
@@ -369,6 +385,26 @@ impl Gateway {
             Body::Single(env) => self.apply_policy(snap, route_idx, env, ex).await?,
             Body::Batch(_) => None,
         };
+        if let Body::Single(env) = &parsed {
+            if snap.traffic.governs(&snap.config, route_idx) {
+                let method = env.method.as_deref().unwrap_or("");
+                let refuse = |r: Refusal| Refused {
+                    refusal: r,
+                    id: ex.rpc_id.clone(),
+                };
+                // A call without an id would pass as a notification: uncounted, ungated.
+                if env.kind == Kind::Notification && !method.starts_with("notifications/") {
+                    return Err(refuse(Refusal::InvalidRequest(format!(
+                        "{method} must be a request (with an id) on a route with rate limits, gates or deadlines"
+                    ))));
+                }
+                if env.kind == Kind::Request && method == "tools/call" && env.target.is_none() {
+                    return Err(refuse(Refusal::InvalidParams(
+                        "tools/call needs params as an object with a string name here".into(),
+                    )));
+                }
+            }
+        }
         // What the request counts as for rate limits and gates (see docs/traffic.md).
         let (counted, is_request) = match &parsed {
             Body::Single(env) => match env.kind {
@@ -396,6 +432,22 @@ impl Gateway {
                 r.id = ex.rpc_id.clone();
                 r
             })?;
+        // Sessions (not 2026-07-28, where closing the stream cancels) carry cancellations
+        // by request id: a client's notifications/cancelled ends that request's relay here
+        // and goes on to the upstream.
+        let session = ds
+            .get_header(&MCP_SESSION_ID_H)
+            .filter(|_| version.is_none_or(|v| v.era() != Era::Stateless))
+            .map(|v| v.as_bytes().to_vec());
+        if let (Some(sid), Body::Single(env)) = (&session, &parsed) {
+            if env.kind == Kind::Notification
+                && env.method.as_deref() == Some("notifications/cancelled")
+            {
+                if let Some(id) = cancelled_request(env.params) {
+                    self.calls.cancel(sid, id);
+                }
+            }
+        }
         drop(parsed);
         let body = match renamed {
             Some(name) => match crate::policy::with_tool_name(&body, &name) {
@@ -417,22 +469,54 @@ impl Gateway {
         };
         let is_call = ex.rpc_method.as_deref() == Some("tools/call");
         let upstream_tool = ex.upstream_tool.as_deref().or(ex.target.as_deref());
+        // Registered before the gates, so a cancellation reaches a queued call too.
+        let registered = match (&session, &ex.rpc_id) {
+            (Some(sid), Some(id)) if is_request => Some(self.calls.register(sid, id)),
+            _ => None,
+        };
+        let cancelled = registered.as_ref().map(|r| &*r.cancelled);
+        let entering = snap.traffic.enter(
+            &snap.config,
+            &self.metrics,
+            snap.config.routes[route_idx].upstream,
+            is_request,
+            upstream_tool.filter(|_| is_call),
+        );
+        // A call that waits in a queue is dropped if its client leaves or cancels it.
+        let gated = tokio::select! {
+            r = entering => Gated::Entered(r),
+            _ = forward::client_left(ds) => Gated::ClientLeft,
+            _ = forward::notified(cancelled) => Gated::Cancelled,
+        };
         // Held until the answer has ended, streams included; dropped on every path.
-        let _slots = snap
-            .traffic
-            .enter(
-                &snap.config,
-                &self.metrics,
-                snap.config.routes[route_idx].upstream,
-                is_request,
-                upstream_tool.filter(|_| is_call),
-            )
-            .await
-            .map_err(|refusal| Refused {
-                refusal,
-                id: ex.rpc_id.clone(),
-            })?;
-        self.forward(snap, ds, ex, route_idx, Method::POST, Some(body))
+        let slots = match gated {
+            Gated::Entered(Ok(slots)) => slots,
+            Gated::Entered(Err(refusal)) => {
+                return Err(Refused {
+                    refusal,
+                    id: ex.rpc_id.clone(),
+                })
+            }
+            Gated::ClientLeft => {
+                ex.close = true;
+                ex.reason = Some("client_closed");
+                ex.status = 499;
+                return Ok(());
+            }
+            Gated::Cancelled => {
+                ex.close = true;
+                return Err(Refused {
+                    refusal: Refusal::Cancelled,
+                    id: ex.rpc_id.clone(),
+                });
+            }
+        };
+        let ending = Ending {
+            cancelled,
+            deadline: slots.deadline,
+            notifier: &self.catalog_client,
+        };
+        self.forward(snap, ds, ex, route_idx, Method::POST, Some(body), ending)
             .await
     }
 
@@ -561,6 +645,7 @@ impl Gateway {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         snap: &Snapshot,
@@ -569,6 +654,7 @@ impl Gateway {
         route_idx: usize,
         method: Method,
         body: Option<Bytes>,
+        ending: Ending<'_>,
     ) -> Result<(), Refused> {
         let up_idx = snap.config.routes[route_idx].upstream;
         ex.upstream = Some(up_idx);
@@ -606,6 +692,7 @@ impl Gateway {
             list_filter,
             annotations,
             route.policy.as_ref().map(|_| &self.catalog_client),
+            ending,
         )
         .await;
         let count = |kind: &str| {
@@ -619,6 +706,17 @@ impl Gateway {
             Ok(Upstreamed::ClientGone) => {
                 ex.close = true;
                 ex.reason = Some("client_closed");
+                Ok(())
+            }
+            Ok(Upstreamed::Cancelled) => {
+                ex.close = true;
+                ex.reason = Some("client_cancelled");
+                Ok(())
+            }
+            Ok(Upstreamed::DeadlineExceeded) => {
+                ex.close = true;
+                ex.reason = Some("deadline_exceeded");
+                count("deadline");
                 Ok(())
             }
             Ok(Upstreamed::Broken(kind)) => {
@@ -756,6 +854,17 @@ fn status_label(s: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// The `requestId` a `notifications/cancelled` names, as JSON text.
+fn cancelled_request(params: Option<&serde_json::value::RawValue>) -> Option<&str> {
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "requestId")]
+        request_id: &'a serde_json::value::RawValue,
+    }
+    let p: Params<'_> = serde_json::from_str(params?.get()).ok()?;
+    Some(p.request_id.get())
 }
 
 /// The header machine clients may send their API key in.

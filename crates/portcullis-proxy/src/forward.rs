@@ -24,7 +24,8 @@ use crate::rewrite::{ListFilter, Reply, Rewriter};
 use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
 use portcullis_auth::Principal;
-use portcullis_config::IdentityHeaders;
+use portcullis_config::{Deadline, IdentityHeaders};
+use tokio::sync::Notify;
 
 /// `Mcp-Session-Id`, parsed once: lookups by `HeaderName` skip re-parsing the name.
 pub(crate) static MCP_SESSION_ID_H: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
@@ -39,6 +40,46 @@ pub(crate) enum Upstreamed {
     ClientGone,
     /// The upstream failed mid-response (a metric `kind`).
     Broken(&'static str),
+    /// The client cancelled the request; its stream was ended.
+    Cancelled,
+    /// The call's deadline passed: the upstream was told to cancel and the client got
+    /// the error as the stream's last event.
+    DeadlineExceeded,
+}
+
+/// What may end an exchange before its upstream does.
+pub(crate) struct Ending<'a> {
+    /// Notified when the client cancels this request (`notifications/cancelled`).
+    pub cancelled: Option<&'a Notify>,
+    /// The call's deadline.
+    pub deadline: Option<Deadline>,
+    /// Sends `notifications/cancelled` upstream when the deadline passes.
+    pub notifier: &'a reqwest::Client,
+}
+
+/// Returns when the client closes its connection; pends forever otherwise (bytes of a
+/// pipelined request are left for later).
+pub(crate) async fn client_left(ds: &mut ServerSession) {
+    if ds.read_body_or_idle(true).await.is_err() {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Waits for `n`, or forever without one.
+pub(crate) async fn notified(n: Option<&Notify>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A failure before any response byte reached the client: the refusal to send, and
@@ -82,6 +123,7 @@ pub(crate) async fn exchange(
     list_filter: Option<ListFilter>,
     annotations: Option<&Catalogs>,
     reply_client: Option<&reqwest::Client>,
+    ending: Ending<'_>,
 ) -> Result<Upstreamed, Failed> {
     // 2026-07-28 has no sessions: a stray Mcp-Session-Id is ignored (and not forwarded).
     let stateless = ds
@@ -128,9 +170,47 @@ pub(crate) async fn exchange(
     let read_timeout = (method != Method::GET).then_some(upstream.config.read_timeout);
 
     let sent_at = Instant::now();
-    let mut us = match send(connector, peer, upstream, req, body.as_ref(), read_timeout).await {
-        Ok(us) => us,
-        Err(e) => return Err(classify(&e, &upstream.config.name)),
+    let started = tokio::time::Instant::now();
+    let mut deadline_at = ending.deadline.map(|d| started + d.initial);
+    let latest = ending.deadline.map(|d| started + d.max);
+    // Told upstream when the deadline passes: in a session, by notification; without
+    // one (2026-07-28), dropping the connection is the cancellation.
+    let canceller = match (&ending.deadline, &upstream_sid, &ex.rpc_id) {
+        (Some(_), Some(_), Some(id)) => Some((
+            ReplyTarget {
+                client: ending.notifier.clone(),
+                url: format!(
+                    "http://{}{}",
+                    upstream.config.endpoints[idx], upstream.config.path
+                ),
+                upstream: upstream.config.clone(),
+                session: upstream_sid.clone(),
+                version: ds
+                    .get_header(MCP_PROTOCOL_VERSION)
+                    .map(|v| v.as_bytes().to_vec()),
+            },
+            cancelled_notification(id),
+        )),
+        _ => None,
+    };
+    let cancel_upstream = || {
+        if let Some((target, body)) = &canceller {
+            target.post(body.clone().into_bytes());
+        }
+    };
+    let sending = send(connector, peer, upstream, req, body.as_ref(), read_timeout);
+    let mut us = tokio::select! {
+        r = sending => match r {
+            Ok(us) => us,
+            Err(e) => return Err(classify(&e, &upstream.config.name)),
+        },
+        _ = notified(ending.cancelled) => return Err((Refusal::Cancelled, None)),
+        // Nobody is waiting for the answer any more: drop the upstream exchange.
+        _ = client_left(ds) => return Ok(Upstreamed::ClientGone),
+        _ = until(deadline_at) => {
+            cancel_upstream();
+            return Err((deadline_refusal(upstream, started.elapsed()), Some("deadline")));
+        }
     };
     metrics
         .upstream_latency
@@ -205,27 +285,56 @@ pub(crate) async fn exchange(
     });
 
     let mut watch_client = streaming;
+    // Whether what the client got so far ends at an SSE event boundary.
+    let mut at_boundary = true;
     loop {
-        let next = if watch_client {
-            tokio::select! {
-                biased;
-                r = us.read_body_bytes() => r,
-                gone = ds.read_body_or_idle(true) => {
-                    match gone {
-                        Err(_) => return Ok(Upstreamed::ClientGone),
-                        // Anything else (a pipelined request) is left for later.
-                        Ok(_) => { watch_client = false; continue; }
-                    }
+        let next = tokio::select! {
+            biased;
+            r = us.read_body_bytes() => r,
+            gone = ds.read_body_or_idle(true), if watch_client => {
+                match gone {
+                    Err(_) => return Ok(Upstreamed::ClientGone),
+                    // Anything else (a pipelined request) is left for later.
+                    Ok(_) => { watch_client = false; continue; }
                 }
             }
-        } else {
-            us.read_body_bytes().await
+            _ = notified(ending.cancelled) => {
+                // The client's own notifications/cancelled went on to the upstream;
+                // dropping this connection stops whatever it still sends.
+                let _ = ds.finish_body().await;
+                return Ok(Upstreamed::Cancelled);
+            }
+            _ = until(deadline_at) => {
+                cancel_upstream();
+                if is_sse {
+                    let mut event = Vec::with_capacity(256);
+                    if !at_boundary {
+                        // End the event the upstream left half-sent; the client drops it.
+                        event.extend_from_slice(b"\n\n");
+                    }
+                    event.extend_from_slice(b"event: message\ndata: ");
+                    event.extend_from_slice(
+                        &deadline_refusal(upstream, started.elapsed()).body(ex.rpc_id.as_deref()),
+                    );
+                    event.extend_from_slice(b"\n\n");
+                    ex.bytes_out += event.len();
+                    let _ = ds.write_response_body(Bytes::from(event), false).await;
+                }
+                let _ = ds.finish_body().await;
+                return Ok(Upstreamed::DeadlineExceeded);
+            }
         };
         match next {
             Ok(Some(chunk)) => {
                 if let (true, Some(cache)) = (is_sse, annotations) {
-                    if memchr_list_changed(&chunk) {
+                    if contains(&chunk, b"notifications/tools/list_changed") {
                         cache.forget(&upstream.config.name);
+                    }
+                }
+                // Progress pushes the deadline out again, up to its maximum.
+                if let (Some(d), Some(latest)) = (ending.deadline, latest) {
+                    if is_sse && contains(&chunk, b"notifications/progress") {
+                        deadline_at = Some((tokio::time::Instant::now() + d.initial).min(latest));
                     }
                 }
                 let Ok(out) = rewriter.push(chunk) else {
@@ -239,6 +348,7 @@ pub(crate) async fn exchange(
                 if out.is_empty() {
                     continue;
                 }
+                at_boundary = out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n");
                 ex.bytes_out += out.len();
                 if ds.write_response_body(out, false).await.is_err() {
                     return Ok(Upstreamed::ClientGone);
@@ -278,6 +388,11 @@ struct ReplyTarget {
 impl ReplyTarget {
     /// POSTs the gateway's answer (a JSON-RPC error) to the upstream, in the background.
     fn send(&self, reply: Reply) {
+        self.post(reply.body);
+    }
+
+    /// POSTs `body` (a JSON-RPC message) to the upstream session, in the background.
+    fn post(&self, body: Vec<u8>) {
         let mut req = self
             .client
             .post(&self.url)
@@ -294,25 +409,40 @@ impl ReplyTarget {
             req = req.header(MCP_PROTOCOL_VERSION, v.as_slice());
         }
         let upstream = self.upstream.name.clone();
-        let req = req.body(reply.body);
+        let req = req.body(body);
         tokio::spawn(async move {
             match req.send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => tracing::warn!(%upstream, status = r.status().as_u16(),
-                    "the upstream did not take the answer to its refused request"),
+                    "the upstream did not take a message the gateway sent on the client's behalf"),
                 Err(e) => tracing::warn!(%upstream, error = %e,
-                    "could not answer the upstream's refused request"),
+                    "could not send the upstream a message on the client's behalf"),
             }
         });
     }
 }
 
-/// Whether an SSE chunk announces that the upstream's tool list changed (then its
-/// learned annotations are dropped). A mention split across two chunks is missed; the
-/// annotation TTL bounds what that costs.
-fn memchr_list_changed(chunk: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"notifications/tools/list_changed";
-    chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+/// Whether an SSE chunk mentions `needle` (a notification method: the tool list
+/// changed, or progress). A mention split across two chunks is missed; what that costs
+/// is bounded (the annotation TTL; the next progress notification).
+fn contains(chunk: &[u8], needle: &[u8]) -> bool {
+    chunk.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `notifications/cancelled` for request `id` (its JSON text), sent upstream when the
+/// gateway gives up on the call.
+fn cancelled_notification(id: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"deadline exceeded at the gateway"}}}}"#
+    )
+}
+
+/// The answer to a call whose deadline passed `elapsed` after it was sent.
+fn deadline_refusal(upstream: &UpstreamRuntime, elapsed: Duration) -> Refusal {
+    Refusal::DeadlineExceeded {
+        upstream: upstream.config.name.clone(),
+        after_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// Dials (or reuses) a connection and sends the request; retries once on a fresh

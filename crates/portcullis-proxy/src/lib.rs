@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod calls;
 pub mod catalog;
 mod forward;
 pub mod health;

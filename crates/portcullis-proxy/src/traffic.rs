@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_auth::Principal;
-use portcullis_config::Config;
+use portcullis_config::{Config, Deadline};
 use portcullis_mcp::{Overload, Refusal};
 use portcullis_traffic::{Gate, GateRefusal, Limiter, Permit, Scope};
 use prometheus::IntGauge;
@@ -31,8 +31,8 @@ pub struct Traffic {
 struct UpstreamGates {
     /// `upstreams.<n>.concurrency`.
     all: Option<Arc<Gate>>,
-    /// `upstreams.<n>.tools[]`, same order.
-    tools: Vec<Arc<Gate>>,
+    /// `upstreams.<n>.tools[]`, same order (`None`: the entry sets no gate).
+    tools: Vec<Option<Arc<Gate>>>,
 }
 
 /// What a request counts as against rate limits.
@@ -52,10 +52,11 @@ impl Traffic {
             .routes
             .iter()
             .map(|r| {
+                // By path: unique, where names need not be.
                 let old = previous.and_then(|(pc, pt)| {
                     pc.routes
                         .iter()
-                        .position(|o| o.name == r.name)
+                        .position(|o| o.path == r.path)
                         .map(|i| &pt.routes[i])
                 });
                 r.rate_limits
@@ -84,17 +85,20 @@ impl Traffic {
                         .unwrap_or_else(|| Arc::new(Gate::new(spec)))
                 });
                 let tools = u
-                    .tool_gates
+                    .tools
                     .iter()
                     .map(|t| {
-                        old.and_then(|(oc, og)| {
-                            oc.tool_gates
+                        let spec = t.gate?;
+                        let kept = old.and_then(|(oc, og)| {
+                            oc.tools
                                 .iter()
                                 .position(|o| o.pattern == t.pattern)
-                                .map(|i| og.tools[i].clone())
-                        })
-                        .filter(|g| g.spec() == t.gate)
-                        .unwrap_or_else(|| Arc::new(Gate::new(t.gate)))
+                                .and_then(|i| og.tools[i].clone())
+                        });
+                        Some(
+                            kept.filter(|g| g.spec() == spec)
+                                .unwrap_or_else(|| Arc::new(Gate::new(spec))),
+                        )
                     })
                     .collect();
                 UpstreamGates { all, tools }
@@ -126,7 +130,7 @@ impl Traffic {
         let caller: [&str; 2] = match who {
             Some(p) => [p.issuer.as_str(), p.subject.as_str()],
             None => {
-                ip = client.map(|a| a.to_string()).unwrap_or_default();
+                ip = client.map(caller_address).unwrap_or_default();
                 ["ip", ip.as_str()]
             }
         };
@@ -161,7 +165,8 @@ impl Traffic {
 
     /// Takes the slots a request needs: the tool's gate for a `tools/call` (by the
     /// upstream's tool name), then the upstream's gate for any request. Held until the
-    /// answer has ended; dropping the result gives them back.
+    /// answer has ended; dropping the result gives them back. The result also carries
+    /// the tool's deadline.
     pub(crate) async fn enter(
         &self,
         config: &Config,
@@ -178,10 +183,13 @@ impl Traffic {
         let gates = &self.upstreams[upstream];
         let mut call_label = None;
         if let Some(tool) = upstream_tool {
-            let matched = up.tool_gates.iter().position(|t| t.tools.matches(tool));
-            let label = matched.map_or(OTHER_TOOL, |i| up.tool_gates[i].pattern.as_str());
+            let matched = up.tools.iter().position(|t| t.tools.matches(tool));
+            let label = matched.map_or(OTHER_TOOL, |i| up.tools[i].pattern.as_str());
             if let Some(i) = matched {
-                slots._tool = Some(pass(metrics, &up.name, label, &gates.tools[i]).await?);
+                slots.deadline = up.tools[i].deadline;
+                if let Some(gate) = &gates.tools[i] {
+                    slots._tool = Some(pass(metrics, &up.name, label, gate).await?);
+                }
             }
             call_label = Some(label);
         }
@@ -199,21 +207,34 @@ impl Traffic {
         Ok(slots)
     }
 
-    /// Whether the route counts `tools/call` by tool, or the upstream gates tools: then
-    /// a batch carrying calls would slip past, and is refused.
-    pub(crate) fn watches_tools(&self, config: &Config, route: usize) -> bool {
-        let up = config.routes[route].upstream;
-        self.routes[route]
-            .iter()
-            .any(|l| l.spec().scope.tools_only() || l.spec().tools.is_some())
-            || !config.upstreams[up].tool_gates.is_empty()
+    /// Whether the route has rate limits or its upstream has gates or deadlines: then
+    /// every call must be counted and gated on its own, so batches (which would pass as
+    /// one) and calls sent without an id (which would pass as notifications) are refused.
+    pub(crate) fn governs(&self, config: &Config, route: usize) -> bool {
+        let up = &config.upstreams[config.routes[route].upstream];
+        !self.routes[route].is_empty() || up.concurrency.is_some() || !up.tools.is_empty()
     }
 }
 
-/// Milliseconds, rounded up, so waiting exactly this long is enough.
+/// Milliseconds, rounded up (from nanoseconds), so waiting this long is enough.
 fn ceil_ms(d: Duration) -> u64 {
-    let ms = d.as_micros().div_ceil(1000);
-    u64::try_from(ms).unwrap_or(u64::MAX)
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// The address an anonymous caller is counted by: an IPv4 address, or the /64 of an
+/// IPv6 one (a single client usually holds a whole /64, and would otherwise get as
+/// many buckets as addresses it cares to use).
+fn caller_address(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 /// Enters one gate, keeping its gauges and counters.
@@ -268,6 +289,8 @@ pub(crate) struct Slots {
     _tool: Option<Held>,
     _upstream: Option<Held>,
     _calls: Option<Counting>,
+    /// The call's deadline, from the `tools[]` entry its tool matched.
+    pub deadline: Option<Deadline>,
 }
 
 /// One gate slot and its in-flight gauge.
@@ -303,5 +326,31 @@ impl Drop for QueueMark {
         if self.on.load(Ordering::Relaxed) {
             self.gauge.dec();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up_to_the_next_millisecond() {
+        assert_eq!(ceil_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_ms(Duration::from_nanos(1_000_000)), 1);
+        assert_eq!(ceil_ms(Duration::from_nanos(1_000_000_001)), 1001);
+        assert_eq!(ceil_ms(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn anonymous_callers_are_counted_by_ipv4_address_or_ipv6_64() {
+        let v4: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert_eq!(caller_address(v4), "10.1.2.3");
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(caller_address(a), caller_address(b), "one /64");
+        assert_ne!(caller_address(a), caller_address(other));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().expect("ip");
+        assert_eq!(caller_address(mapped), "10.1.2.3");
     }
 }

@@ -16,12 +16,14 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-/// `block` counts its start, reports progress when asked, then waits for one release;
-/// `quick` answers at once.
+/// `block` counts its start, reports progress when asked, then waits for one release
+/// (or its cancellation, which it counts); `quick` answers at once; `tick` sends `n`
+/// progress notifications `ms` apart, then answers.
 #[derive(Clone)]
 struct Blocker {
     started: Arc<AtomicUsize>,
     release: Arc<Semaphore>,
+    cancelled: Arc<AtomicUsize>,
 }
 
 impl Blocker {
@@ -29,6 +31,7 @@ impl Blocker {
         Blocker {
             started: Arc::new(AtomicUsize::new(0)),
             release: Arc::new(Semaphore::new(0)),
+            cancelled: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -46,6 +49,7 @@ impl ServerHandler for Blocker {
         let tools = json!({"tools": [
             {"name": "block", "inputSchema": {"type": "object"}},
             {"name": "quick", "inputSchema": {"type": "object"}},
+            {"name": "tick", "inputSchema": {"type": "object"}},
         ]});
         serde_json::from_value(tools).map_err(|e| McpError::internal_error(e.to_string(), None))
     }
@@ -63,8 +67,36 @@ impl ServerHandler for Blocker {
                     .notify_progress(ProgressNotificationParam::new(t, 1.0))
                     .await;
             }
-            if let Ok(p) = self.release.acquire().await {
-                p.forget();
+            tokio::select! {
+                p = self.release.acquire() => {
+                    if let Ok(p) = p {
+                        p.forget();
+                    }
+                }
+                _ = ctx.ct.cancelled() => {
+                    self.cancelled.fetch_add(1, Ordering::SeqCst);
+                    return Err(McpError::internal_error("cancelled", None));
+                }
+            }
+        }
+        if request.name == "tick" {
+            let arg = |k: &str| {
+                request
+                    .arguments
+                    .as_ref()
+                    .and_then(|a| a.get(k))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+            };
+            let token = ctx.meta.get_progress_token();
+            for i in 0..arg("n") {
+                tokio::time::sleep(Duration::from_millis(arg("ms"))).await;
+                if let Some(t) = &token {
+                    let _ = ctx
+                        .peer
+                        .notify_progress(ProgressNotificationParam::new(t.clone(), i as f64))
+                        .await;
+                }
             }
         }
         Ok(CallToolResult::success(vec![ContentBlock::text(request.name.to_string())]).into())
@@ -556,4 +588,205 @@ async fn an_upstream_resetting_the_connection_gives_the_slot_back() {
         0.0
     );
     assert!(accepted.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_a_call_reaches_the_upstream_and_frees_the_slot() {
+    let gate = "    tools:\n      - match: block\n        max_in_flight: 1\n";
+    let (gw, b, _up) = setup(gate, "").await;
+    let c = connect_session(&gw.url).await;
+    let handle = c
+        .service
+        .peer()
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new(
+                "block",
+            ))),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("sent");
+    until("the call upstream", || {
+        b.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    handle
+        .cancel(Some("the test gave up".into()))
+        .await
+        .expect("cancellation sent");
+    until("the upstream saw the cancellation", || {
+        b.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    gw.wait_metrics("the slot given back", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_in_flight{gate="block",upstream="main"}"#,
+        ) == 0.0
+    })
+    .await;
+    // With the only slot back, the next call runs at once (no queue: it would be 503).
+    b.release.add_permits(1);
+    let done = c
+        .service
+        .call_tool(CallToolRequestParams::new("block"))
+        .await
+        .expect("the next call is served");
+    assert_eq!(
+        done.content[0].as_text().map(|t| t.text.as_str()),
+        Some("block")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_cancelled_upstream_and_answered_with_an_error() {
+    let tools = "    tools:\n      - match: block\n        deadline: 300ms\n";
+    let (gw, b, _up) = setup(tools, "").await;
+    let c = connect_session(&gw.url).await;
+    let err = c
+        .service
+        .call_tool(CallToolRequestParams::new("block"))
+        .await
+        .expect_err("the deadline passes first");
+    match err {
+        rmcp::ServiceError::McpError(e) => {
+            assert_eq!(e.code.0, -32010, "{e:?}");
+            let data = e.data.expect("data");
+            assert_eq!(data["reason"], "deadline_exceeded");
+            assert!(
+                data["afterMs"].as_u64().is_some_and(|ms| ms >= 300),
+                "{data}"
+            );
+        }
+        other => panic!("not a JSON-RPC error: {other}"),
+    }
+    until("the upstream saw the gateway's cancellation", || {
+        b.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The session lives on.
+    assert!(c
+        .service
+        .call_tool(CallToolRequestParams::new("quick"))
+        .await
+        .is_ok());
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"portcullis_refusals_total{reason="deadline_exceeded",route="/mcp"} 1"#),
+        "{m}"
+    );
+}
+
+/// A 2026-07-28 `tick` call with a progress token: `n` progress events `ms` apart.
+async fn tick(gw: &Gateway, n: u64, ms: u64) -> Vec<Value> {
+    let body = stateless_call(&http_client(), &gw.url, "tick", json!({"n": n, "ms": ms}))
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("body");
+    messages(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_extends_a_deadline_up_to_its_maximum() {
+    let tools =
+        "    tools:\n      - match: tick\n        deadline: 400ms\n        max_deadline: 1500ms\n";
+    let (gw, _b, _up) = setup(tools, "").await;
+    // 6 x 150 ms = 900 ms: past the deadline, but each progress event renews it.
+    let kept = tick(&gw, 6, 150).await;
+    let last = kept.last().expect("messages");
+    assert_eq!(last["result"]["content"][0]["text"], "tick", "{kept:?}");
+    // 12 x 150 ms = 1.8 s: past the maximum, however much progress it reports.
+    let cut = tick(&gw, 12, 150).await;
+    let last = cut.last().expect("messages");
+    assert_eq!(
+        last["error"]["data"]["reason"], "deadline_exceeded",
+        "{cut:?}"
+    );
+    let ms = last["error"]["data"]["afterMs"].as_u64().expect("afterMs");
+    assert!((1500..1800).contains(&ms), "cut at the maximum: {ms}");
+    assert!(
+        cut.iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count()
+            >= 8,
+        "progress was relayed up to the cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_calls_without_an_id_cannot_slip_past_limits() {
+    let (gw, _b, _up) = setup("    concurrency:\n      max_in_flight: 4\n", "").await;
+    let post = |body: Value, version: &str| {
+        http_client()
+            .post(&gw.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", version)
+            .body(body.to_string())
+    };
+    let call = |id: Value| {
+        let mut m =
+            json!({"jsonrpc":"2.0","method":"tools/call","params":{"name":"quick","arguments":{}}});
+        if !id.is_null() {
+            m["id"] = id;
+        }
+        m
+    };
+    let (status, _, _) = outcome(post(json!([call(json!(1)), call(json!(2))]), "2025-03-26")).await;
+    assert_eq!(status, 400, "a batch would take one slot for two calls");
+    let r = post(call(Value::Null), "2025-11-25")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        r.status().as_u16(),
+        400,
+        "a call without an id would pass ungated"
+    );
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_while_queued_leaves_the_queue_and_its_call_is_never_sent() {
+    let gate = "    tools:\n      - match: block\n        max_in_flight: 1\n        max_queue: 1\n        queue_timeout: 60s\n";
+    let (gw, b, _up) = setup(gate, "").await;
+    let first = tokio::spawn(outcome(call(&gw.url, "block")));
+    until("the first call upstream", || {
+        b.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let queued = tokio::spawn(outcome(call(&gw.url, "block")));
+    gw.wait_metrics("the second call queued", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_queue_depth{gate="block",upstream="main"}"#,
+        ) == 1.0
+    })
+    .await;
+    queued.abort(); // the client hangs up
+    gw.wait_metrics("the queue place given back", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_queue_depth{gate="block",upstream="main"}"#,
+        ) == 0.0
+    })
+    .await;
+    b.release.add_permits(2);
+    assert_eq!(first.await.expect("task").0, 200);
+    gw.wait_metrics("the slot given back", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_in_flight{gate="block",upstream="main"}"#,
+        ) == 0.0
+    })
+    .await;
+    assert_eq!(
+        b.started.load(Ordering::SeqCst),
+        1,
+        "the abandoned call never reached the upstream"
+    );
 }
