@@ -473,6 +473,49 @@ pub struct UpstreamFile {
     /// Concurrency gates and call deadlines per tool glob. Default: none.
     #[serde(default)]
     pub tools: Vec<ToolTrafficFile>,
+    /// A circuit breaker per endpoint. Default: none.
+    #[serde(default)]
+    pub breaker: Option<BreakerFile>,
+}
+
+/// `upstreams.<name>.breaker:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    /// Failures in a row that open an endpoint's breaker. Default 5.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// A share of failed calls (0 to 1) that opens it. Default: none.
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Calls a window needs before its error rate counts. Default 20.
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    /// The error rate's counting window. Default 30s.
+    #[serde(default = "default_breaker_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// How long an open breaker fails calls fast before probing. Default 30s.
+    #[serde(default = "default_cool_down", with = "humantime_serde")]
+    pub cool_down: Duration,
+    /// Probe calls let through while half-open; that many successes close it. Default 1.
+    #[serde(default = "default_half_open_calls")]
+    pub half_open_calls: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_min_calls() -> u32 {
+    20
+}
+fn default_breaker_window() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_cool_down() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_half_open_calls() -> u32 {
+    1
 }
 
 /// `upstreams.<name>.identity_headers:` header names, each optional.

@@ -14,9 +14,9 @@ pub mod watch;
 
 pub use error::ConfigError;
 pub use file::{
-    AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, ConfigFile, GateFile, HttpFile,
-    IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RouteFile, ServerFile,
-    SessionsFile, ToolTrafficFile, UpstreamFile,
+    AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, ConfigFile, GateFile,
+    HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RouteFile,
+    ServerFile, SessionsFile, ToolTrafficFile, UpstreamFile,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;

@@ -4,10 +4,10 @@
 
 use std::num::NonZeroU32;
 
-use portcullis_traffic::{GateSpec, LimitSpec, Rate, Scope, ToolSet};
+use portcullis_traffic::{BreakerSpec, GateSpec, LimitSpec, Rate, Scope, ToolSet};
 
 use crate::error::ConfigError;
-use crate::file::{GateFile, RateLimitFile, ToolTrafficFile};
+use crate::file::{BreakerFile, GateFile, RateLimitFile, ToolTrafficFile};
 use crate::locate::Step;
 use crate::validate::Ctx;
 
@@ -142,6 +142,57 @@ pub(crate) fn rate_limits(
         });
     }
     Ok(out)
+}
+
+pub(crate) fn breaker(
+    cx: &Ctx<'_>,
+    upstream: &str,
+    b: &BreakerFile,
+) -> Result<BreakerSpec, ConfigError> {
+    let at = |k: &'static str| {
+        [
+            Step::Key("upstreams"),
+            Step::Key(upstream),
+            Step::Key("breaker"),
+            Step::Key(k),
+        ]
+    };
+    if b.consecutive_failures == 0 {
+        return Err(cx.err(
+            &at("consecutive_failures"),
+            "consecutive_failures must be at least 1".into(),
+        ));
+    }
+    if let Some(r) = b.error_rate {
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(cx.err(
+                &at("error_rate"),
+                "error_rate must be more than 0 and at most 1".into(),
+            ));
+        }
+    }
+    if b.min_calls == 0 {
+        return Err(cx.err(&at("min_calls"), "min_calls must be at least 1".into()));
+    }
+    for (k, d) in [("window", b.window), ("cool_down", b.cool_down)] {
+        if d.is_zero() {
+            return Err(cx.err(&at(k), format!("{k} must be more than zero")));
+        }
+    }
+    if b.half_open_calls == 0 {
+        return Err(cx.err(
+            &at("half_open_calls"),
+            "half_open_calls must be at least 1".into(),
+        ));
+    }
+    Ok(BreakerSpec {
+        consecutive_failures: b.consecutive_failures,
+        error_rate: b.error_rate,
+        min_calls: b.min_calls,
+        window: b.window,
+        cool_down: b.cool_down,
+        half_open_calls: b.half_open_calls,
+    })
 }
 
 pub(crate) fn gate(cx: &Ctx<'_>, at: &[Step<'_>], g: &GateFile) -> Result<GateSpec, ConfigError> {

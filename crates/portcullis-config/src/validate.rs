@@ -123,6 +123,8 @@ pub struct Upstream {
     pub trust_annotations: bool,
     /// The gate every JSON-RPC request to this upstream passes, if configured.
     pub concurrency: Option<portcullis_traffic::GateSpec>,
+    /// A circuit breaker per endpoint, if configured.
+    pub breaker: Option<portcullis_traffic::BreakerSpec>,
     /// Gates and deadlines per tool glob; the first match applies.
     pub tools: Vec<crate::traffic::ToolTraffic>,
 }
@@ -374,6 +376,10 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             None => None,
         };
         let tools = crate::traffic::tools(&cx, name, &up.tools)?;
+        let breaker = match &up.breaker {
+            Some(b) => Some(crate::traffic::breaker(&cx, name, b)?),
+            None => None,
+        };
         upstreams.push(Upstream {
             name: name.clone(),
             authority: authority.as_str().to_owned(),
@@ -390,6 +396,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             trust_annotations: up.trust_annotations,
             concurrency,
             tools,
+            breaker,
         });
     }
 

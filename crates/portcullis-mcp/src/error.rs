@@ -188,6 +188,14 @@ pub enum Refusal {
         /// How long the call had run, in milliseconds.
         after_ms: u64,
     },
+    /// 503, -32009, with `Retry-After`: the endpoint's circuit breaker is open (it
+    /// failed repeatedly), so the call fails fast instead of waiting on it.
+    CircuitOpen {
+        /// The upstream's configured name.
+        upstream: String,
+        /// Seconds until the breaker lets a probe call through.
+        retry_after_secs: u64,
+    },
     /// 200, -32018: the client cancelled the request before any answer came (it
     /// ignores this one; the exchange still needs an end).
     Cancelled,
@@ -222,7 +230,7 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::UnsupportedMediaType => 415,
             Refusal::UpstreamUnavailable { .. } => 502,
-            Refusal::ShuttingDown | Refusal::Overloaded(_) => 503,
+            Refusal::ShuttingDown | Refusal::Overloaded(_) | Refusal::CircuitOpen { .. } => 503,
             Refusal::RateLimited { .. } => 429,
             Refusal::UpstreamTimeout { .. } | Refusal::DeadlineExceeded { .. } => 504,
             Refusal::Cancelled => 200,
@@ -248,7 +256,9 @@ impl Refusal {
             Refusal::NotAcceptable(_) => NOT_ACCEPTABLE,
             Refusal::PayloadTooLarge { .. } => PAYLOAD_TOO_LARGE,
             Refusal::UnsupportedMediaType => UNSUPPORTED_MEDIA_TYPE,
-            Refusal::UpstreamUnavailable { .. } => UPSTREAM_UNAVAILABLE,
+            Refusal::UpstreamUnavailable { .. } | Refusal::CircuitOpen { .. } => {
+                UPSTREAM_UNAVAILABLE
+            }
             Refusal::UpstreamTimeout { .. } | Refusal::DeadlineExceeded { .. } => UPSTREAM_TIMEOUT,
             Refusal::Cancelled => REQUEST_CANCELLED,
             Refusal::ShuttingDown | Refusal::Overloaded(_) => UNAVAILABLE,
@@ -284,6 +294,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable { .. } => "upstream_unavailable",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::DeadlineExceeded { .. } => "deadline_exceeded",
+            Refusal::CircuitOpen { .. } => "circuit_open",
             Refusal::Cancelled => "cancelled",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::Overloaded(o) => o.as_str(),
@@ -331,6 +342,9 @@ impl Refusal {
                 )
             }
             Refusal::Cancelled => "Request cancelled by the client".to_owned(),
+            Refusal::CircuitOpen { upstream, .. } => {
+                format!("Upstream {upstream} unavailable: its circuit breaker is open after repeated failures")
+            }
             Refusal::ShuttingDown => "Service unavailable: the gateway is draining".to_owned(),
             Refusal::Overloaded(o) => match o {
                 Overload::QueueFull => "Service unavailable: too many calls are waiting".to_owned(),
@@ -385,6 +399,9 @@ impl Refusal {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Refusal::ShuttingDown | Refusal::Overloaded(_) => Some(1),
+            Refusal::CircuitOpen {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
             // Whole seconds, rounded up, so a client that waits exactly this long passes.
             Refusal::RateLimited { retry_after_ms, .. } => {
                 Some(retry_after_ms.div_ceil(1000).max(1))
@@ -427,7 +444,8 @@ impl Refusal {
                 let _ = write!(data, r#","limit":{limit}"#);
             }
             Refusal::UpstreamUnavailable { upstream, .. }
-            | Refusal::UpstreamTimeout { upstream } => {
+            | Refusal::UpstreamTimeout { upstream }
+            | Refusal::CircuitOpen { upstream, .. } => {
                 data.push_str(r#","upstream":"#);
                 push_json_string(&mut data, upstream);
             }
@@ -525,6 +543,10 @@ mod tests {
                 after_ms: 1000,
             },
             Refusal::Cancelled,
+            Refusal::CircuitOpen {
+                upstream: "u".into(),
+                retry_after_secs: 0,
+            },
         ]
     }
 

@@ -483,7 +483,10 @@ impl Gateway {
             upstream_tool.filter(|_| is_call),
         );
         // A call that waits in a queue is dropped if its client leaves or cancels it.
+        // Biased: a call no gate holds back is through at the first poll, without
+        // touching the client's socket.
         let gated = tokio::select! {
+            biased;
             r = entering => Gated::Entered(r),
             _ = forward::client_left(ds) => Gated::ClientLeft,
             _ = forward::notified(cancelled) => Gated::Cancelled,

@@ -25,12 +25,17 @@ use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
 use portcullis_auth::Principal;
 use portcullis_config::{Deadline, IdentityHeaders};
+use portcullis_traffic::{Breaker, BreakerState, Ticket};
 use tokio::sync::Notify;
 
 /// `Mcp-Session-Id`, parsed once: lookups by `HeaderName` skip re-parsing the name.
 pub(crate) static MCP_SESSION_ID_H: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// How long a call waits for the upstream's answer before the gateway starts watching
+/// whether its client is still there.
+const WATCH_CLIENT_AFTER: Duration = Duration::from_secs(1);
 
 /// How an exchange ended once a response had started.
 pub(crate) enum Upstreamed {
@@ -147,6 +152,49 @@ pub(crate) async fn exchange(
     };
     let peer = &upstream.peers[idx];
     ex.endpoint = Some(upstream.config.endpoints[idx]);
+    // An endpoint that keeps failing is not waited on: fail fast until its cool-down ends.
+    let breaker = match upstream.breaker(idx) {
+        Some(b) => match b.admit(std::time::Instant::now()) {
+            Ok(ticket) => Some((ticket, b)),
+            Err(left) => {
+                return Err((
+                    Refusal::CircuitOpen {
+                        upstream: up_name.to_owned(),
+                        retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                    },
+                    None,
+                ))
+            }
+        },
+        None => None,
+    };
+    let judged = |ok: bool, breaker: Option<(Ticket, &std::sync::Arc<Breaker>)>| {
+        let Some((ticket, b)) = breaker else { return };
+        let now = std::time::Instant::now();
+        let moved = if ok {
+            ticket.succeeded(now)
+        } else {
+            ticket.failed(now)
+        };
+        let endpoint = upstream.config.endpoints[idx].to_string();
+        let state = moved.unwrap_or_else(|| b.state(now));
+        metrics
+            .breaker_state
+            .with_label_values(&[up_name, endpoint.as_str()])
+            .set(state.gauge());
+        if let Some(to) = moved {
+            let word = match to {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::HalfOpen => "half_open",
+            };
+            metrics
+                .breaker_transitions
+                .with_label_values(&[up_name, endpoint.as_str(), word])
+                .inc();
+            tracing::warn!(upstream = up_name, %endpoint, state = word, "circuit breaker changed state");
+        }
+    };
     let client = ds
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -202,11 +250,19 @@ pub(crate) async fn exchange(
     let mut us = tokio::select! {
         r = sending => match r {
             Ok(us) => us,
-            Err(e) => return Err(classify(&e, &upstream.config.name)),
+            Err(e) => {
+                judged(false, breaker);
+                return Err(classify(&e, &upstream.config.name));
+            }
         },
         _ = notified(ending.cancelled) => return Err((Refusal::Cancelled, None)),
-        // Nobody is waiting for the answer any more: drop the upstream exchange.
-        _ = client_left(ds) => return Ok(Upstreamed::ClientGone),
+        // Nobody is waiting for the answer any more: drop the upstream exchange. Only
+        // watched once the wait is long: a probe of the client's socket costs a syscall,
+        // which most calls, answered sooner, need not pay.
+        _ = async {
+            pingora_timeout::fast_timeout::fast_sleep(WATCH_CLIENT_AFTER).await;
+            client_left(ds).await
+        } => return Ok(Upstreamed::ClientGone),
         _ = until(deadline_at) => {
             cancel_upstream();
             return Err((deadline_refusal(upstream, started.elapsed()), Some("deadline")));
@@ -218,12 +274,15 @@ pub(crate) async fn exchange(
         .observe(sent_at.elapsed().as_secs_f64());
 
     let Some(up_resp) = us.resp_header() else {
+        judged(false, breaker);
         return Err(classify(
             &Error::explain(ErrorType::InvalidHTTPHeader, "no response header"),
             &upstream.config.name,
         ));
     };
     let status = up_resp.status.as_u16();
+    // The endpoint answered: a server error counts against it, anything else for it.
+    judged(status < 500, breaker);
     let up_is_sse = up_resp
         .headers
         .get(header::CONTENT_TYPE)

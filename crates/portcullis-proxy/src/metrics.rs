@@ -61,6 +61,10 @@ pub struct Metrics {
     pub tool_calls_in_flight: IntGaugeVec,
     /// `portcullis_get_streams_open`: what `admission.max_streams` caps.
     pub get_streams_open: IntGauge,
+    /// `portcullis_breaker_state{upstream, endpoint}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// `portcullis_breaker_transitions_total{upstream, endpoint, state}`.
+    pub breaker_transitions: IntCounterVec,
 }
 
 /// Registers an unlabelled metric; names and help texts are static, so failure is a bug.
@@ -164,6 +168,18 @@ impl Metrics {
                 &["upstream", "tool"],
             ),
             get_streams_open,
+            breaker_state: gauge_vec(
+                &r,
+                "portcullis_breaker_state",
+                "Circuit breaker of an upstream endpoint: 0 closed, 1 open, 2 half-open",
+                &["upstream", "endpoint"],
+            ),
+            breaker_transitions: counter(
+                &r,
+                "portcullis_breaker_transitions_total",
+                "Circuit breaker state changes, by the state entered",
+                &["upstream", "endpoint", "state"],
+            ),
             requests: counter(
                 &r,
                 "portcullis_requests_total",

@@ -11,6 +11,7 @@ use portcullis_config::{Config, Upstream};
 
 use crate::sessions::{replica_token, SessionSeal};
 use crate::traffic::Traffic;
+use portcullis_traffic::{Breaker, BreakerState};
 
 /// The live snapshot, shared by every service of the process.
 pub type Live = Arc<ArcSwap<Snapshot>>;
@@ -36,6 +37,8 @@ pub struct UpstreamRuntime {
     pub peers: Vec<HttpPeer>,
     /// Each endpoint's token in sealed session ids, same order.
     pub replica_tokens: Vec<String>,
+    /// Each endpoint's circuit breaker, same order, when `breaker` is configured.
+    pub breakers: Vec<Arc<Breaker>>,
     next: AtomicUsize,
 }
 
@@ -51,10 +54,27 @@ impl Snapshot {
             },
             None => SessionSeal::per_process()?,
         };
+        let now = std::time::Instant::now();
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| UpstreamRuntime {
+                breakers: u.breaker.map_or_else(Vec::new, |spec| {
+                    u.endpoints
+                        .iter()
+                        .map(|addr| {
+                            // An unchanged breaker keeps its state across a reload.
+                            previous
+                                .and_then(|p| p.upstreams.iter().find(|o| o.config.name == u.name))
+                                .and_then(|o| {
+                                    let i = o.config.endpoints.iter().position(|e| e == addr)?;
+                                    o.breakers.get(i).cloned()
+                                })
+                                .filter(|b| b.spec() == spec)
+                                .unwrap_or_else(|| Arc::new(Breaker::new(spec, now)))
+                        })
+                        .collect()
+                }),
                 peers: u
                     .endpoints
                     .iter()
@@ -81,11 +101,26 @@ impl Snapshot {
 }
 
 impl UpstreamRuntime {
-    /// The next endpoint, round-robin.
+    /// The next endpoint, round-robin, passing over endpoints whose breaker is open
+    /// (when all are, the next one anyway: its breaker then fails the call fast).
     pub fn pick(&self) -> usize {
-        if self.peers.len() <= 1 {
+        let n = self.peers.len();
+        if n <= 1 {
             return 0;
         }
-        self.next.fetch_add(1, Ordering::Relaxed) % self.peers.len()
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        if self.breakers.is_empty() {
+            return first;
+        }
+        let now = std::time::Instant::now();
+        (0..n)
+            .map(|k| (first + k) % n)
+            .find(|&i| self.breakers[i].state(now) != BreakerState::Open)
+            .unwrap_or(first)
+    }
+
+    /// The breaker of endpoint `i`, if breakers are configured.
+    pub fn breaker(&self, i: usize) -> Option<&Arc<Breaker>> {
+        self.breakers.get(i)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use portcullis_auth::Principal;
@@ -29,6 +29,9 @@ pub struct Traffic {
 }
 
 struct UpstreamGates {
+    /// `portcullis_tool_calls_in_flight` series: one per `tools[]` entry, then `other`;
+    /// resolved once, so a call does not look its series up by label each time.
+    calls: Vec<OnceLock<IntGauge>>,
     /// `upstreams.<n>.concurrency`.
     all: Option<Arc<Gate>>,
     /// `upstreams.<n>.tools[]`, same order (`None`: the entry sets no gate).
@@ -101,7 +104,11 @@ impl Traffic {
                         )
                     })
                     .collect();
-                UpstreamGates { all, tools }
+                UpstreamGates {
+                    calls: (0..=u.tools.len()).map(|_| OnceLock::new()).collect(),
+                    all,
+                    tools,
+                }
             })
             .collect();
         Traffic { routes, upstreams }
@@ -181,7 +188,7 @@ impl Traffic {
         }
         let up = &config.upstreams[upstream];
         let gates = &self.upstreams[upstream];
-        let mut call_label = None;
+        let mut call_series = None;
         if let Some(tool) = upstream_tool {
             let matched = up.tools.iter().position(|t| t.tools.matches(tool));
             let label = matched.map_or(OTHER_TOOL, |i| up.tools[i].pattern.as_str());
@@ -191,18 +198,19 @@ impl Traffic {
                     slots._tool = Some(pass(metrics, &up.name, label, gate).await?);
                 }
             }
-            call_label = Some(label);
+            call_series = Some((matched.unwrap_or(up.tools.len()), label));
         }
         if let Some(all) = &gates.all {
             slots._upstream = Some(pass(metrics, &up.name, UPSTREAM_GATE, all).await?);
         }
         // Counted once every gate let the call through: it is running upstream now.
-        if let Some(label) = call_label {
-            slots._calls = Some(Counting::enter(
+        if let Some((i, label)) = call_series {
+            let gauge = gates.calls[i].get_or_init(|| {
                 metrics
                     .tool_calls_in_flight
-                    .with_label_values(&[up.name.as_str(), label]),
-            ));
+                    .with_label_values(&[up.name.as_str(), label])
+            });
+            slots._calls = Some(Counting::enter(gauge.clone()));
         }
         Ok(slots)
     }

@@ -790,3 +790,90 @@ async fn a_client_leaving_while_queued_leaves_the_queue_and_its_call_is_never_se
         "the abandoned call never reached the upstream"
     );
 }
+
+/// A loopback address nothing listens on (bound, then released).
+async fn dead_address() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_sends_new_calls_to_the_other_endpoint() {
+    let b = Blocker::new();
+    let factory = b.clone();
+    let alive = Upstream::serve(move || factory.clone()).await;
+    let dead = dead_address().await;
+    let yaml = config_for(&alive.url, "").replace(
+        "connect_timeout: 1s\n",
+        &format!(
+            "connect_timeout: 1s\n    endpoints: [\"{dead}\", \"{}\"]\n    breaker:\n      consecutive_failures: 2\n      cool_down: 60s\n",
+            alive.addr
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(outcome(call(&gw.url, "quick")).await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "two failures on the dead endpoint opened its breaker: {statuses:?}"
+    );
+    assert!(
+        statuses[4..].iter().all(|s| *s == 200),
+        "then every call went to the live one: {statuses:?}"
+    );
+    let m = gw.metrics().await;
+    let series = |name: &str| format!(r#"{name}{{endpoint="{dead}",upstream="main"}}"#);
+    assert_eq!(metric(&m, &series("portcullis_breaker_state")), 1.0, "{m}");
+    assert!(m.contains(&format!(
+        r#"portcullis_breaker_transitions_total{{endpoint="{dead}",state="open",upstream="main"}} 1"#
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_endpoint_fails_fast_while_open_and_a_probe_closes_it() {
+    let addr = dead_address().await;
+    let url = format!("http://{addr}/mcp");
+    let yaml = config_for(&url, "").replace(
+        "connect_timeout: 1s\n",
+        "connect_timeout: 1s\n    breaker:\n      consecutive_failures: 2\n      cool_down: 300ms\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..2 {
+        assert_eq!(outcome(call(&gw.url, "quick")).await.0, 502);
+    }
+    let (status, retry, msg) = outcome(call(&gw.url, "quick")).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{msg}");
+    assert_eq!(msg["error"]["code"], -32009);
+    assert_eq!(msg["error"]["data"]["reason"], "circuit_open");
+    assert_eq!(msg["id"], 1);
+
+    let b = Blocker::new();
+    let _up = Upstream::serve_at(addr, move || b.clone()).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, _, msg) = outcome(call(&gw.url, "quick")).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "only fast failures until the probe: {msg}");
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never let a probe through"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(r#"portcullis_breaker_state{{endpoint="{addr}",upstream="main"}}"#)
+        ),
+        0.0,
+        "the probe's success closed it"
+    );
+}
