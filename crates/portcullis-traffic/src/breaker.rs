@@ -160,7 +160,7 @@ impl Breaker {
                 None => {}
             }
         } else if s.phase == BreakerState::Closed {
-            let Some(ok) = ok else { return None };
+            let ok = ok?;
             if now.duration_since(s.window_start) >= self.spec.window {
                 s.window_start = now;
                 s.calls = 0;
