@@ -256,6 +256,7 @@ impl Gateway {
                     cancelled: None,
                     deadline: None,
                     notifier: &self.catalog_client,
+                    holds_slots: false,
                 };
                 self.forward(snap, ds, ex, route_idx, method, None, ending)
                     .await
@@ -518,6 +519,7 @@ impl Gateway {
             cancelled,
             deadline: slots.deadline,
             notifier: &self.catalog_client,
+            holds_slots: slots.holds_gate(),
         };
         self.forward(snap, ds, ex, route_idx, Method::POST, Some(body), ending)
             .await

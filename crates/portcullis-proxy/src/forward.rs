@@ -60,6 +60,9 @@ pub(crate) struct Ending<'a> {
     pub deadline: Option<Deadline>,
     /// Sends `notifications/cancelled` upstream when the deadline passes.
     pub notifier: &'a reqwest::Client,
+    /// Whether the call holds something others wait for (a gate slot): then a client
+    /// that leaves while the upstream works is noticed, and the slot freed.
+    pub holds_slots: bool,
 }
 
 /// Returns when the client closes its connection; pends forever otherwise (bytes of a
@@ -262,7 +265,7 @@ pub(crate) async fn exchange(
         _ = async {
             pingora_timeout::fast_timeout::fast_sleep(WATCH_CLIENT_AFTER).await;
             client_left(ds).await
-        } => return Ok(Upstreamed::ClientGone),
+        }, if ending.holds_slots => return Ok(Upstreamed::ClientGone),
         _ = until(deadline_at) => {
             cancel_upstream();
             return Err((deadline_refusal(upstream, started.elapsed()), Some("deadline")));

@@ -301,6 +301,13 @@ pub(crate) struct Slots {
     pub deadline: Option<Deadline>,
 }
 
+impl Slots {
+    /// Whether a gate slot is held (others may be waiting for it).
+    pub(crate) fn holds_gate(&self) -> bool {
+        self._tool.is_some() || self._upstream.is_some()
+    }
+}
+
 /// One gate slot and its in-flight gauge.
 struct Held {
     _permit: Permit,
