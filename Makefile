@@ -1,12 +1,13 @@
 # Portcullis: `make run` starts the demo, `make test` runs every test.
 # Each target installs what it needs on a Debian machine with Rust (cmake for
-# pingora's build, Node.js for the interop suites); npm packages come from lock files.
+# pingora's build, Node.js for the interop suites, redis-server for the global rate
+# limit tests); npm packages come from lock files.
 
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test build deps deps-node lint bench clean
+.PHONY: run test build deps deps-node deps-redis lint bench clean
 
 run: deps
 	$(CARGO) run --release -p portcullis -- demo
@@ -14,7 +15,7 @@ run: deps
 build: deps
 	$(CARGO) build --workspace --bins
 
-test: deps deps-node build
+test: deps deps-node deps-redis build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --no-fail-fast
 	target/debug/portcullis policy test policies/*.yaml
@@ -42,6 +43,12 @@ deps-node:
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
 	  echo "make: installing nodejs and npm (interop and conformance suites)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+
+# A real Redis on loopback for the global rate limit tests (tests/e2e/tests/global.rs).
+deps-redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "make: installing redis-server (global rate limit tests)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 clean:
 	$(CARGO) clean

@@ -42,6 +42,35 @@ pub struct ConfigFile {
     /// Replica-wide caps on requests and streams (docs/traffic.md).
     #[serde(default)]
     pub admission: AdmissionFile,
+    /// The Redis that rate limits marked `global` share across replicas.
+    #[serde(default)]
+    pub redis: Option<RedisFile>,
+}
+
+/// `redis:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[user:password@]host[:port][/db]`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The same, from an environment variable (the URL may hold a password).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The longest a limit check waits for Redis before the local limit decides.
+    /// Default 50ms.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Prepended to every key the gateway writes. Default `portcullis:`.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_redis_prefix() -> String {
+    "portcullis:".to_owned()
 }
 
 /// `admission:`
@@ -267,6 +296,9 @@ pub struct RateLimitFile {
     /// The most keys tracked; past it new keys share one bucket. Default 100000.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Enforced across replicas through `redis:`. Default false (per replica).
+    #[serde(default)]
+    pub global: bool,
 }
 
 fn default_max_keys() -> usize {

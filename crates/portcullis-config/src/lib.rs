@@ -15,12 +15,12 @@ pub mod watch;
 pub use error::ConfigError;
 pub use file::{
     AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, ConfigFile, GateFile,
-    HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RouteFile,
-    ServerFile, SessionsFile, ToolTrafficFile, UpstreamFile,
+    HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RedisFile,
+    RouteFile, ServerFile, SessionsFile, ToolTrafficFile, UpstreamFile,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;
-pub use traffic::{Admission, Deadline, ToolTraffic};
+pub use traffic::{Admission, Deadline, Redis, ToolTraffic};
 pub use validate::{
     Config, IdentityHeaders, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN,
 };

@@ -69,10 +69,56 @@ pub(crate) fn admission(
     })
 }
 
+/// Where global rate limits are kept (`redis:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// The connection URL (may hold a password: never logged).
+    pub url: String,
+    /// The longest a check waits for Redis.
+    pub timeout: std::time::Duration,
+    /// Prepended to every key.
+    pub key_prefix: String,
+}
+
+pub(crate) fn redis(cx: &Ctx<'_>, r: &crate::file::RedisFile) -> Result<Redis, ConfigError> {
+    let at = |k: &'static str| [Step::Key("redis"), Step::Key(k)];
+    let url = match (&r.url, &r.url_env) {
+        (Some(u), None) => u.clone(),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            cx.err(
+                &at("url_env"),
+                format!("the environment variable {var} is not set"),
+            )
+        })?,
+        _ => {
+            return Err(cx.err(
+                &[Step::Key("redis")],
+                "give exactly one of url, url_env".into(),
+            ))
+        }
+    };
+    let key = if r.url.is_some() { "url" } else { "url_env" };
+    if !url.starts_with("redis://") {
+        return Err(cx.err(
+            &at(key),
+            "the Redis URL must start with redis:// (TLS to Redis is not supported yet)".into(),
+        ));
+    }
+    if r.timeout.is_zero() {
+        return Err(cx.err(&at("timeout"), "timeout must be more than zero".into()));
+    }
+    Ok(Redis {
+        url,
+        timeout: r.timeout,
+        key_prefix: r.key_prefix.clone(),
+    })
+}
+
 pub(crate) fn rate_limits(
     cx: &Ctx<'_>,
     route: usize,
     limits: &[RateLimitFile],
+    has_redis: bool,
 ) -> Result<Vec<LimitSpec>, ConfigError> {
     let mut out: Vec<LimitSpec> = Vec::with_capacity(limits.len());
     for (j, l) in limits.iter().enumerate() {
@@ -132,6 +178,12 @@ pub(crate) fn rate_limits(
                 format!("two limits of this route are named `{name}`; give each its own `name`"),
             ));
         }
+        if l.global && !has_redis {
+            return Err(cx.err(
+                &at("global"),
+                "a global limit needs a `redis:` block (where replicas share their counts)".into(),
+            ));
+        }
         out.push(LimitSpec {
             name,
             scope,
@@ -139,6 +191,7 @@ pub(crate) fn rate_limits(
             burst,
             tools,
             max_keys: l.max_keys,
+            global: l.global,
         });
     }
     Ok(out)

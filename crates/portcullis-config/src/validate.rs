@@ -55,6 +55,8 @@ pub struct Config {
     pub previous_session_key: Option<SessionKey>,
     /// Replica-wide caps on requests and streams.
     pub admission: crate::traffic::Admission,
+    /// Where global rate limits are kept, if configured.
+    pub redis: Option<crate::traffic::Redis>,
 }
 
 /// Key material that must never be printed.
@@ -461,7 +463,8 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
             }
             None => None,
         };
-        let rate_limits = crate::traffic::rate_limits(&cx, i, &r.rate_limits)?;
+        let rate_limits =
+            crate::traffic::rate_limits(&cx, i, &r.rate_limits, file.redis.is_some())?;
         routes.push(crate::Route {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
@@ -522,6 +525,10 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         session_key,
         previous_session_key,
         admission: crate::traffic::admission(&cx, &file.admission)?,
+        redis: match &file.redis {
+            Some(r) => Some(crate::traffic::redis(&cx, r)?),
+            None => None,
+        },
     })
 }
 

@@ -251,7 +251,8 @@ impl Gateway {
                 } else {
                     None
                 };
-                self.check_limits(snap, ds, ex, route_idx, Counted::Request { tool: None })?;
+                self.check_limits(snap, ds, ex, route_idx, Counted::Request { tool: None })
+                    .await?;
                 let ending = Ending {
                     cancelled: None,
                     deadline: None,
@@ -429,6 +430,7 @@ impl Gateway {
             ),
         };
         self.check_limits(snap, ds, ex, route_idx, counted)
+            .await
             .map_err(|mut r| {
                 r.id = ex.rpc_id.clone();
                 r
@@ -526,7 +528,7 @@ impl Gateway {
     }
 
     /// Counts the request against the route's rate limits.
-    fn check_limits(
+    async fn check_limits(
         &self,
         snap: &Snapshot,
         ds: &ServerSession,
@@ -544,6 +546,7 @@ impl Gateway {
                 client,
                 counted,
             )
+            .await
             .map_err(Refused::from)
     }
 

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod calls;
 pub mod catalog;
 mod forward;
+pub mod global;
 pub mod health;
 pub mod jwks;
 pub mod listen;

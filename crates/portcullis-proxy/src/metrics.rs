@@ -48,6 +48,9 @@ pub struct Metrics {
     pub jwks_last_success: GaugeVec,
     /// `portcullis_rate_limited_total{route, limit}`.
     pub rate_limited: IntCounterVec,
+    /// `portcullis_rate_limit_fallbacks_total{route, limit}`: global limit checks the
+    /// local limiter decided because Redis did not answer in time.
+    pub rate_limit_fallbacks: IntCounterVec,
     /// `portcullis_gate_in_flight{upstream, gate}`.
     pub gate_in_flight: IntGaugeVec,
     /// `portcullis_gate_queue_depth{upstream, gate}`.
@@ -135,6 +138,12 @@ impl Metrics {
                 &r,
                 "portcullis_rate_limited_total",
                 "Requests a rate limit refused, by route and limit name",
+                &["route", "limit"],
+            ),
+            rate_limit_fallbacks: counter(
+                &r,
+                "portcullis_rate_limit_fallbacks_total",
+                "Global rate limit checks decided by the local limiter because Redis did not answer in time",
                 &["route", "limit"],
             ),
             gate_in_flight: gauge_vec(

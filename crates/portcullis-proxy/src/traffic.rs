@@ -11,6 +11,8 @@ use portcullis_auth::Principal;
 use portcullis_config::{Config, Deadline};
 use portcullis_mcp::{Overload, Refusal};
 use portcullis_traffic::{Gate, GateRefusal, Limiter, Permit, Scope};
+
+use crate::global::GlobalLimits;
 use prometheus::IntGauge;
 
 use crate::metrics::Metrics;
@@ -26,6 +28,8 @@ pub struct Traffic {
     routes: Vec<Vec<Arc<Limiter>>>,
     /// Per upstream, same order as `config.upstreams`.
     upstreams: Vec<UpstreamGates>,
+    /// Where `global` limits are counted (`redis:`).
+    global: Option<Arc<GlobalLimits>>,
 }
 
 struct UpstreamGates {
@@ -111,12 +115,29 @@ impl Traffic {
                 }
             })
             .collect();
-        Traffic { routes, upstreams }
+        let global = config.redis.as_ref().and_then(|r| {
+            let kept = previous
+                .and_then(|(_, pt)| pt.global.clone())
+                .filter(|g| g.config() == r);
+            kept.or_else(|| match GlobalLimits::new(r) {
+                Ok(g) => Some(Arc::new(g)),
+                Err(e) => {
+                    tracing::error!(error = %e, "global rate limits fall back to per-replica limits");
+                    None
+                }
+            })
+        });
+        Traffic {
+            routes,
+            upstreams,
+            global,
+        }
     }
 
     /// Counts the request against each of the route's limits, in order; the first that
-    /// refuses answers with the wait it computed.
-    pub(crate) fn check_limits(
+    /// refuses answers with the wait it computed. A global limit asks Redis, and its
+    /// local limiter decides when Redis does not answer in time.
+    pub(crate) async fn check_limits(
         &self,
         config: &Config,
         metrics: &Metrics,
@@ -149,12 +170,30 @@ impl Traffic {
                     continue;
                 }
             }
-            let checked = match (spec.scope, tool) {
-                (Scope::Route, _) => l.check(&[]),
-                (Scope::Principal, _) => l.check(&caller),
-                (Scope::Tool, Some(t)) => l.check(&[t]),
-                (Scope::PrincipalTool, Some(t)) => l.check(&[caller[0], caller[1], t]),
+            let (buf, n): ([&str; 3], usize) = match (spec.scope, tool) {
+                (Scope::Route, _) => (["", "", ""], 0),
+                (Scope::Principal, _) => ([caller[0], caller[1], ""], 2),
+                (Scope::Tool, Some(t)) => ([t, "", ""], 1),
+                (Scope::PrincipalTool, Some(t)) => ([caller[0], caller[1], t], 3),
                 (Scope::Tool | Scope::PrincipalTool, None) => continue,
+            };
+            let parts = &buf[..n];
+            let checked = match (&self.global, spec.global) {
+                (Some(g), true) => {
+                    let route = &config.routes[route];
+                    match g.check(&route.path, spec, parts).await {
+                        Ok(None) => Ok(()),
+                        Ok(Some(wait)) => Err(wait),
+                        Err(_) => {
+                            metrics
+                                .rate_limit_fallbacks
+                                .with_label_values(&[route.name.as_str(), spec.name.as_str()])
+                                .inc();
+                            l.check(parts)
+                        }
+                    }
+                }
+                _ => l.check(parts),
             };
             if let Err(wait) = checked {
                 metrics

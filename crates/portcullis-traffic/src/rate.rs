@@ -172,6 +172,8 @@ pub struct LimitSpec {
     pub tools: Option<ToolSet>,
     /// The most keys tracked; past it new keys share one overflow bucket.
     pub max_keys: usize,
+    /// Enforced across replicas (through Redis); this limiter is then the fallback.
+    pub global: bool,
 }
 
 impl LimitSpec {
@@ -182,6 +184,7 @@ impl LimitSpec {
             && self.rate == other.rate
             && self.burst == other.burst
             && self.max_keys == other.max_keys
+            && self.global == other.global
             && self.tools.as_ref().map(ToolSet::patterns)
                 == other.tools.as_ref().map(ToolSet::patterns)
     }
@@ -328,6 +331,7 @@ mod tests {
             burst: NonZeroU32::new(burst).expect("burst"),
             tools: None,
             max_keys,
+            global: false,
         }
     }
 
