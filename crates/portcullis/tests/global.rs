@@ -1,11 +1,14 @@
-//! Global rate limits end to end: two gateways sharing one real Redis (redis-server on
-//! loopback, started by the test) enforce one limit between them, and a gateway whose
-//! Redis is unreachable falls back to its own local limit.
+//! Global rate limits end to end: two gateway processes sharing one real Redis
+//! (redis-server on loopback, started by the test) enforce one limit between them, and
+//! a gateway whose Redis is unreachable falls back to its own local limit.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use portcullis_e2e::*;
 use serde_json::json;
 
@@ -69,46 +72,53 @@ fn start_redis() -> RedisServer {
     }
 }
 
-/// A stateless `tools/call echo` through `gw`; the HTTP status.
-async fn call(gw: &Gateway) -> u16 {
-    stateless_call(&http_client(), &gw.url, "echo", json!({"text": "hi"}))
-        .send()
-        .await
-        .expect("answer")
-        .status()
-        .as_u16()
+/// A stateless `tools/call echo` to the gateway at `public`: status and body.
+async fn call(public: &str) -> (u16, serde_json::Value) {
+    let r = stateless_call(
+        &http_client(),
+        &format!("http://{public}/mcp"),
+        "echo",
+        json!({"text": "hi"}),
+    )
+    .send()
+    .await
+    .expect("answer");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
 }
 
-fn limited_config(upstream: &Upstream, redis_url: &str) -> String {
-    config_for(
+/// Starts `portcullis run` on a config whose route has a global limit (3 at once, then
+/// one an hour) counted in `redis_url`; returns the process, public and admin addresses.
+fn gateway(name: &str, upstream: &Upstream, redis_url: &str) -> (Proc, String, String) {
+    let dir = scratch(name);
+    let config = dir.join("portcullis.yaml");
+    let text = config_for(
         &upstream.url,
-        &format!("redis:\n  url: {redis_url}\n  timeout: 200ms\n"),
+        &format!(
+            "redis:\n  url: {redis_url}\n  timeout: 200ms\naccess_log:\n  enabled: false\naudit_log:\n  enabled: false\n"
+        ),
     )
+    // The binary runs with its default runtimes (one per thread).
+    .replace("  work_stealing: true\n", "")
     .replace(
         "    upstream: main\n",
         "    upstream: main\n    rate_limits:\n      - {name: shared, per: route, rate: 1/h, burst: 3, global: true}\n",
-    )
+    );
+    std::fs::write(&config, text).expect("write config");
+    start(&config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_global_limit_holds_across_two_gateways_sharing_redis() {
+async fn a_global_limit_holds_across_two_gateway_processes_sharing_redis() {
     let redis = start_redis();
     let upstream = Upstream::demo().await;
-    let a = Gateway::start(&limited_config(&upstream, &redis.url)).await;
-    let b = Gateway::start(&limited_config(&upstream, &redis.url)).await;
-    assert_eq!(call(&a).await, 200);
-    assert_eq!(call(&b).await, 200);
-    assert_eq!(call(&a).await, 200);
-    assert_eq!(call(&b).await, 429, "three calls spent the shared burst");
-    assert_eq!(call(&a).await, 429, "on both gateways");
-    let refused: serde_json::Value =
-        stateless_call(&http_client(), &b.url, "echo", json!({"text": "hi"}))
-            .send()
-            .await
-            .expect("answer")
-            .json()
-            .await
-            .expect("json");
+    let (_a, a, a_admin) = gateway("global-a", &upstream, &redis.url);
+    let (_b, b, b_admin) = gateway("global-b", &upstream, &redis.url);
+    assert_eq!(call(&a).await.0, 200);
+    assert_eq!(call(&b).await.0, 200);
+    assert_eq!(call(&a).await.0, 200);
+    let (status, refused) = call(&b).await;
+    assert_eq!(status, 429, "three calls spent the shared burst: {refused}");
     let ms = refused["error"]["data"]["retryAfterMs"]
         .as_u64()
         .expect("retryAfterMs");
@@ -116,8 +126,9 @@ async fn a_global_limit_holds_across_two_gateways_sharing_redis() {
         ms > 3_500_000 && ms <= 3_600_000,
         "Redis's own wait: {ms} ms"
     );
-    for gw in [&a, &b] {
-        let m = gw.metrics().await;
+    assert_eq!(call(&a).await.0, 429, "on both gateways");
+    for admin in [&a_admin, &b_admin] {
+        let m = metrics_at(&format!("http://{admin}")).await;
         assert!(
             !m.contains("portcullis_rate_limit_fallbacks_total{"),
             "Redis answered every check: {m}"
@@ -129,12 +140,12 @@ async fn a_global_limit_holds_across_two_gateways_sharing_redis() {
 async fn without_redis_a_global_limit_falls_back_to_the_local_one() {
     let upstream = Upstream::demo().await;
     let dead = format!("redis://127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&limited_config(&upstream, &dead)).await;
+    let (_gw, public, admin) = gateway("global-dead", &upstream, &dead);
     for i in 0..3 {
-        assert_eq!(call(&gw).await, 200, "call {i}: the local burst");
+        assert_eq!(call(&public).await.0, 200, "call {i}: the local burst");
     }
-    assert_eq!(call(&gw).await, 429, "the local limit holds");
-    let m = gw.metrics().await;
+    assert_eq!(call(&public).await.0, 429, "the local limit holds");
+    let m = metrics_at(&format!("http://{admin}")).await;
     assert!(
         m.contains(r#"portcullis_rate_limit_fallbacks_total{limit="shared",route="/mcp"} 4"#),
         "{m}"
