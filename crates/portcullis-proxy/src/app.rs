@@ -34,6 +34,7 @@ use crate::catalog::{Catalogs, ToolInfo};
 use crate::forward::{self, Ending, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
 use crate::rewrite::ListFilter;
+use crate::sessions::owner_of;
 use crate::snapshot::{Live, Snapshot};
 use crate::traffic::{Counted, Counting};
 use portcullis_policy::discovery::ListKind;
@@ -447,7 +448,8 @@ impl Gateway {
                 && env.method.as_deref() == Some("notifications/cancelled")
             {
                 if let Some(id) = cancelled_request(env.params) {
-                    self.calls.cancel(sid, id);
+                    self.calls
+                        .cancel(sid, owner_of(ex.principal.as_deref()), id);
                 }
             }
         }
@@ -474,7 +476,11 @@ impl Gateway {
         let upstream_tool = ex.upstream_tool.as_deref().or(ex.target.as_deref());
         // Registered before the gates, so a cancellation reaches a queued call too.
         let registered = match (&session, &ex.rpc_id) {
-            (Some(sid), Some(id)) if is_request => Some(self.calls.register(sid, id)),
+            (Some(sid), Some(id)) if is_request => Some(self.calls.register(
+                sid,
+                owner_of(ex.principal.as_deref()),
+                id,
+            )),
             _ => None,
         };
         let cancelled = registered.as_ref().map(|r| &*r.cancelled);

@@ -10,8 +10,15 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// A session (the client's sealed `Mcp-Session-Id`) and a request id (normalised JSON).
-type Key = (Box<[u8]>, Box<str>);
+/// A session (the client's sealed `Mcp-Session-Id`), its caller (issuer and subject: a
+/// session id alone, if it leaked, must not let anyone else cancel) and a request id
+/// (normalised JSON).
+type Key = (Box<[u8]>, Box<str>, Box<str>);
+
+fn key(session: &[u8], owner: (&str, &str), id: String) -> Key {
+    let who = format!("{}\0{}", owner.0, owner.1);
+    (session.into(), who.into(), id.into())
+}
 
 /// The registry of cancellable requests of one gateway.
 #[derive(Default)]
@@ -57,11 +64,11 @@ impl Calls {
     /// Registers request `id` (JSON text) of `session`. A second request in flight with
     /// the same id in the same session is not registered (a cancellation could not tell
     /// the two apart) and cannot be cancelled by the gateway.
-    pub fn register(&self, session: &[u8], id: &str) -> Registered<'_> {
+    pub fn register(&self, session: &[u8], owner: (&str, &str), id: &str) -> Registered<'_> {
         let cancelled = Arc::new(Notify::new());
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let key = canonical_id(id).and_then(|id| {
-            let key: Key = (session.into(), id.into());
+            let key = key(session, owner, id);
             let mut map = self.map.lock();
             if map.contains_key(&key) {
                 return None;
@@ -77,12 +84,13 @@ impl Calls {
         }
     }
 
-    /// Cancels request `id` (JSON text) of `session`; whether one was in flight.
-    pub fn cancel(&self, session: &[u8], id: &str) -> bool {
+    /// Cancels request `id` (JSON text) that `owner` sent in `session`; whether one was
+    /// in flight.
+    pub fn cancel(&self, session: &[u8], owner: (&str, &str), id: &str) -> bool {
         let Some(id) = canonical_id(id) else {
             return false;
         };
-        let key: Key = (session.into(), id.into());
+        let key = key(session, owner, id);
         match self.map.lock().get(&key) {
             Some((_, n)) => {
                 // A stored permit: the relay sees it even if it is not waiting right now.
@@ -118,24 +126,30 @@ mod tests {
         assert_eq!(canonical_id("garbage"), None);
     }
 
+    const A: (&str, &str) = ("https://idp", "alice");
+
     #[tokio::test]
     async fn a_cancellation_reaches_the_registered_request_of_that_session_only() {
         let calls = Calls::default();
-        let r = calls.register(b"s1", "7");
-        assert!(!calls.cancel(b"s2", "7"), "another session's request 7");
-        assert!(!calls.cancel(b"s1", "8"));
-        assert!(calls.cancel(b"s1", "7.0"));
+        let r = calls.register(b"s1", A, "7");
+        assert!(
+            !calls.cancel(b"s1", ("https://idp", "mallory"), "7"),
+            "another caller holding the session id"
+        );
+        assert!(!calls.cancel(b"s2", A, "7"), "another session's request 7");
+        assert!(!calls.cancel(b"s1", A, "8"));
+        assert!(calls.cancel(b"s1", A, "7.0"));
         r.cancelled.notified().await;
         drop(r);
         assert!(calls.is_empty(), "unregistered when the request ended");
-        assert!(!calls.cancel(b"s1", "7"));
+        assert!(!calls.cancel(b"s1", A, "7"));
     }
 
     #[test]
     fn a_duplicate_id_is_not_registered_and_does_not_unregister_the_first() {
         let calls = Calls::default();
-        let first = calls.register(b"s", "1");
-        let second = calls.register(b"s", "1");
+        let first = calls.register(b"s", A, "1");
+        let second = calls.register(b"s", A, "1");
         assert_eq!(calls.len(), 1);
         drop(second);
         assert_eq!(calls.len(), 1, "the first stays registered");

@@ -156,18 +156,28 @@ pub(crate) async fn exchange(
     let peer = &upstream.peers[idx];
     ex.endpoint = Some(upstream.config.endpoints[idx]);
     // An endpoint that keeps failing is not waited on: fail fast until its cool-down ends.
+    // A GET stream (open for as long as its client wants) is never a probe and never
+    // judged; it only fails fast while the breaker is open.
+    let circuit_open = |left: Duration| {
+        Err((
+            Refusal::CircuitOpen {
+                upstream: up_name.to_owned(),
+                retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            },
+            None,
+        ))
+    };
     let breaker = match upstream.breaker(idx) {
+        Some(b) if method == Method::GET => {
+            let now = std::time::Instant::now();
+            if b.state(now) == BreakerState::Open {
+                return circuit_open(Duration::from_secs(1));
+            }
+            None
+        }
         Some(b) => match b.admit(std::time::Instant::now()) {
             Ok(ticket) => Some((ticket, b)),
-            Err(left) => {
-                return Err((
-                    Refusal::CircuitOpen {
-                        upstream: up_name.to_owned(),
-                        retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
-                    },
-                    None,
-                ))
-            }
+            Err(left) => return circuit_open(left),
         },
         None => None,
     };
@@ -249,6 +259,11 @@ pub(crate) async fn exchange(
             target.post(body.clone().into_bytes());
         }
     };
+    // A request in a session is not cancelled by its client leaving (that era's rule:
+    // the client may resume the stream, and cancels with notifications/cancelled). The
+    // gateway then waits the answer out, holding the call's slots, so clients that hang
+    // up cannot run more calls upstream than the gates allow.
+    let keep_on = upstream_sid.is_some() && method == Method::POST && ex.rpc_id.is_some();
     let sending = send(connector, peer, upstream, req, body.as_ref(), read_timeout);
     let mut us = tokio::select! {
         r = sending => match r {
@@ -265,9 +280,11 @@ pub(crate) async fn exchange(
         _ = async {
             pingora_timeout::fast_timeout::fast_sleep(WATCH_CLIENT_AFTER).await;
             client_left(ds).await
-        }, if ending.holds_slots => return Ok(Upstreamed::ClientGone),
+        }, if ending.holds_slots && !keep_on => return Ok(Upstreamed::ClientGone),
         _ = until(deadline_at) => {
             cancel_upstream();
+            // An endpoint that never answered in time is failing.
+            judged(false, breaker);
             return Err((deadline_refusal(upstream, started.elapsed()), Some("deadline")));
         }
     };
@@ -347,14 +364,24 @@ pub(crate) async fn exchange(
     });
 
     let mut watch_client = streaming;
-    // Whether what the client got so far ends at an SSE event boundary.
-    let mut at_boundary = true;
+    // Set when the client left a session request: the relay drains the upstream's answer
+    // without writing it (see `keep_on`).
+    let mut client_gone = false;
+    // With a deadline, the client gets SSE events only whole, so the deadline's error
+    // event never lands in the middle of one; the bytes of an unfinished event wait here.
+    let hold_events = is_sse && ending.deadline.is_some();
+    let mut partial: Vec<u8> = Vec::new();
     loop {
         let next = tokio::select! {
             biased;
             r = us.read_body_bytes() => r,
             gone = ds.read_body_or_idle(true), if watch_client => {
                 match gone {
+                    Err(_) if keep_on => {
+                        client_gone = true;
+                        watch_client = false;
+                        continue;
+                    }
                     Err(_) => return Ok(Upstreamed::ClientGone),
                     // Anything else (a pipelined request) is left for later.
                     Ok(_) => { watch_client = false; continue; }
@@ -368,13 +395,9 @@ pub(crate) async fn exchange(
             }
             _ = until(deadline_at) => {
                 cancel_upstream();
-                if is_sse {
-                    let mut event = Vec::with_capacity(256);
-                    if !at_boundary {
-                        // End the event the upstream left half-sent; the client drops it.
-                        event.extend_from_slice(b"\n\n");
-                    }
-                    event.extend_from_slice(b"event: message\ndata: ");
+                if is_sse && !client_gone {
+                    // Whatever unfinished event was held back is dropped.
+                    let mut event = b"event: message\ndata: ".to_vec();
                     event.extend_from_slice(
                         &deadline_refusal(upstream, started.elapsed()).body(ex.rpc_id.as_deref()),
                     );
@@ -407,21 +430,38 @@ pub(crate) async fn exchange(
                         to.send(reply);
                     }
                 }
-                if out.is_empty() {
+                let out = if hold_events {
+                    partial.extend_from_slice(&out);
+                    match events_end(&partial) {
+                        Some(end) => Bytes::from(partial.drain(..end).collect::<Vec<u8>>()),
+                        None => continue,
+                    }
+                } else {
+                    out
+                };
+                if out.is_empty() || client_gone {
                     continue;
                 }
-                at_boundary = out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n");
                 ex.bytes_out += out.len();
                 if ds.write_response_body(out, false).await.is_err() {
+                    if keep_on {
+                        client_gone = true;
+                        watch_client = false;
+                        continue;
+                    }
                     return Ok(Upstreamed::ClientGone);
                 }
             }
             Ok(None) => {
-                let tail = rewriter.finish();
-                if !tail.is_empty() {
+                let mut tail = rewriter.finish();
+                if !partial.is_empty() {
+                    partial.extend_from_slice(&tail);
+                    tail = Bytes::from(std::mem::take(&mut partial));
+                }
+                if !tail.is_empty() && !client_gone {
                     ex.bytes_out += tail.len();
                     if ds.write_response_body(tail, false).await.is_err() {
-                        return Ok(Upstreamed::ClientGone);
+                        client_gone = true;
                     }
                 }
                 break;
@@ -429,13 +469,23 @@ pub(crate) async fn exchange(
             Err(e) => return Ok(Upstreamed::Broken(classify(&e, "").1.unwrap_or("other"))),
         }
     }
-    if ds.finish_body().await.is_err() {
-        return Ok(Upstreamed::ClientGone);
-    }
     connector
         .release_http_session(us, peer, Some(upstream.config.idle_timeout))
         .await;
+    if client_gone || ds.finish_body().await.is_err() {
+        return Ok(Upstreamed::ClientGone);
+    }
     Ok(Upstreamed::Complete)
+}
+
+/// Where the last whole SSE event in `buf` ends (just past its blank line), if any.
+fn events_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).rposition(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf
+        .windows(4)
+        .rposition(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    lf.max(crlf)
 }
 
 /// The upstream session a held-back server request came from.
@@ -822,6 +872,14 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    #[test]
+    fn whole_events_end_at_the_last_blank_line() {
+        assert_eq!(events_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(events_end(b"data: a\r\n\r\ndata: b\n\n"), Some(20));
+        assert_eq!(events_end(b"data: half"), None);
+        assert_eq!(events_end(b""), None);
     }
 
     #[test]

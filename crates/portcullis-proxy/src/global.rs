@@ -12,9 +12,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
 /// One GCRA step. KEYS[1]: the bucket; ARGV[1]: microseconds between requests at the
-/// steady rate; ARGV[2]: the burst tolerance in microseconds ((burst - 1) intervals).
-/// Returns 0 when the request is admitted, else the microseconds to wait. The stored
-/// value is the bucket's theoretical arrival time, expiring once the bucket is full.
+/// steady rate (fractional); ARGV[2]: the burst tolerance in microseconds ((burst - 1)
+/// intervals). Returns 0 when the request is admitted, else the microseconds to wait,
+/// rounded up (a wait under a microsecond is still a wait). The stored value is the
+/// bucket's theoretical arrival time, expiring once the bucket is full.
 const GCRA: &str = r"
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -23,9 +24,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local earliest = tat - tolerance
-if now < earliest then return earliest - now end
+if now < earliest then return math.ceil(earliest - now) end
 local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat),
   'PX', string.format('%.0f', math.ceil((new_tat - now) / 1000) + 1))
 return 0
 ";
@@ -80,11 +81,15 @@ impl GlobalLimits {
                 self.manager.get_or_init(|| m).clone()
             }
         };
-        let interval = micros(limit.rate.interval()).max(1);
-        let tolerance = interval.saturating_mul(u64::from(limit.burst.get() - 1));
-        let key = self.key(route_path, &limit.name, parts);
+        // Fractional microseconds: a rate over 1,000,000/s, or one that does not divide
+        // a second evenly, must not be rounded into a faster one.
+        let interval = limit.rate.period.as_secs_f64() * 1e6 / f64::from(limit.rate.count);
+        let tolerance = interval * f64::from(limit.burst.get() - 1);
+        let key = self.key(route_path, limit, parts);
         let mut invocation = self.script.key(key);
-        invocation.arg(interval).arg(tolerance);
+        invocation
+            .arg(format!("{interval:.6}"))
+            .arg(format!("{tolerance:.6}"));
         let step = invocation.invoke_async::<i64>(&mut manager);
         match tokio::time::timeout(self.config.timeout, step).await {
             Ok(Ok(0)) => Ok(None),
@@ -94,13 +99,18 @@ impl GlobalLimits {
         }
     }
 
-    /// The bucket's key: the prefix, then a digest of the route, the limit and the key
-    /// parts (every replica computes the same one; no subject appears in Redis).
-    fn key(&self, route_path: &str, limit: &str, parts: &[&str]) -> String {
+    /// The bucket's key: the prefix, then a digest of the route, the limit (its name,
+    /// rate and burst: a changed limit starts with full buckets, as local ones do) and
+    /// the key parts. Every replica computes the same one; no subject appears in Redis.
+    fn key(&self, route_path: &str, limit: &LimitSpec, parts: &[&str]) -> String {
         let mut h = Sha256::new();
         h.update(route_path.as_bytes());
         h.update([0]);
-        h.update(limit.as_bytes());
+        h.update(limit.name.as_bytes());
+        h.update([0]);
+        h.update(limit.rate.count.to_be_bytes());
+        h.update(limit.rate.period.as_nanos().to_be_bytes());
+        h.update(limit.burst.get().to_be_bytes());
         for p in parts {
             h.update([0]);
             h.update(p.as_bytes());
@@ -118,13 +128,21 @@ impl GlobalLimits {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(name: &str, rate: &str, burst: u32) -> LimitSpec {
+        LimitSpec {
+            name: name.into(),
+            scope: portcullis_traffic::Scope::Route,
+            rate: portcullis_traffic::Rate::parse(rate).expect("rate"),
+            burst: std::num::NonZeroU32::new(burst).expect("burst"),
+            tools: None,
+            max_keys: 10,
+            global: true,
+        }
+    }
 
     #[test]
     fn keys_are_stable_prefixed_digests_that_do_not_collide_by_concatenation() {
@@ -134,12 +152,18 @@ mod tests {
             key_prefix: "pc:".into(),
         })
         .expect("url");
-        let a = g.key("/mcp", "per-caller", &["iss", "alice"]);
-        assert_eq!(a, g.key("/mcp", "per-caller", &["iss", "alice"]));
+        let l = spec("per-caller", "10/s", 5);
+        let a = g.key("/mcp", &l, &["iss", "alice"]);
+        assert_eq!(a, g.key("/mcp", &l, &["iss", "alice"]));
         assert!(a.starts_with("pc:") && a.len() == 3 + 32, "{a}");
         assert!(!a.contains("alice"));
-        assert_ne!(a, g.key("/mcp", "per-caller", &["issa", "lice"]));
-        assert_ne!(a, g.key("/other", "per-caller", &["iss", "alice"]));
+        assert_ne!(a, g.key("/mcp", &l, &["issa", "lice"]));
+        assert_ne!(a, g.key("/other", &l, &["iss", "alice"]));
+        assert_ne!(
+            a,
+            g.key("/mcp", &spec("per-caller", "10/s", 6), &["iss", "alice"]),
+            "a changed limit has buckets of its own"
+        );
     }
 
     #[tokio::test]
@@ -153,15 +177,7 @@ mod tests {
             key_prefix: "pc:".into(),
         })
         .expect("url");
-        let spec = LimitSpec {
-            name: "l".into(),
-            scope: portcullis_traffic::Scope::Route,
-            rate: portcullis_traffic::Rate::parse("1/s").expect("rate"),
-            burst: std::num::NonZeroU32::MIN,
-            tools: None,
-            max_keys: 10,
-            global: true,
-        };
+        let spec = spec("l", "1/s", 1);
         let started = std::time::Instant::now();
         assert!(g.check("/mcp", &spec, &[]).await.is_err());
         assert!(started.elapsed() < Duration::from_secs(2));

@@ -11,7 +11,7 @@ use portcullis_config::{Config, Upstream};
 
 use crate::sessions::{replica_token, SessionSeal};
 use crate::traffic::Traffic;
-use portcullis_traffic::{Breaker, BreakerState};
+use portcullis_traffic::Breaker;
 
 /// The live snapshot, shared by every service of the process.
 pub type Live = Arc<ArcSwap<Snapshot>>;
@@ -101,8 +101,9 @@ impl Snapshot {
 }
 
 impl UpstreamRuntime {
-    /// The next endpoint, round-robin, passing over endpoints whose breaker is open
-    /// (when all are, the next one anyway: its breaker then fails the call fast).
+    /// The next endpoint, round-robin, passing over endpoints whose breaker would not
+    /// let a call through (open, or half-open with every probe place taken); when no
+    /// endpoint would, the next one anyway: its breaker then fails the call fast.
     pub fn pick(&self) -> usize {
         let n = self.peers.len();
         if n <= 1 {
@@ -115,7 +116,7 @@ impl UpstreamRuntime {
         let now = std::time::Instant::now();
         (0..n)
             .map(|k| (first + k) % n)
-            .find(|&i| self.breakers[i].state(now) != BreakerState::Open)
+            .find(|&i| self.breakers[i].would_admit(now))
             .unwrap_or(first)
     }
 

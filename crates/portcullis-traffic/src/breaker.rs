@@ -59,6 +59,8 @@ struct State {
     failures: u32,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Bumped each time it opens, so probes of an earlier half-open spell are ignored.
+    generation: u64,
 }
 
 /// One endpoint's breaker.
@@ -74,6 +76,7 @@ pub struct Breaker {
 pub struct Ticket {
     breaker: Arc<Breaker>,
     probe: bool,
+    generation: u64,
     done: bool,
 }
 
@@ -91,6 +94,7 @@ impl Breaker {
                 failures: 0,
                 probes_in_flight: 0,
                 probe_successes: 0,
+                generation: 0,
             }),
         }
     }
@@ -132,16 +136,34 @@ impl Breaker {
         Ok(Ticket {
             breaker: self.clone(),
             probe,
+            generation: s.generation,
             done: false,
         })
     }
 
-    fn record(&self, probe: bool, ok: Option<bool>, now: Instant) -> Option<BreakerState> {
+    /// Whether [`Breaker::admit`] would let a call through now (without taking a probe
+    /// place): closed, or half-open (or due to be) with a probe place free.
+    pub fn would_admit(&self, now: Instant) -> bool {
+        let s = self.state.lock();
+        match s.phase {
+            BreakerState::Closed => true,
+            BreakerState::Open => now >= s.open_until,
+            BreakerState::HalfOpen => s.probes_in_flight < self.spec.half_open_calls,
+        }
+    }
+
+    fn record(
+        &self,
+        probe: bool,
+        generation: u64,
+        ok: Option<bool>,
+        now: Instant,
+    ) -> Option<BreakerState> {
         let mut s = self.state.lock();
         let before = s.phase;
         if probe {
-            if s.phase != BreakerState::HalfOpen {
-                // Stale: the breaker moved on while this probe ran.
+            if s.phase != BreakerState::HalfOpen || s.generation != generation {
+                // Stale: the breaker moved on (opened again) while this probe ran.
                 return None;
             }
             s.probes_in_flight = s.probes_in_flight.saturating_sub(1);
@@ -192,6 +214,7 @@ impl Breaker {
         s.failures = 0;
         s.probes_in_flight = 0;
         s.probe_successes = 0;
+        s.generation += 1;
     }
 }
 
@@ -199,13 +222,15 @@ impl Ticket {
     /// The endpoint answered; returns the state the breaker moved to, if it moved.
     pub fn succeeded(mut self, now: Instant) -> Option<BreakerState> {
         self.done = true;
-        self.breaker.record(self.probe, Some(true), now)
+        self.breaker
+            .record(self.probe, self.generation, Some(true), now)
     }
 
     /// The endpoint failed; returns the state the breaker moved to, if it moved.
     pub fn failed(mut self, now: Instant) -> Option<BreakerState> {
         self.done = true;
-        self.breaker.record(self.probe, Some(false), now)
+        self.breaker
+            .record(self.probe, self.generation, Some(false), now)
     }
 }
 
@@ -213,7 +238,8 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
             // Neither outcome: a probe's place is given back.
-            self.breaker.record(self.probe, None, Instant::now());
+            self.breaker
+                .record(self.probe, self.generation, None, Instant::now());
         }
     }
 }
@@ -324,6 +350,26 @@ mod tests {
             "two successes close it"
         );
         assert_eq!(b.state(again), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_probe_from_an_earlier_half_open_spell_counts_for_nothing() {
+        let t = Instant::now();
+        let b = Arc::new(Breaker::new(spec(), t));
+        for _ in 0..3 {
+            fail(&b, t);
+        }
+        let first = t + Duration::from_secs(5);
+        let p1 = b.admit(first).expect("probe 1");
+        let p2 = b.admit(first).expect("probe 2");
+        assert_eq!(p2.failed(first), Some(BreakerState::Open));
+        let second = first + Duration::from_secs(5);
+        let p3 = b.admit(second).expect("probe of the new spell");
+        assert!(b.would_admit(second), "one place left");
+        assert_eq!(p1.succeeded(second), None, "the old probe is ignored");
+        assert!(b.would_admit(second), "and took no place");
+        assert_eq!(p3.succeeded(second), None, "one success of two needed");
+        assert_eq!(b.state(second), BreakerState::HalfOpen);
     }
 
     #[test]
