@@ -219,14 +219,41 @@ pub(crate) fn push_str_field(out: &mut String, key: &str, value: Option<&str>) {
     }
 }
 
+thread_local! {
+    /// The last second formatted (`2026-12-01T14:22:33`), and which second it was:
+    /// log lines of the same second share the calendar arithmetic.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Appends now as RFC 3339 UTC with milliseconds (`2026-12-01T14:22:33.123Z`).
+pub(crate) fn push_timestamp(out: &mut String) {
+    let now = SystemTime::now();
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let mut full = humantime::format_rfc3339_seconds(now).to_string();
+            // `...:33Z`: keep the part before the zone.
+            full.truncate(full.len().saturating_sub(1));
+            *cached = (secs, full);
+        }
+        out.push_str(&cached.1);
+    });
+    let ms = since.subsec_millis();
+    out.push('.');
+    for d in [ms / 100, ms / 10 % 10, ms % 10] {
+        out.push(char::from(b'0' + d as u8));
+    }
+    out.push('Z');
+}
+
 /// Formats one record as a JSON line (with the trailing newline) onto `out`.
 pub fn format_into(out: &mut String, r: &Record<'_>) {
     out.push_str("{\"ts\":\"");
-    let _ = write!(
-        out,
-        "{}",
-        humantime::format_rfc3339_millis(SystemTime::now())
-    );
+    push_timestamp(out);
     out.push('"');
     push_str_field(out, "route", r.route);
     push_str_field(out, "http_method", Some(r.http_method));
@@ -265,6 +292,20 @@ pub fn format_into(out: &mut String, r: &Record<'_>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        for _ in 0..3 {
+            let mut out = String::new();
+            push_timestamp(&mut out);
+            assert_eq!(out.len(), "2026-12-01T14:22:33.123Z".len(), "{out}");
+            let parsed = humantime::parse_rfc3339(&out).expect("RFC 3339");
+            let off = SystemTime::now()
+                .duration_since(parsed)
+                .unwrap_or(Duration::ZERO);
+            assert!(off < Duration::from_secs(2), "{out} is now");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -5,14 +5,13 @@
 //! never-blocking writer as the access log.
 
 use std::fmt::Write as _;
-use std::time::SystemTime;
 
 use portcullis_auth::Principal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::access_log::{push_str_field, AccessLog};
+use crate::access_log::{push_str_field, push_timestamp, AccessLog};
 
 /// What a call's arguments were, without (by default) what they said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +36,12 @@ pub fn digest(params: Option<&RawValue>, keep_raw: bool) -> ArgsDigest {
         .and_then(|p| serde_json::from_str::<CallParams<'_>>(p.get()).ok())
         .and_then(|p| p.arguments)
         .map_or("", |a| a.get());
-    let sha256 =
-        Sha256::digest(args.as_bytes())
-            .iter()
-            .fold(String::with_capacity(64), |mut s, b| {
-                let _ = write!(s, "{b:02x}");
-                s
-            });
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut sha256 = String::with_capacity(64);
+    for b in Sha256::digest(args.as_bytes()) {
+        sha256.push(char::from(HEX[usize::from(b >> 4)]));
+        sha256.push(char::from(HEX[usize::from(b & 15)]));
+    }
     ArgsDigest {
         bytes: args.len(),
         sha256,
@@ -141,11 +139,7 @@ impl AuditLog {
 
 fn format_into(out: &mut String, r: &AuditRecord<'_>) {
     out.push_str("{\"ts\":\"");
-    let _ = write!(
-        out,
-        "{}",
-        humantime::format_rfc3339_millis(SystemTime::now())
-    );
+    push_timestamp(out);
     out.push_str("\",\"log\":\"audit\",\"method\":\"tools/call\"");
     push_str_field(out, "route", r.route);
     push_str_field(out, "upstream", r.upstream);
