@@ -153,6 +153,10 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         JwksFetcher::new(metrics.clone())?,
     ));
     server.add_service(background_service(
+        "prune",
+        crate::traffic::Pruner { live: live.clone() },
+    ));
+    server.add_service(background_service(
         "probe",
         Prober {
             live,

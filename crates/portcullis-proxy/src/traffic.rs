@@ -254,12 +254,41 @@ impl Traffic {
         Ok(slots)
     }
 
+    /// Drops every limiter's idle keys (see [`Pruner`]).
+    pub fn prune(&self) {
+        for l in self.routes.iter().flatten() {
+            l.prune();
+        }
+    }
+
     /// Whether the route has rate limits or its upstream has gates or deadlines: then
     /// every call must be counted and gated on its own, so batches (which would pass as
     /// one) and calls sent without an id (which would pass as notifications) are refused.
     pub(crate) fn governs(&self, config: &Config, route: usize) -> bool {
         let up = &config.upstreams[config.routes[route].upstream];
         !self.routes[route].is_empty() || up.concurrency.is_some() || !up.tools.is_empty()
+    }
+}
+
+/// How often idle rate-limit keys are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// The background service that drops idle rate-limit keys of the live config every
+/// [`PRUNE_EVERY`], so the sweep never runs on a request.
+pub struct Pruner {
+    /// The live snapshot.
+    pub live: crate::snapshot::Live,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for Pruner {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_EVERY) => self.live.load().traffic.prune(),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -5,17 +5,13 @@
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
-
-/// How often idle keys are dropped from a limiter.
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// A rate: `count` requests per `period`, e.g. `10/s`, `600/m`, `5/10s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,9 +192,6 @@ pub struct Limiter {
     limiter: RateLimiter<u64, CappedStore, DefaultClock>,
     clock: DefaultClock,
     hasher: std::hash::RandomState,
-    /// Milliseconds after `born` at which keys are next pruned.
-    next_prune_ms: AtomicU64,
-    born: Instant,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -225,8 +218,6 @@ impl Limiter {
             clock,
             spec,
             hasher: std::hash::RandomState::new(),
-            next_prune_ms: AtomicU64::new(PRUNE_EVERY.as_millis() as u64),
-            born: Instant::now(),
         }
     }
 
@@ -238,7 +229,6 @@ impl Limiter {
     /// Counts one request under the key made of `parts`; `Err` holds how long until
     /// the limit would admit it.
     pub fn check(&self, parts: &[&str]) -> Result<(), Duration> {
-        self.maybe_prune();
         let mut h = self.hasher.build_hasher();
         for p in parts {
             p.hash(&mut h);
@@ -254,27 +244,11 @@ impl Limiter {
         self.limiter.len()
     }
 
-    /// Drops keys whose bucket is full again (indistinguishable from a new key).
+    /// Drops keys whose bucket is full again (indistinguishable from a new key). The
+    /// gateway calls it from a background task every few seconds, off the request path.
     pub fn prune(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
-    }
-
-    /// Prunes when [`PRUNE_EVERY`] has passed; one caller wins, the rest go on.
-    fn maybe_prune(&self) {
-        let now = self.born.elapsed().as_millis() as u64;
-        let due = self.next_prune_ms.load(Ordering::Relaxed);
-        if now < due {
-            return;
-        }
-        let next = now + PRUNE_EVERY.as_millis() as u64;
-        if self
-            .next_prune_ms
-            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.prune();
-        }
     }
 }
 
