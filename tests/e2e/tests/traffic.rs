@@ -877,3 +877,58 @@ async fn a_lone_endpoint_fails_fast_while_open_and_a_probe_closes_it() {
         "the probe's success closed it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_session_a_client_hanging_up_does_not_free_the_slot_before_the_upstream_is_done() {
+    let gate = "    tools:\n      - match: block\n        max_in_flight: 1\n";
+    let (gw, b, _up) = setup(gate, "").await;
+    let sid = initialize_raw(&gw.url, "unused").await;
+    let body = json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"block","arguments":{}}});
+    let hung_up = {
+        let (url, sid) = (gw.url.clone(), sid.clone());
+        tokio::spawn(async move {
+            http_client()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .header("mcp-session-id", sid)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("the answer starts");
+            // Dropped with the stream open: the client disconnects, which in a session
+            // is not a cancellation.
+        })
+    };
+    until("the call upstream", || {
+        b.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    hung_up.await.expect("the client hung up");
+    // For longer than the stateless rule would take to free it (one second before the
+    // client's socket is watched), every call finds the slot still held by the call
+    // the upstream is still working on.
+    let watch_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < watch_until {
+        let (status, _, msg) = outcome(call(&gw.url, "block")).await;
+        assert_eq!(
+            (status, msg["error"]["data"]["reason"].as_str()),
+            (503, Some("queue_full"))
+        );
+    }
+    b.release.add_permits(2);
+    gw.wait_metrics("the slot given back once the upstream answered", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_in_flight{gate="block",upstream="main"}"#,
+        ) == 0.0
+    })
+    .await;
+    assert_eq!(
+        b.cancelled.load(Ordering::SeqCst),
+        0,
+        "the upstream was let finish"
+    );
+    assert_eq!(outcome(call(&gw.url, "block")).await.0, 200);
+}
