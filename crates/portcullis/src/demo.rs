@@ -44,9 +44,13 @@ pub fn run(listen: &str, admin: &str) -> ExitCode {
         format!("            audiences: [{}]", crate::token::DEMO_AUDIENCE),
         "            secret_file: demo-hmac.key".to_owned(),
         "    policy: demo-policy.yaml".to_owned(),
+        "    rate_limits:".to_owned(),
+        "      - {name: per-caller, per: principal, rate: 20/s, burst: 40}".to_owned(),
         "upstreams:".to_owned(),
         "  demo:".to_owned(),
         format!("    url: http://{upstream}/mcp"),
+        "    tools:".to_owned(),
+        "      - {match: slow, max_in_flight: 2, max_queue: 4, queue_timeout: 10s, deadline: 30s, max_deadline: 2m}".to_owned(),
         String::new(),
     ]
     .join("\n");
@@ -81,6 +85,8 @@ fn banner(p: &portcullis_proxy::Prepared, config: &std::path::Path) {
 \nDemo tools: echo, add, slow (streams progress), delete_file (annotated destructive).\n\
 The demo policy ({policy}) denies destructive tools except to group admins:\n\
   portcullis token --group admins   mints a token that may call delete_file.\n\
+Traffic control (docs/traffic.md): 20 calls/s per caller (bursts of 40); slow runs two at\n\
+a time with four more waiting, and is cancelled after 30 s without progress.\n\
 \nThe endpoint requires a bearer token (scope mcp:tools). One, valid for 24 hours:\n\
 \n  export PORTCULLIS_TOKEN={token}\n\
 \n(`portcullis token --help` mints others; without a token the gateway answers 401 with\n\
