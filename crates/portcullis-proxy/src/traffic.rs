@@ -88,7 +88,7 @@ impl Traffic {
                 });
                 let all = u.concurrency.map(|spec| {
                     old.and_then(|(_, g)| g.all.clone())
-                        .filter(|g| g.spec() == spec)
+                        .map(|g| resized(g, spec))
                         .unwrap_or_else(|| Arc::new(Gate::new(spec)))
                 });
                 let tools = u
@@ -103,7 +103,7 @@ impl Traffic {
                                 .and_then(|i| og.tools[i].clone())
                         });
                         Some(
-                            kept.filter(|g| g.spec() == spec)
+                            kept.map(|g| resized(g, spec))
                                 .unwrap_or_else(|| Arc::new(Gate::new(spec))),
                         )
                     })
@@ -292,6 +292,15 @@ impl pingora_core::services::background::BackgroundService for Pruner {
     }
 }
 
+/// A gate kept across a reload, with the new config's limits: the calls it holds count
+/// against them, so the upstream never sees more than the old or the new size allows.
+fn resized(gate: Arc<Gate>, spec: portcullis_traffic::GateSpec) -> Arc<Gate> {
+    if gate.spec() != spec {
+        gate.resize(spec);
+    }
+    gate
+}
+
 /// Milliseconds, rounded up (from nanoseconds), so waiting this long is enough.
 fn ceil_ms(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
@@ -318,7 +327,7 @@ async fn pass(
     metrics: &Metrics,
     upstream: &str,
     gate_label: &str,
-    gate: &Gate,
+    gate: &Arc<Gate>,
 ) -> Result<Held, Refusal> {
     let labels = [upstream, gate_label];
     let queued = QueueMark {

@@ -1,11 +1,14 @@
 //! Concurrency gates: at most `max_in_flight` holders at once, up to `max_queue` more
 //! waiting in arrival order (tokio's semaphore is FIFO) for at most `queue_timeout`.
 //! A [`Permit`] is released when dropped, so every path that ends a call gives it back.
+//! A gate can be resized in place (a config reload): slots held under the old size
+//! count against the new one, so the upstream never sees more than either allows.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A gate's limits.
@@ -31,15 +34,33 @@ pub enum GateRefusal {
 /// A gate: a semaphore plus a bounded, timed queue.
 #[derive(Debug)]
 pub struct Gate {
-    spec: GateSpec,
+    spec: Mutex<GateSpec>,
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
+    /// Slots to retire when their holders give them back (after a shrink found them
+    /// taken).
+    debt: AtomicUsize,
 }
 
-/// A slot in a gate, given back when dropped.
+/// A slot in a gate, given back when dropped (or retired, if the gate shrank).
 #[derive(Debug)]
 pub struct Permit {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+    gate: Arc<Gate>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let retired = self
+            .gate
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if retired {
+            slot.forget();
+        }
+    }
 }
 
 /// A gate entered: the permit, and how long the call queued (`None`: not at all).
@@ -64,34 +85,71 @@ impl Gate {
     /// A gate with every slot free.
     pub fn new(spec: GateSpec) -> Gate {
         Gate {
-            spec,
+            spec: Mutex::new(spec),
             slots: Arc::new(Semaphore::new(
                 spec.max_in_flight.min(Semaphore::MAX_PERMITS),
             )),
             queued: AtomicUsize::new(0),
+            debt: AtomicUsize::new(0),
         }
     }
 
     /// Its limits.
     pub fn spec(&self) -> GateSpec {
-        self.spec
+        *self.spec.lock()
+    }
+
+    /// Takes new limits in place. Calls running and waiting stay; a larger
+    /// `max_in_flight` lets waiting calls in at once, a smaller one retires slots as
+    /// their holders give them back.
+    pub fn resize(&self, spec: GateSpec) {
+        let mut current = self.spec.lock();
+        let old = current.max_in_flight;
+        let new = spec.max_in_flight.min(Semaphore::MAX_PERMITS);
+        if new > old {
+            // Slots still owed from an earlier shrink are forgiven first.
+            let grow = new - old;
+            let owed = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(grow))
+                })
+                .unwrap_or(0);
+            let add = grow - owed.min(grow);
+            if add > 0 {
+                self.slots.add_permits(add);
+            }
+        } else if new < old {
+            let shrink = old - new;
+            let now = self.slots.forget_permits(shrink);
+            self.debt.fetch_add(shrink - now, Ordering::AcqRel);
+        }
+        *current = GateSpec {
+            max_in_flight: new,
+            ..spec
+        };
     }
 
     /// Takes a slot: at once if one is free, else after waiting in line (if there is
     /// room in the queue) for at most `queue_timeout`. `on_queued` runs once if the
     /// call has to wait, before it does (for a queue-depth gauge, say).
-    pub async fn enter(&self, on_queued: impl FnOnce()) -> Result<Entered, GateRefusal> {
+    pub async fn enter(self: &Arc<Self>, on_queued: impl FnOnce()) -> Result<Entered, GateRefusal> {
         // A free slot means nobody is waiting: tokio hands released slots to waiters
         // first, so this never jumps the line.
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(Entered {
-                permit: Permit { _slot: slot },
+                permit: self.permit(slot),
                 waited: None,
             });
         }
+        let GateSpec {
+            max_queue,
+            queue_timeout,
+            ..
+        } = self.spec();
         let mut n = self.queued.load(Ordering::Acquire);
         loop {
-            if n >= self.spec.max_queue {
+            if n >= max_queue {
                 return Err(GateRefusal::QueueFull);
             }
             match self
@@ -105,11 +163,9 @@ impl Gate {
         let _place = QueuePlace(&self.queued);
         on_queued();
         let start = Instant::now();
-        match tokio::time::timeout(self.spec.queue_timeout, self.slots.clone().acquire_owned())
-            .await
-        {
+        match tokio::time::timeout(queue_timeout, self.slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => Ok(Entered {
-                permit: Permit { _slot: slot },
+                permit: self.permit(slot),
                 waited: Some(start.elapsed()),
             }),
             // The semaphore is never closed; treat it as full if it ever were.
@@ -120,9 +176,15 @@ impl Gate {
 
     /// Calls holding a slot now.
     pub fn in_flight(&self) -> usize {
-        self.spec
-            .max_in_flight
-            .saturating_sub(self.slots.available_permits())
+        let max = self.spec.lock().max_in_flight;
+        (max + self.debt.load(Ordering::Acquire)).saturating_sub(self.slots.available_permits())
+    }
+
+    fn permit(self: &Arc<Self>, slot: OwnedSemaphorePermit) -> Permit {
+        Permit {
+            slot: Some(slot),
+            gate: self.clone(),
+        }
     }
 
     /// Calls waiting now.
@@ -220,6 +282,95 @@ mod tests {
             t.await.expect("task");
         }
         assert_eq!(order.take(), vec![0, 1, 2, 3, 4]);
+    }
+
+    fn sized(n: usize) -> GateSpec {
+        GateSpec {
+            max_in_flight: n,
+            max_queue: 5,
+            queue_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn growing_a_gate_lets_waiting_calls_in() {
+        let g = gate(1, 5, 60_000);
+        let held = g.enter(|| {}).await.expect("slot");
+        let waiting = {
+            let g = g.clone();
+            tokio::spawn(async move { g.enter(|| {}).await.map(|e| e.permit) })
+        };
+        while g.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        g.resize(sized(2));
+        let second = waiting
+            .await
+            .expect("task")
+            .expect("let in by the new slot");
+        assert_eq!(g.in_flight(), 2);
+        drop((held, second));
+        assert_eq!(g.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn shrinking_a_busy_gate_retires_slots_as_they_come_back() {
+        let g = gate(3, 0, 60_000);
+        let a = g.enter(|| {}).await.expect("slot");
+        let b = g.enter(|| {}).await.expect("slot");
+        let c = g.enter(|| {}).await.expect("slot");
+        g.resize(GateSpec {
+            max_queue: 0,
+            ..sized(1)
+        });
+        assert_eq!(g.in_flight(), 3, "the running calls go on");
+        drop(a);
+        assert_eq!(
+            g.enter(|| {}).await.err(),
+            Some(GateRefusal::QueueFull),
+            "retired"
+        );
+        drop(b);
+        assert_eq!(
+            g.enter(|| {}).await.err(),
+            Some(GateRefusal::QueueFull),
+            "retired"
+        );
+        drop(c);
+        let d = g.enter(|| {}).await.expect("the one slot of the new size");
+        assert_eq!(g.enter(|| {}).await.err(), Some(GateRefusal::QueueFull));
+        drop(d);
+        assert_eq!(g.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_shrink_then_a_grow_before_slots_come_back_counts_right() {
+        let g = gate(3, 0, 60_000);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(g.enter(|| {}).await.expect("slot"));
+        }
+        g.resize(GateSpec {
+            max_queue: 0,
+            ..sized(1)
+        }); // two slots owed
+        g.resize(GateSpec {
+            max_queue: 0,
+            ..sized(2)
+        }); // one of them forgiven
+        assert_eq!(g.in_flight(), 3);
+        drop(held.pop()); // retired: the one still owed
+        assert_eq!(g.in_flight(), 2);
+        assert_eq!(
+            g.enter(|| {}).await.err(),
+            Some(GateRefusal::QueueFull),
+            "2 of 2 run"
+        );
+        drop(held.pop());
+        let again = g.enter(|| {}).await.expect("a slot came back");
+        assert_eq!(g.enter(|| {}).await.err(), Some(GateRefusal::QueueFull));
+        drop((again, held));
+        assert_eq!(g.in_flight(), 0);
     }
 
     #[tokio::test]

@@ -933,3 +933,47 @@ async fn in_a_session_a_client_hanging_up_does_not_free_the_slot_before_the_upst
     );
     assert_eq!(outcome(call(&gw.url, "block")).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_a_busy_gate_in_place() {
+    let gate = "    tools:\n      - match: block\n        max_in_flight: 1\n        max_queue: 1\n        queue_timeout: 60s\n";
+    let (gw, b, _up) = setup(gate, "").await;
+    let first = tokio::spawn(outcome(call(&gw.url, "block")));
+    until("the first call upstream", || {
+        b.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = tokio::spawn(outcome(call(&gw.url, "block")));
+    gw.wait_metrics("the second call queued", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_queue_depth{gate="block",upstream="main"}"#,
+        ) == 1.0
+    })
+    .await;
+    // Two at a time from now on: the queued call goes in, the running one stays.
+    let text = std::fs::read_to_string(&gw.config_path).expect("read config");
+    std::fs::write(
+        &gw.config_path,
+        text.replace("max_in_flight: 1", "max_in_flight: 2"),
+    )
+    .expect("write config");
+    until("the queued call let in by the reload", || {
+        b.started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"portcullis_gate_in_flight{gate="block",upstream="main"}"#
+        ),
+        2.0,
+        "the gate kept its running call: {m}"
+    );
+    let (status, _, msg) = outcome(call(&gw.url, "quick")).await;
+    assert_eq!(status, 200, "{msg}");
+    b.release.add_permits(2);
+    assert_eq!(first.await.expect("task").0, 200);
+    assert_eq!(second.await.expect("task").0, 200);
+}
