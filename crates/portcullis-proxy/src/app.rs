@@ -33,10 +33,11 @@ use crate::calls::Calls;
 use crate::catalog::{Catalogs, ToolInfo};
 use crate::forward::{self, Ending, Upstreamed, MCP_SESSION_ID_H};
 use crate::metrics::Metrics;
+use crate::metrics::Raised;
 use crate::rewrite::ListFilter;
 use crate::sessions::owner_of;
 use crate::snapshot::{Live, Snapshot};
-use crate::traffic::{Counted, Counting};
+use crate::traffic::Counted;
 use portcullis_policy::discovery::ListKind;
 
 /// Idle seconds a client connection is kept open between requests.
@@ -242,7 +243,7 @@ impl Gateway {
                 );
                 // Held while the stream is open.
                 let _stream = if method == Method::GET {
-                    let open = Counting::enter(self.metrics.get_streams_open.clone());
+                    let open = Raised::new(self.metrics.get_streams_open.clone());
                     if self.metrics.get_streams_open.get()
                         > snap.config.admission.max_streams as i64
                     {

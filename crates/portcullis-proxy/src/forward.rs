@@ -19,7 +19,7 @@ use portcullis_mcp::{Era, ProtocolVersion, Refusal};
 
 use crate::app::{add_cors, Exchange};
 use crate::catalog::Catalogs;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Raised};
 use crate::rewrite::{ListFilter, Reply, Rewriter};
 use crate::sessions::{owner_of, SessionSeal};
 use crate::snapshot::UpstreamRuntime;
@@ -107,14 +107,6 @@ const NOT_FORWARDED: [&str; 9] = [
     "x-forwarded-for",
     "mcp-session-id",
 ];
-
-struct StreamGauge(prometheus::IntGauge);
-
-impl Drop for StreamGauge {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
 
 /// Runs one request against `upstream`, writing the response to `ds`.
 #[allow(clippy::too_many_arguments)]
@@ -238,18 +230,7 @@ pub(crate) async fn exchange(
     // one (2026-07-28), dropping the connection is the cancellation.
     let canceller = match (&ending.deadline, &upstream_sid, &ex.rpc_id) {
         (Some(_), Some(_), Some(id)) => Some((
-            ReplyTarget {
-                client: ending.notifier.clone(),
-                url: format!(
-                    "http://{}{}",
-                    upstream.config.endpoints[idx], upstream.config.path
-                ),
-                upstream: upstream.config.clone(),
-                session: upstream_sid.clone(),
-                version: ds
-                    .get_header(MCP_PROTOCOL_VERSION)
-                    .map(|v| v.as_bytes().to_vec()),
-            },
+            UpstreamSession::new(ending.notifier, upstream, idx, &upstream_sid, ds),
             cancelled_notification(id),
         )),
         _ => None,
@@ -309,18 +290,8 @@ pub(crate) async fn exchange(
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut rewriter = Rewriter::new(list_filter.filter(|_| status == 200), up_is_sse);
     // Where answers to held-back server requests go: the same upstream session.
-    let reply_to = reply_client.map(|client| ReplyTarget {
-        client: client.clone(),
-        url: format!(
-            "http://{}{}",
-            upstream.config.endpoints[idx], upstream.config.path
-        ),
-        upstream: upstream.config.clone(),
-        session: upstream_sid.clone(),
-        version: ds
-            .get_header(MCP_PROTOCOL_VERSION)
-            .map(|v| v.as_bytes().to_vec()),
-    });
+    let reply_to =
+        reply_client.map(|client| UpstreamSession::new(client, upstream, idx, &upstream_sid, ds));
     let sealing = Sealing {
         seal: sessions,
         owner,
@@ -357,11 +328,8 @@ pub(crate) async fn exchange(
     if ds.write_response_header(Box::new(resp)).await.is_err() {
         return Ok(Upstreamed::ClientGone);
     }
-    let _stream_gauge = is_sse.then(|| {
-        let g = metrics.open_streams.with_label_values(&[route_name]);
-        g.inc();
-        StreamGauge(g)
-    });
+    let _stream_gauge =
+        is_sse.then(|| Raised::new(metrics.open_streams.with_label_values(&[route_name])));
 
     let mut watch_client = streaming;
     // Set when the client left a session request: the relay drains the upstream's answer
@@ -488,8 +456,9 @@ fn events_end(buf: &[u8]) -> Option<usize> {
     lf.max(crlf)
 }
 
-/// The upstream session a held-back server request came from.
-struct ReplyTarget {
+/// An upstream session the gateway writes to on its client's behalf: answers to
+/// refused server requests, cancellations at a deadline.
+struct UpstreamSession {
     client: reqwest::Client,
     url: String,
     upstream: portcullis_config::Upstream,
@@ -497,7 +466,30 @@ struct ReplyTarget {
     version: Option<Vec<u8>>,
 }
 
-impl ReplyTarget {
+impl UpstreamSession {
+    /// The session `session` of endpoint `idx` of `upstream`, in the protocol revision
+    /// the client's request named.
+    fn new(
+        client: &reqwest::Client,
+        upstream: &UpstreamRuntime,
+        idx: usize,
+        session: &Option<Vec<u8>>,
+        ds: &ServerSession,
+    ) -> UpstreamSession {
+        UpstreamSession {
+            client: client.clone(),
+            url: format!(
+                "http://{}{}",
+                upstream.config.endpoints[idx], upstream.config.path
+            ),
+            upstream: upstream.config.clone(),
+            session: session.clone(),
+            version: ds
+                .get_header(MCP_PROTOCOL_VERSION)
+                .map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
     /// POSTs the gateway's answer (a JSON-RPC error) to the upstream, in the background.
     fn send(&self, reply: Reply) {
         self.post(reply.body);

@@ -70,6 +70,23 @@ pub struct Metrics {
     pub breaker_transitions: IntCounterVec,
 }
 
+/// A gauge raised while this guard lives, lowered on every path that drops it.
+pub(crate) struct Raised(IntGauge);
+
+impl Raised {
+    /// Raises `gauge` until the guard is dropped.
+    pub(crate) fn new(gauge: IntGauge) -> Raised {
+        gauge.inc();
+        Raised(gauge)
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Registers an unlabelled metric; names and help texts are static, so failure is a bug.
 fn registered<M>(r: &Registry, metric: prometheus::Result<M>) -> M
 where

@@ -15,7 +15,7 @@ use portcullis_traffic::{Gate, GateRefusal, Limiter, Permit, Scope};
 use crate::global::GlobalLimits;
 use prometheus::IntGauge;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Raised};
 
 /// The `gate` label of an upstream-wide gate.
 const UPSTREAM_GATE: &str = "upstream";
@@ -249,7 +249,7 @@ impl Traffic {
                     .tool_calls_in_flight
                     .with_label_values(&[up.name.as_str(), label])
             });
-            slots._calls = Some(Counting::enter(gauge.clone()));
+            slots._calls = Some(Raised::new(gauge.clone()));
         }
         Ok(slots)
     }
@@ -351,7 +351,7 @@ async fn pass(
             }
             Ok(Held {
                 _permit: e.permit,
-                _in_flight: Counting::enter(metrics.gate_in_flight.with_label_values(&labels)),
+                _in_flight: Raised::new(metrics.gate_in_flight.with_label_values(&labels)),
             })
         }
         Err(why) => {
@@ -373,7 +373,7 @@ async fn pass(
 pub(crate) struct Slots {
     _tool: Option<Held>,
     _upstream: Option<Held>,
-    _calls: Option<Counting>,
+    _calls: Option<Raised>,
     /// The call's deadline, from the `tools[]` entry its tool matched.
     pub deadline: Option<Deadline>,
 }
@@ -388,23 +388,7 @@ impl Slots {
 /// One gate slot and its in-flight gauge.
 struct Held {
     _permit: Permit,
-    _in_flight: Counting,
-}
-
-/// A gauge raised while this lives.
-pub(crate) struct Counting(IntGauge);
-
-impl Counting {
-    pub(crate) fn enter(g: IntGauge) -> Counting {
-        g.inc();
-        Counting(g)
-    }
-}
-
-impl Drop for Counting {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    _in_flight: Raised,
 }
 
 /// Lowers the queue gauge when the wait ends, if the call had to wait.

@@ -558,16 +558,28 @@ pub fn stateless_meta() -> serde_json::Value {
     })
 }
 
-/// A raw 2026-07-28 `tools/call` POST with every header right.
+/// A raw 2026-07-28 `tools/call` POST with every header right (with a progress
+/// token: see [`stateless_meta`]).
 pub fn stateless_call(
     client: &reqwest::Client,
     url: &str,
     tool: &str,
     arguments: serde_json::Value,
 ) -> reqwest::RequestBuilder {
+    stateless_call_with_meta(client, url, tool, arguments, stateless_meta())
+}
+
+/// Like [`stateless_call`], with `meta` as `params._meta`.
+pub fn stateless_call_with_meta(
+    client: &reqwest::Client,
+    url: &str,
+    tool: &str,
+    arguments: serde_json::Value,
+    meta: serde_json::Value,
+) -> reqwest::RequestBuilder {
     let body = serde_json::json!({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": stateless_meta()}
+        "params": {"name": tool, "arguments": arguments, "_meta": meta}
     });
     client
         .post(url)

@@ -117,21 +117,11 @@ async fn setup(upstream_extra: &str, extra: &str) -> (Gateway, Blocker, Upstream
 
 /// A 2026-07-28 call without a progress token (a plain JSON answer).
 fn call(url: &str, tool: &str) -> reqwest::RequestBuilder {
-    let body = json!({
-        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": tool, "arguments": {}, "_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {}
-        }}
-    });
-    http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", tool)
-        .body(body.to_string())
+    let mut meta = stateless_meta();
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("progressToken");
+    }
+    stateless_call_with_meta(&http_client(), url, tool, json!({}), meta)
 }
 
 /// Status, Retry-After and the one JSON-RPC message of an answer.
@@ -150,6 +140,28 @@ async fn outcome(r: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
         .unwrap_or(Value::Null);
     (status, retry, msg)
 }
+
+/// Two `block` calls through a gate of one slot and a queue: returns them once the
+/// first runs upstream and the second waits in the queue.
+async fn one_running_one_queued(gw: &Gateway, b: &Blocker) -> (Answer, Answer) {
+    let first = tokio::spawn(outcome(call(&gw.url, "block")));
+    until("the first call upstream", || {
+        b.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = tokio::spawn(outcome(call(&gw.url, "block")));
+    gw.wait_metrics("the second call queued", |m| {
+        metric(
+            m,
+            r#"portcullis_gate_queue_depth{gate="block",upstream="main"}"#,
+        ) == 1.0
+    })
+    .await;
+    (first, second)
+}
+
+/// A call on its own task: status, Retry-After and message.
+type Answer = tokio::task::JoinHandle<(u16, Option<String>, Value)>;
 
 /// Waits until `f` holds, failing after [`DEADLINE`].
 async fn until(what: &str, f: impl Fn() -> bool) {
@@ -755,19 +767,7 @@ async fn batches_and_calls_without_an_id_cannot_slip_past_limits() {
 async fn a_client_leaving_while_queued_leaves_the_queue_and_its_call_is_never_sent() {
     let gate = "    tools:\n      - match: block\n        max_in_flight: 1\n        max_queue: 1\n        queue_timeout: 60s\n";
     let (gw, b, _up) = setup(gate, "").await;
-    let first = tokio::spawn(outcome(call(&gw.url, "block")));
-    until("the first call upstream", || {
-        b.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    let queued = tokio::spawn(outcome(call(&gw.url, "block")));
-    gw.wait_metrics("the second call queued", |m| {
-        metric(
-            m,
-            r#"portcullis_gate_queue_depth{gate="block",upstream="main"}"#,
-        ) == 1.0
-    })
-    .await;
+    let (first, queued) = one_running_one_queued(&gw, &b).await;
     queued.abort(); // the client hangs up
     gw.wait_metrics("the queue place given back", |m| {
         metric(
@@ -938,19 +938,7 @@ async fn in_a_session_a_client_hanging_up_does_not_free_the_slot_before_the_upst
 async fn a_reload_resizes_a_busy_gate_in_place() {
     let gate = "    tools:\n      - match: block\n        max_in_flight: 1\n        max_queue: 1\n        queue_timeout: 60s\n";
     let (gw, b, _up) = setup(gate, "").await;
-    let first = tokio::spawn(outcome(call(&gw.url, "block")));
-    until("the first call upstream", || {
-        b.started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    let second = tokio::spawn(outcome(call(&gw.url, "block")));
-    gw.wait_metrics("the second call queued", |m| {
-        metric(
-            m,
-            r#"portcullis_gate_queue_depth{gate="block",upstream="main"}"#,
-        ) == 1.0
-    })
-    .await;
+    let (first, second) = one_running_one_queued(&gw, &b).await;
     // Two at a time from now on: the queued call goes in, the running one stays.
     let text = std::fs::read_to_string(&gw.config_path).expect("read config");
     std::fs::write(
