@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
-use crate::jwt::Keys;
+use crate::keys::Keys;
 
 /// How a remote key set is kept fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,6 +11,7 @@ mod cache;
 mod error;
 mod jwks;
 mod jwt;
+mod keys;
 mod principal;
 mod route;
 
@@ -19,6 +20,7 @@ pub use cache::TokenCache;
 pub use error::AuthError;
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{JwksRegistry, JwksSchedule, RefetchOutcome, RemoteJwks};
-pub use jwt::{IssuerConfig, JwtVerifier, KeySource, Keys, MAX_TOKEN_LEN};
+pub use jwt::{IssuerConfig, JwtVerifier, KeySource, MAX_TOKEN_LEN};
+pub use keys::Keys;
 pub use principal::Principal;
 pub use route::{bearer_token, RouteAuth, REFETCH_WAIT};

@@ -77,10 +77,15 @@ fn default_redis_prefix() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionFile {
+    /// Client connections open at once on this replica; past it, new connections are
+    /// closed as soon as they are accepted. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Requests served at once by this replica. Default 4096.
     #[serde(default = "default_max_requests")]
     pub max_requests: usize,
-    /// Standalone GET streams held open by this replica. Default 1024.
+    /// Standalone streams held open by this replica: GET streams and 2026-07-28
+    /// `subscriptions/listen` streams. Default 1024.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
 }
@@ -88,12 +93,16 @@ pub struct AdmissionFile {
 impl Default for AdmissionFile {
     fn default() -> Self {
         AdmissionFile {
+            max_connections: default_max_connections(),
             max_requests: default_max_requests(),
             max_streams: default_max_streams(),
         }
     }
 }
 
+fn default_max_connections() -> usize {
+    10_000
+}
 fn default_max_requests() -> usize {
     4096
 }
@@ -192,6 +201,31 @@ pub struct HttpFile {
     /// audiences and resource metadata. Default: `http://` + the request's Host.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// How long a client may take from the first byte of a request to the end of its
+    /// headers (slowloris). Default 10s.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a client connection may sit idle between requests. Default 75s: longer
+    /// than the load balancers usually in front (AWS ALB 60s, nginx ingress 60s), so
+    /// the gateway never closes a connection a balancer is about to reuse.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a write to a client may wait without progress (a client that stops
+    /// reading) before the client is cut and everything it holds is freed. Default 30s.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an SSE stream to a client may stay silent before the gateway sends a
+    /// keep-alive comment. Default 15s.
+    #[serde(default = "default_stream_keepalive", with = "humantime_serde")]
+    pub stream_keepalive: Duration,
+    /// Idle time before TCP keep-alive probes start on accepted connections. Default 60s.
+    #[serde(default = "default_tcp_keepalive", with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Peers (addresses or CIDR blocks) whose `Forwarded` / `X-Forwarded-For` headers
+    /// name the client, for the anonymous rate-limit key and the access log. Default:
+    /// none (the peer address is the client).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpFile {
@@ -202,6 +236,12 @@ impl Default for HttpFile {
             allowed_hosts: Vec::new(),
             body_timeout: default_body_timeout(),
             public_url: None,
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            write_timeout: default_write_timeout(),
+            stream_keepalive: default_stream_keepalive(),
+            tcp_keepalive: default_tcp_keepalive(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -609,6 +649,21 @@ fn default_max_body() -> ByteSize {
 fn default_body_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stream_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_tcp_keepalive() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_true() -> bool {
     true
 }
@@ -644,6 +699,19 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> 
         if let Some((head, rest)) = message.split_once(": ") {
             if !head.contains(char::is_whitespace) {
                 message = rest.to_owned();
+            }
+        }
+        // serde reports a duplicate at the mapping that holds it (often 1:1); the text
+        // says where the second one is written.
+        if message.starts_with("duplicate") {
+            if let Some(dup) = crate::locate::first_duplicate_key(text) {
+                return ConfigError {
+                    file: path.to_owned(),
+                    line: Some(dup.line),
+                    column: None,
+                    key: Some(dup.key.clone()),
+                    message: format!("duplicate key `{}`: each key may appear once", dup.leaf),
+                };
             }
         }
         ConfigError {

@@ -1,14 +1,15 @@
-//! Portcullis configuration: the YAML schema, validation into a ready-to-serve
-//! [`Config`], errors that name file, line and key, and the triggers (file change,
-//! SIGHUP) that ask for a reload. Nothing here touches the network or pingora.
+//! Portcullis configuration: the YAML schema ([`file`]), the validated model the
+//! gateway serves from ([`model`]), validation section by section with errors that
+//! name file, line and key, and the triggers (file change, SIGHUP) that ask for a
+//! reload. Nothing here touches the network or pingora.
 
-mod auth;
 mod error;
 mod file;
 mod locate;
+mod model;
 mod policy;
+mod scope;
 mod size;
-mod traffic;
 mod validate;
 pub mod watch;
 
@@ -18,12 +19,12 @@ pub use file::{
     HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RedisFile,
     RouteFile, ServerFile, SessionsFile, ToolTrafficFile, UpstreamFile,
 };
+pub use model::{
+    canonical_ip, Admission, Config, Deadline, Http, IdentityHeaders, OriginRule, Redis, Route,
+    SessionKey, ToolTraffic, Upstream, MIN_SESSION_KEY_LEN,
+};
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;
-pub use traffic::{Admission, Deadline, Redis, ToolTraffic};
-pub use validate::{
-    Config, IdentityHeaders, OriginRule, Route, SessionKey, Upstream, MIN_SESSION_KEY_LEN,
-};
 
 use std::path::Path;
 

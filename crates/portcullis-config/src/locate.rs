@@ -127,6 +127,185 @@ fn find_item(
     None
 }
 
+/// A key written twice in one mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Duplicate {
+    /// The 1-based line of the second occurrence.
+    pub line: usize,
+    /// Its dotted key path, e.g. `upstreams.demo.url` or `routes[0].path`.
+    pub key: String,
+    /// The key itself.
+    pub leaf: String,
+}
+
+/// One open mapping or sequence while walking block YAML.
+struct Frame {
+    indent: usize,
+    /// How this node is reached from its parent (`None` at the top).
+    name: Option<String>,
+    kind: FrameKind,
+}
+
+enum FrameKind {
+    Map { keys: Vec<String> },
+    Seq { items: usize },
+}
+
+/// The first key written twice in the same block mapping, if any. Flow collections and
+/// the insides of block scalars are not looked into.
+pub(crate) fn first_duplicate_key(text: &str) -> Option<Duplicate> {
+    let mut frames: Vec<Frame> = Vec::new();
+    // Lines indented past this belong to a block scalar (`key: |`) and are skipped.
+    let mut scalar_above: Option<usize> = None;
+    for (no, line) in text.lines().enumerate() {
+        if !is_content(line) {
+            continue;
+        }
+        let indent = indent_of(line);
+        if let Some(floor) = scalar_above {
+            if indent > floor {
+                continue;
+            }
+            scalar_above = None;
+        }
+        let mut rest = &line[indent..];
+        let mut key_indent = indent;
+        while frames.last().is_some_and(|f| f.indent > indent) {
+            frames.pop();
+        }
+        let is_item = rest.starts_with("- ") || rest == "-";
+        if !is_item
+            && frames
+                .last()
+                .is_some_and(|f| f.indent == indent && matches!(f.kind, FrameKind::Seq { .. }))
+        {
+            frames.pop();
+        }
+        if is_item {
+            let item = match frames.last_mut() {
+                Some(Frame {
+                    indent: i,
+                    kind: FrameKind::Seq { items },
+                    ..
+                }) if *i == indent => {
+                    *items += 1;
+                    *items - 1
+                }
+                _ => {
+                    let name = last_key(&frames);
+                    frames.push(Frame {
+                        indent,
+                        name,
+                        kind: FrameKind::Seq { items: 1 },
+                    });
+                    0
+                }
+            };
+            rest = rest
+                .strip_prefix('-')
+                .unwrap_or(rest)
+                .trim_start_matches(' ');
+            key_indent = indent + (line[indent..].len() - rest.len());
+            let Some((key, value)) = key_of(rest) else {
+                continue;
+            };
+            frames.push(Frame {
+                indent: key_indent,
+                name: Some(format!("[{item}]")),
+                kind: FrameKind::Map {
+                    keys: vec![key.to_owned()],
+                },
+            });
+            if is_block_scalar(value) {
+                scalar_above = Some(key_indent);
+            }
+            continue;
+        }
+        let Some((key, value)) = key_of(rest) else {
+            continue;
+        };
+        match frames.last_mut() {
+            Some(Frame {
+                indent: i,
+                kind: FrameKind::Map { keys },
+                ..
+            }) if *i == key_indent => {
+                if keys.iter().any(|k| k == key) {
+                    let mut path = dotted(&frames);
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                    return Some(Duplicate {
+                        line: no + 1,
+                        key: path,
+                        leaf: key.to_owned(),
+                    });
+                }
+                keys.push(key.to_owned());
+            }
+            _ => {
+                let name = last_key(&frames);
+                frames.push(Frame {
+                    indent: key_indent,
+                    name,
+                    kind: FrameKind::Map {
+                        keys: vec![key.to_owned()],
+                    },
+                });
+            }
+        }
+        if is_block_scalar(value) {
+            scalar_above = Some(key_indent);
+        }
+    }
+    None
+}
+
+/// `key: value` split, when the text is a mapping entry (quotes around the key dropped).
+fn key_of(rest: &str) -> Option<(&str, &str)> {
+    if rest.starts_with(['{', '[', '"', '\'', '&', '*', '!', '|', '>'])
+        && !rest.starts_with(['"', '\''])
+    {
+        return None;
+    }
+    let colon = rest
+        .char_indices()
+        .find(|&(i, c)| c == ':' && rest[i + 1..].chars().next().is_none_or(|n| n == ' '))?
+        .0;
+    let key = rest[..colon].trim().trim_matches(|c| c == '"' || c == '\'');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    Some((key, rest[colon + 1..].trim()))
+}
+
+fn is_block_scalar(value: &str) -> bool {
+    value.starts_with('|') || value.starts_with('>')
+}
+
+/// The name a new child node of the innermost mapping gets: its last key.
+fn last_key(frames: &[Frame]) -> Option<String> {
+    match frames.last() {
+        Some(Frame {
+            kind: FrameKind::Map { keys },
+            ..
+        }) => keys.last().cloned(),
+        _ => None,
+    }
+}
+
+fn dotted(frames: &[Frame]) -> String {
+    let mut out = String::new();
+    for name in frames.iter().filter_map(|f| f.name.as_deref()) {
+        if !out.is_empty() && !name.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(name);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +359,33 @@ upstreams:
             ),
             Some(13)
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_where_the_second_one_is_written() {
+        let dup = |t: &str| first_duplicate_key(t).map(|d| (d.line, d.key));
+        assert_eq!(dup(YAML), None);
+        assert_eq!(
+            dup("a: 1\nb:\n  c: 1\n  c: 2\n"),
+            Some((4, "b.c".to_owned()))
+        );
+        assert_eq!(
+            dup("routes:\n  - path: /a\n    path: /b\n"),
+            Some((3, "routes[0].path".to_owned()))
+        );
+        assert_eq!(
+            dup("routes:\n- path: /a\n- path: /b\n  upstream: x\n  upstream: y\n"),
+            Some((5, "routes[1].upstream".to_owned()))
+        );
+        assert_eq!(dup("a: 1\nb: 2\na: 3\n"), Some((3, "a".to_owned())));
+        assert_eq!(
+            dup("x:\n  t: |\n    a: 1\n    a: 2\n  u: 1\n"),
+            None,
+            "block scalars are text"
+        );
+        assert_eq!(dup("u:\n  url: http://x\n  other: http://y\n"), None);
+        assert_eq!(dup("k: {a: 1, a: 2}\n"), None, "flow style is not read");
+        assert_eq!(dup("\"a\": 1\n'a': 2\n"), Some((2, "a".to_owned())));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod era;
 pub mod error;
 pub mod headers;
 pub mod methods;
+pub mod scan;
 pub mod sse;
 
 pub use envelope::{Body, Envelope, EnvelopeError, Kind, MAX_DEPTH, MAX_ID_LEN};

@@ -102,7 +102,7 @@ impl Splitter {
                 }
             }
             if i == self.line_start {
-                events.push(parse(&self.buf[event_start..end]));
+                events.push(parse_event(&self.buf[event_start..end]));
                 event_start = end;
             }
             self.line_start = end;
@@ -120,7 +120,8 @@ impl Splitter {
     }
 }
 
-fn parse(raw: &[u8]) -> Event {
+/// Reads one event's fields from its raw bytes.
+pub(crate) fn parse_event(raw: &[u8]) -> Event {
     let text = String::from_utf8_lossy(raw);
     let mut data: Option<String> = None;
     let mut id = None;

@@ -1,111 +1,59 @@
-//! Compiles the traffic-control keys: `routes[].rate_limits`, `upstreams.<n>.concurrency`,
-//! `upstreams.<n>.tools` and `admission`, into the specs `portcullis-traffic` enforces.
-//! Errors name the file, line and key like every other config error.
+//! The traffic-control keys: `routes[].rate_limits`, `upstreams.<n>.concurrency`,
+//! `upstreams.<n>.tools`, `upstreams.<n>.breaker`, `admission` and `redis`, compiled
+//! into the specs `portcullis-traffic` enforces.
 
 use std::num::NonZeroU32;
+use std::time::Duration;
 
-use portcullis_traffic::{BreakerSpec, GateSpec, LimitSpec, Rate, Scope, ToolSet};
+use portcullis_traffic::{BreakerSpec, GateSpec, LimitSpec, Rate, Scope as Per, ToolSet};
 
+use super::MAX_COUNT;
 use crate::error::ConfigError;
-use crate::file::{BreakerFile, GateFile, RateLimitFile, ToolTrafficFile};
-use crate::locate::Step;
-use crate::validate::Ctx;
+use crate::file::{
+    AdmissionFile, BreakerFile, GateFile, RateLimitFile, RedisFile, ToolTrafficFile,
+};
+use crate::model::{Admission, Deadline, Redis, ToolTraffic};
+use crate::scope::Scope;
 
-/// Upper bound for counts an operator writes (slots, queue places, burst).
-const MAX_COUNT: usize = 1_000_000;
 /// How long a call waits in a gate's queue when `queue_timeout` is not set.
-const DEFAULT_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Replica-wide caps (`admission:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
-    /// Requests served at once; past it, 503 `too_many_requests`.
-    pub max_requests: usize,
-    /// GET streams open at once; past it, 503 `too_many_streams`.
-    pub max_streams: usize,
-}
-
-/// What applies to the calls of the tools one glob names (`upstreams.<n>.tools[]`).
-#[derive(Debug, Clone)]
-pub struct ToolTraffic {
-    /// The glob as written: the gate's name in metrics.
-    pub pattern: String,
-    /// The compiled glob.
-    pub tools: ToolSet,
-    /// The gate, if `max_in_flight` is set.
-    pub gate: Option<GateSpec>,
-    /// The call deadline, if `deadline` is set.
-    pub deadline: Option<Deadline>,
-}
-
-/// A call deadline: cancelled `initial` after it started, or later when progress
-/// notifications keep coming, but never after `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
-    /// The deadline without progress, and what each progress notification grants anew.
-    pub initial: std::time::Duration,
-    /// The latest deadline, from the call's start.
-    pub max: std::time::Duration,
-}
-
-pub(crate) fn admission(
-    cx: &Ctx<'_>,
-    file: &crate::file::AdmissionFile,
-) -> Result<Admission, ConfigError> {
+pub(super) fn admission(at: &Scope<'_>, f: &AdmissionFile) -> Result<Admission, ConfigError> {
     for (k, v) in [
-        ("max_requests", file.max_requests),
-        ("max_streams", file.max_streams),
+        ("max_connections", f.max_connections),
+        ("max_requests", f.max_requests),
+        ("max_streams", f.max_streams),
     ] {
         if v == 0 || v > MAX_COUNT {
-            return Err(cx.err(
-                &[Step::Key("admission"), Step::Key(k)],
-                format!("{k} must be between 1 and {MAX_COUNT}"),
-            ));
+            return Err(at
+                .key(k)
+                .err(format!("{k} must be between 1 and {MAX_COUNT}")));
         }
     }
     Ok(Admission {
-        max_requests: file.max_requests,
-        max_streams: file.max_streams,
+        max_connections: f.max_connections,
+        max_requests: f.max_requests,
+        max_streams: f.max_streams,
     })
 }
 
-/// Where global rate limits are kept (`redis:`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redis {
-    /// The connection URL (may hold a password: never logged).
-    pub url: String,
-    /// The longest a check waits for Redis.
-    pub timeout: std::time::Duration,
-    /// Prepended to every key.
-    pub key_prefix: String,
-}
-
-pub(crate) fn redis(cx: &Ctx<'_>, r: &crate::file::RedisFile) -> Result<Redis, ConfigError> {
-    let at = |k: &'static str| [Step::Key("redis"), Step::Key(k)];
+pub(super) fn redis(at: &Scope<'_>, r: &RedisFile) -> Result<Redis, ConfigError> {
     let url = match (&r.url, &r.url_env) {
         (Some(u), None) => u.clone(),
         (None, Some(var)) => std::env::var(var).map_err(|_| {
-            cx.err(
-                &at("url_env"),
-                format!("the environment variable {var} is not set"),
-            )
+            at.key("url_env")
+                .err(format!("the environment variable {var} is not set"))
         })?,
-        _ => {
-            return Err(cx.err(
-                &[Step::Key("redis")],
-                "give exactly one of url, url_env".into(),
-            ))
-        }
+        _ => return Err(at.err("give exactly one of url, url_env")),
     };
     let key = if r.url.is_some() { "url" } else { "url_env" };
     if !url.starts_with("redis://") {
-        return Err(cx.err(
-            &at(key),
-            "the Redis URL must start with redis:// (TLS to Redis is not supported yet)".into(),
-        ));
+        return Err(at
+            .key(key)
+            .err("the Redis URL must start with redis:// (TLS to Redis is not supported yet)"));
     }
     if r.timeout.is_zero() {
-        return Err(cx.err(&at("timeout"), "timeout must be more than zero".into()));
+        return Err(at.key("timeout").err("timeout must be more than zero"));
     }
     Ok(Redis {
         url,
@@ -114,75 +62,57 @@ pub(crate) fn redis(cx: &Ctx<'_>, r: &crate::file::RedisFile) -> Result<Redis, C
     })
 }
 
-pub(crate) fn rate_limits(
-    cx: &Ctx<'_>,
-    route: usize,
+pub(super) fn rate_limits(
+    at: &Scope<'_>,
     limits: &[RateLimitFile],
     has_redis: bool,
 ) -> Result<Vec<LimitSpec>, ConfigError> {
     let mut out: Vec<LimitSpec> = Vec::with_capacity(limits.len());
     for (j, l) in limits.iter().enumerate() {
-        let at = |k: &'static str| {
-            [
-                Step::Key("routes"),
-                Step::Index(route),
-                Step::Key("rate_limits"),
-                Step::Index(j),
-                Step::Key(k),
-            ]
-        };
-        let scope = Scope::parse(&l.per).ok_or_else(|| {
-            cx.err(
-                &at("per"),
-                format!(
-                    "`{}` is not a scope: use route, principal, tool or principal_tool",
-                    l.per
-                ),
-            )
+        let at = at.index(j);
+        let scope = Per::parse(&l.per).ok_or_else(|| {
+            at.key("per").err(format!(
+                "`{}` is not a scope: use route, principal, tool or principal_tool",
+                l.per
+            ))
         })?;
-        let rate = Rate::parse(&l.rate).map_err(|e| cx.err(&at("rate"), e))?;
+        let rate = Rate::parse(&l.rate).map_err(|e| at.key("rate").err(e))?;
         // Unset, one period's worth (capped like a written one).
         let burst = l.burst.unwrap_or_else(|| rate.count.min(MAX_COUNT as u32));
         let burst = NonZeroU32::new(burst)
             .filter(|b| b.get() as usize <= MAX_COUNT)
             .ok_or_else(|| {
-                cx.err(
-                    &at("burst"),
-                    format!("burst must be between 1 and {MAX_COUNT}"),
-                )
+                at.key("burst")
+                    .err(format!("burst must be between 1 and {MAX_COUNT}"))
             })?;
         if l.max_keys == 0 || l.max_keys > 10_000_000 {
-            return Err(cx.err(
-                &at("max_keys"),
-                "max_keys must be between 1 and 10000000".into(),
-            ));
+            return Err(at
+                .key("max_keys")
+                .err("max_keys must be between 1 and 10000000"));
         }
         let tools = if l.tools.is_empty() {
             None
         } else {
             if l.tools.iter().any(String::is_empty) {
-                return Err(cx.err(
-                    &at("tools"),
-                    "an empty pattern matches nothing; use \"*\" for any tool".into(),
-                ));
+                return Err(at
+                    .key("tools")
+                    .err("an empty pattern matches nothing; use \"*\" for any tool"));
             }
-            Some(ToolSet::new(&l.tools).map_err(|e| cx.err(&at("tools"), e))?)
+            Some(ToolSet::new(&l.tools).map_err(|e| at.key("tools").err(e))?)
         };
         let name = l.name.clone().unwrap_or_else(|| scope.as_str().to_owned());
         if name.is_empty() {
-            return Err(cx.err(&at("name"), "a limit's name must not be empty".into()));
+            return Err(at.key("name").err("a limit's name must not be empty"));
         }
         if out.iter().any(|o| o.name == name) {
-            return Err(cx.err(
-                &at("name"),
-                format!("two limits of this route are named `{name}`; give each its own `name`"),
-            ));
+            return Err(at.key("name").err(format!(
+                "two limits of this route are named `{name}`; give each its own `name`"
+            )));
         }
         if l.global && !has_redis {
-            return Err(cx.err(
-                &at("global"),
-                "a global limit needs a `redis:` block (where replicas share their counts)".into(),
-            ));
+            return Err(at
+                .key("global")
+                .err("a global limit needs a `redis:` block (where replicas share their counts)"));
         }
         out.push(LimitSpec {
             name,
@@ -197,46 +127,31 @@ pub(crate) fn rate_limits(
     Ok(out)
 }
 
-pub(crate) fn breaker(
-    cx: &Ctx<'_>,
-    upstream: &str,
-    b: &BreakerFile,
-) -> Result<BreakerSpec, ConfigError> {
-    let at = |k: &'static str| {
-        [
-            Step::Key("upstreams"),
-            Step::Key(upstream),
-            Step::Key("breaker"),
-            Step::Key(k),
-        ]
-    };
+pub(super) fn breaker(at: &Scope<'_>, b: &BreakerFile) -> Result<BreakerSpec, ConfigError> {
     if b.consecutive_failures == 0 {
-        return Err(cx.err(
-            &at("consecutive_failures"),
-            "consecutive_failures must be at least 1".into(),
-        ));
+        return Err(at
+            .key("consecutive_failures")
+            .err("consecutive_failures must be at least 1"));
     }
     if let Some(r) = b.error_rate {
         if !(r > 0.0 && r <= 1.0) {
-            return Err(cx.err(
-                &at("error_rate"),
-                "error_rate must be more than 0 and at most 1".into(),
-            ));
+            return Err(at
+                .key("error_rate")
+                .err("error_rate must be more than 0 and at most 1"));
         }
     }
     if b.min_calls == 0 {
-        return Err(cx.err(&at("min_calls"), "min_calls must be at least 1".into()));
+        return Err(at.key("min_calls").err("min_calls must be at least 1"));
     }
     for (k, d) in [("window", b.window), ("cool_down", b.cool_down)] {
         if d.is_zero() {
-            return Err(cx.err(&at(k), format!("{k} must be more than zero")));
+            return Err(at.key(k).err(format!("{k} must be more than zero")));
         }
     }
     if b.half_open_calls == 0 {
-        return Err(cx.err(
-            &at("half_open_calls"),
-            "half_open_calls must be at least 1".into(),
-        ));
+        return Err(at
+            .key("half_open_calls")
+            .err("half_open_calls must be at least 1"));
     }
     Ok(BreakerSpec {
         consecutive_failures: b.consecutive_failures,
@@ -248,42 +163,27 @@ pub(crate) fn breaker(
     })
 }
 
-pub(crate) fn gate(cx: &Ctx<'_>, at: &[Step<'_>], g: &GateFile) -> Result<GateSpec, ConfigError> {
-    spec(cx, at, g.max_in_flight, g.max_queue, g.queue_timeout)
+pub(super) fn gate(at: &Scope<'_>, g: &GateFile) -> Result<GateSpec, ConfigError> {
+    spec(at, g.max_in_flight, g.max_queue, g.queue_timeout)
 }
 
-pub(crate) fn tools(
-    cx: &Ctx<'_>,
-    upstream: &str,
+pub(super) fn tools(
+    at: &Scope<'_>,
     tools: &[ToolTrafficFile],
 ) -> Result<Vec<ToolTraffic>, ConfigError> {
     let mut out: Vec<ToolTraffic> = Vec::with_capacity(tools.len());
     for (j, t) in tools.iter().enumerate() {
-        let at = [
-            Step::Key("upstreams"),
-            Step::Key(upstream),
-            Step::Key("tools"),
-            Step::Index(j),
-        ];
-        let with = |k: &'static str| {
-            let mut v = at.to_vec();
-            v.push(Step::Key(k));
-            v
-        };
+        let at = at.index(j);
+        let at_match = at.key("match");
         if t.pattern.is_empty() {
-            return Err(cx.err(
-                &with("match"),
-                "an empty pattern matches nothing; use \"*\" for any tool".into(),
-            ));
+            return Err(at_match.err("an empty pattern matches nothing; use \"*\" for any tool"));
         }
         if out.iter().any(|o| o.pattern == t.pattern) {
-            return Err(cx.err(&with("match"), format!("`{}` is listed twice", t.pattern)));
+            return Err(at_match.err(format!("`{}` is listed twice", t.pattern)));
         }
-        let set = ToolSet::new(std::slice::from_ref(&t.pattern))
-            .map_err(|e| cx.err(&with("match"), e))?;
+        let set = ToolSet::new(std::slice::from_ref(&t.pattern)).map_err(|e| at_match.err(e))?;
         let gate = match t.max_in_flight {
             Some(n) => Some(spec(
-                cx,
                 &at,
                 n,
                 t.max_queue.unwrap_or(0),
@@ -295,10 +195,9 @@ pub(crate) fn tools(
                     ("queue_timeout", t.queue_timeout.is_some()),
                 ] {
                     if set {
-                        return Err(cx.err(
-                            &with(k),
-                            format!("{k} needs max_in_flight (the gate it queues for)"),
-                        ));
+                        return Err(at
+                            .key(k)
+                            .err(format!("{k} needs max_in_flight (the gate it queues for)")));
                     }
                 }
                 None
@@ -307,30 +206,26 @@ pub(crate) fn tools(
         let deadline = match (t.deadline, t.max_deadline) {
             (None, None) => None,
             (None, Some(_)) => {
-                return Err(cx.err(
-                    &with("max_deadline"),
-                    "max_deadline needs deadline (the one progress extends)".into(),
-                ))
+                return Err(at
+                    .key("max_deadline")
+                    .err("max_deadline needs deadline (the one progress extends)"))
             }
             (Some(d), max) => {
                 if d.is_zero() {
-                    return Err(cx.err(&with("deadline"), "deadline must be more than zero".into()));
+                    return Err(at.key("deadline").err("deadline must be more than zero"));
                 }
                 let max = max.unwrap_or(d);
                 if max < d {
-                    return Err(cx.err(
-                        &with("max_deadline"),
-                        "max_deadline must be at least deadline".into(),
-                    ));
+                    return Err(at
+                        .key("max_deadline")
+                        .err("max_deadline must be at least deadline"));
                 }
                 Some(Deadline { initial: d, max })
             }
         };
         if gate.is_none() && deadline.is_none() {
-            return Err(cx.err(
-                &with("match"),
-                "this entry sets neither max_in_flight nor deadline, so it does nothing".into(),
-            ));
+            return Err(at_match
+                .err("this entry sets neither max_in_flight nor deadline, so it does nothing"));
         }
         out.push(ToolTraffic {
             pattern: t.pattern.clone(),
@@ -343,34 +238,25 @@ pub(crate) fn tools(
 }
 
 fn spec(
-    cx: &Ctx<'_>,
-    at: &[Step<'_>],
+    at: &Scope<'_>,
     max_in_flight: usize,
     max_queue: usize,
-    queue_timeout: std::time::Duration,
+    queue_timeout: Duration,
 ) -> Result<GateSpec, ConfigError> {
-    let with = |k: &'static str| {
-        let mut v = at.to_vec();
-        v.push(Step::Key(k));
-        v
-    };
     if max_in_flight == 0 || max_in_flight > MAX_COUNT {
-        return Err(cx.err(
-            &with("max_in_flight"),
-            format!("max_in_flight must be between 1 and {MAX_COUNT}"),
-        ));
+        return Err(at
+            .key("max_in_flight")
+            .err(format!("max_in_flight must be between 1 and {MAX_COUNT}")));
     }
     if max_queue > MAX_COUNT {
-        return Err(cx.err(
-            &with("max_queue"),
-            format!("max_queue must be at most {MAX_COUNT}"),
-        ));
+        return Err(at
+            .key("max_queue")
+            .err(format!("max_queue must be at most {MAX_COUNT}")));
     }
     if queue_timeout.is_zero() {
-        return Err(cx.err(
-            &with("queue_timeout"),
-            "queue_timeout must be more than zero".into(),
-        ));
+        return Err(at
+            .key("queue_timeout")
+            .err("queue_timeout must be more than zero"));
     }
     Ok(GateSpec {
         max_in_flight,

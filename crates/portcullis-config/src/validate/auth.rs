@@ -1,8 +1,5 @@
-//! Compiles a route's `auth:` block: reads key files, parses algorithms, fills in
-//! defaults (audience = the route's public URL), and builds the route's verifier.
-//! Errors name the file, line and key like every other config error.
-
-use std::path::Path;
+//! `routes[].auth`: reads key files, parses algorithms, fills in defaults (audience =
+//! the route's public URL), and builds the route's verifier.
 
 use std::time::Duration;
 
@@ -12,9 +9,8 @@ use portcullis_auth::{
 };
 
 use crate::error::ConfigError;
-use crate::file::{ApiKeyFile, AuthFile, JwtFile};
-use crate::locate::Step;
-use crate::validate::Ctx;
+use crate::file::{ApiKeyFile, AuthFile, IssuerFile, JwtFile};
+use crate::scope::Scope;
 
 /// Algorithms accepted when an issuer lists none (asymmetric only).
 const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
@@ -29,31 +25,26 @@ const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-pub(crate) fn compile(
-    path: &Path,
-    text: &str,
-    route: usize,
+pub(super) fn compile(
+    at: &Scope<'_>,
     a: &AuthFile,
     public_url: Option<&str>,
     route_path: &str,
 ) -> Result<RouteAuth, ConfigError> {
-    let cx = Ctx { path, text };
-    let auth_at = [Step::Key("routes"), Step::Index(route), Step::Key("auth")];
     let verifier = match &a.jwt {
-        Some(jwt) => Some(compile_jwt(&cx, path, route, jwt, public_url, route_path)?),
+        Some(jwt) => Some(compile_jwt(&at.key("jwt"), jwt, public_url, route_path)?),
         None => None,
     };
     let mut entries: Vec<ApiKeyFile> = a.api_keys.clone();
     if let Some(file) = &a.api_keys_file {
-        let mut at = auth_at.to_vec();
-        at.push(Step::Key("api_keys_file"));
-        let text = std::fs::read_to_string(resolve(path, file))
-            .map_err(|e| cx.err(&at, format!("cannot read {}: {e}", file.display())))?;
+        let at_file = at.key("api_keys_file");
+        let text = std::fs::read_to_string(at.resolve(file))
+            .map_err(|e| at_file.err(format!("cannot read {}: {e}", file.display())))?;
         let more: Vec<ApiKeyFile> = serde_yaml::from_str(&text).map_err(|e| {
-            cx.err(
-                &at,
-                format!("{}: not a list of api_keys entries: {e}", file.display()),
-            )
+            at_file.err(format!(
+                "{}: not a list of api_keys entries: {e}",
+                file.display()
+            ))
         })?;
         entries.extend(more);
     }
@@ -69,15 +60,12 @@ pub(crate) fn compile(
                 scopes: e.scopes,
             })
             .collect();
-        let mut at = auth_at.to_vec();
-        at.push(Step::Key("api_keys"));
-        Some(ApiKeys::new(&list).map_err(|e| cx.err(&at, e))?)
+        Some(ApiKeys::new(&list).map_err(|e| at.key("api_keys").err(e))?)
     };
     if verifier.is_none() && api_keys.is_none() {
-        return Err(cx.err(
-            &auth_at,
-            "configure jwt, api_keys or api_keys_file (remove auth for an anonymous route)".into(),
-        ));
+        return Err(
+            at.err("configure jwt, api_keys or api_keys_file (remove auth for an anonymous route)")
+        );
     }
     let authorization_servers = if a.authorization_servers.is_empty() {
         a.jwt
@@ -102,137 +90,131 @@ pub(crate) fn compile(
 }
 
 fn compile_jwt(
-    cx: &Ctx<'_>,
-    path: &Path,
-    route: usize,
+    at: &Scope<'_>,
     jwt: &JwtFile,
     public_url: Option<&str>,
     route_path: &str,
 ) -> Result<JwtVerifier, ConfigError> {
-    let base = [
-        Step::Key("routes"),
-        Step::Index(route),
-        Step::Key("auth"),
-        Step::Key("jwt"),
-    ];
     if jwt.issuers.is_empty() {
-        let mut at = base.to_vec();
-        at.push(Step::Key("issuers"));
-        return Err(cx.err(&at, "list at least one issuer".into()));
+        return Err(at.key("issuers").err("list at least one issuer"));
     }
     let mut issuers = Vec::with_capacity(jwt.issuers.len());
     for (n, f) in jwt.issuers.iter().enumerate() {
-        let at = |k: &'static str| {
-            let mut v = base.to_vec();
-            v.extend([Step::Key("issuers"), Step::Index(n), Step::Key(k)]);
-            v
-        };
-        if f.issuer == portcullis_auth::API_KEY_ISSUER {
-            return Err(cx.err(
-                &at("issuer"),
-                format!(
-                    "`{}` is the issuer the gateway gives API-key principals; a token issuer cannot use it",
-                    f.issuer
-                ),
-            ));
-        }
-        let sources = [
-            f.jwks_url.is_some(),
-            f.jwks_file.is_some(),
-            f.pem_file.is_some(),
-            f.secret_file.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(cx.err(
-                &at("issuer"),
-                "give exactly one of jwks_url, jwks_file, pem_file, secret_file".into(),
-            ));
-        }
-        let read = |p: &Path, key: &'static str| {
-            std::fs::read(resolve(path, p))
-                .map_err(|e| cx.err(&at(key), format!("cannot read {}: {e}", p.display())))
-        };
-        let keys: KeySource = if let Some(url) = &f.jwks_url {
-            check_jwks_url(url).map_err(|e| cx.err(&at("jwks_url"), e))?;
-            for (key, value) in [
-                ("jwks_refresh_interval", f.jwks_refresh_interval),
-                ("jwks_refetch_min_interval", f.jwks_refetch_min_interval),
-            ] {
-                // A floor on both, so no setting lets tokens flood the provider.
-                if value < Duration::from_secs(1) {
-                    return Err(cx.err(&at(key), "must be at least 1s".into()));
-                }
-            }
-            KeySource::Remote(JwksRegistry::global().get(
-                url,
-                JwksSchedule {
-                    refresh_interval: f.jwks_refresh_interval,
-                    min_refetch_interval: f.jwks_refetch_min_interval,
-                },
-            ))
-        } else if let Some(p) = &f.jwks_file {
-            let bytes = read(p, "jwks_file")?;
-            Keys::from_jwks_json(&String::from_utf8_lossy(&bytes))
-                .map_err(|e| cx.err(&at("jwks_file"), format!("{}: {e}", p.display())))?
-                .into()
-        } else if let Some(p) = &f.pem_file {
-            let bytes = read(p, "pem_file")?;
-            Keys::from_pem(&bytes, None)
-                .map_err(|e| cx.err(&at("pem_file"), format!("{}: {e}", p.display())))?
-                .into()
-        } else if let Some(p) = &f.secret_file {
-            let bytes = read(p, "secret_file")?;
-            let secret = bytes.trim_ascii_end();
-            if secret.len() < 32 {
-                return Err(cx.err(
-                    &at("secret_file"),
-                    "an HMAC secret needs at least 32 bytes".into(),
-                ));
-            }
-            Keys::from_secret(secret).into()
-        } else {
-            return Err(cx.err(&at("issuer"), "no key source".into()));
-        };
-        let algorithms = if f.algorithms.is_empty() {
-            if f.secret_file.is_some() {
-                vec![Algorithm::HS256]
-            } else {
-                DEFAULT_ALGORITHMS.to_vec()
-            }
-        } else {
-            let mut out = Vec::with_capacity(f.algorithms.len());
-            for name in &f.algorithms {
-                let alg: Algorithm = name.parse().map_err(|_| {
-                    cx.err(&at("algorithms"), format!("unknown algorithm `{name}`"))
-                })?;
-                out.push(alg);
-            }
-            out
-        };
-        let audiences = if f.audiences.is_empty() {
-            match public_url {
-                Some(base) => vec![format!("{}{route_path}", base.trim_end_matches('/'))],
-                None => {
-                    return Err(cx.err(
-                        &at("audiences"),
-                        "set audiences, or http.public_url so the audience defaults to the route's URL (RFC 8707)".into(),
-                    ))
-                }
-            }
-        } else {
-            f.audiences.clone()
-        };
-        issuers.push(IssuerConfig {
-            issuer: f.issuer.clone(),
-            audiences,
-            algorithms,
-            leeway: f.leeway,
-            keys,
-            groups_claims: f.groups_claims.clone(),
-            keep_claims: f.keep_claims.clone(),
-        });
+        issuers.push(issuer(
+            &at.key("issuers").index(n),
+            f,
+            public_url,
+            route_path,
+        )?);
     }
     Ok(JwtVerifier::new(issuers, jwt.cache_entries))
+}
+
+fn issuer(
+    at: &Scope<'_>,
+    f: &IssuerFile,
+    public_url: Option<&str>,
+    route_path: &str,
+) -> Result<IssuerConfig, ConfigError> {
+    if f.issuer == portcullis_auth::API_KEY_ISSUER {
+        return Err(at.key("issuer").err(format!(
+            "`{}` is the issuer the gateway gives API-key principals; a token issuer cannot use it",
+            f.issuer
+        )));
+    }
+    let sources = [
+        f.jwks_url.is_some(),
+        f.jwks_file.is_some(),
+        f.pem_file.is_some(),
+        f.secret_file.is_some(),
+    ];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(at
+            .key("issuer")
+            .err("give exactly one of jwks_url, jwks_file, pem_file, secret_file"));
+    }
+    let read = |p: &std::path::Path, key: &'static str| {
+        std::fs::read(at.resolve(p))
+            .map_err(|e| at.key(key).err(format!("cannot read {}: {e}", p.display())))
+    };
+    let keys: KeySource = if let Some(url) = &f.jwks_url {
+        check_jwks_url(url).map_err(|e| at.key("jwks_url").err(e))?;
+        for (key, value) in [
+            ("jwks_refresh_interval", f.jwks_refresh_interval),
+            ("jwks_refetch_min_interval", f.jwks_refetch_min_interval),
+        ] {
+            // A floor on both, so no setting lets tokens flood the provider.
+            if value < Duration::from_secs(1) {
+                return Err(at.key(key).err("must be at least 1s"));
+            }
+        }
+        KeySource::Remote(JwksRegistry::global().get(
+            url,
+            JwksSchedule {
+                refresh_interval: f.jwks_refresh_interval,
+                min_refetch_interval: f.jwks_refetch_min_interval,
+            },
+        ))
+    } else if let Some(p) = &f.jwks_file {
+        let bytes = read(p, "jwks_file")?;
+        Keys::from_jwks_json(&String::from_utf8_lossy(&bytes))
+            .map_err(|e| at.key("jwks_file").err(format!("{}: {e}", p.display())))?
+            .into()
+    } else if let Some(p) = &f.pem_file {
+        let bytes = read(p, "pem_file")?;
+        Keys::from_pem(&bytes, None)
+            .map_err(|e| at.key("pem_file").err(format!("{}: {e}", p.display())))?
+            .into()
+    } else if let Some(p) = &f.secret_file {
+        let bytes = read(p, "secret_file")?;
+        let secret = bytes.trim_ascii_end();
+        if secret.len() < 32 {
+            return Err(at
+                .key("secret_file")
+                .err("an HMAC secret needs at least 32 bytes"));
+        }
+        Keys::from_secret(secret).into()
+    } else {
+        return Err(at.key("issuer").err("no key source"));
+    };
+    let algorithms = if f.algorithms.is_empty() {
+        if f.secret_file.is_some() {
+            vec![Algorithm::HS256]
+        } else {
+            DEFAULT_ALGORITHMS.to_vec()
+        }
+    } else {
+        let mut out = Vec::with_capacity(f.algorithms.len());
+        for name in &f.algorithms {
+            let alg: Algorithm = name.parse().map_err(|_| {
+                at.key("algorithms")
+                    .err(format!("unknown algorithm `{name}`"))
+            })?;
+            out.push(alg);
+        }
+        out
+    };
+    let audiences = if f.audiences.is_empty() {
+        match public_url {
+            Some(base) => vec![format!("{}{route_path}", base.trim_end_matches('/'))],
+            None => {
+                return Err(at.key("audiences").err(
+                    "set audiences, or http.public_url so the audience defaults to the route's URL (RFC 8707)",
+                ))
+            }
+        }
+    } else {
+        f.audiences.clone()
+    };
+    Ok(IssuerConfig {
+        issuer: f.issuer.clone(),
+        audiences,
+        algorithms,
+        leeway: f.leeway,
+        keys,
+        groups_claims: f.groups_claims.clone(),
+        keep_claims: f.keep_claims.clone(),
+    })
 }
 
 /// A JWKS URL must be absolute http(s) with a host; credentials in it would end up in
@@ -252,14 +234,6 @@ fn check_jwks_url(url: &str) -> Result<(), String> {
         return Err("credentials in the URL are refused".into());
     }
     Ok(())
-}
-
-/// Key paths are relative to the config file's directory.
-fn resolve(config: &Path, p: &Path) -> std::path::PathBuf {
-    if p.is_absolute() {
-        return p.to_owned();
-    }
-    config.parent().map_or_else(|| p.to_owned(), |d| d.join(p))
 }
 
 #[cfg(test)]
@@ -292,7 +266,10 @@ mod tests {
         .expect("valid");
         let auth = c.routes[0].auth.as_ref().expect("auth");
         assert_eq!(auth.authorization_servers, ["https://idp"]);
-        assert_eq!(c.public_url.as_deref(), Some("https://mcp.example.com"));
+        assert_eq!(
+            c.http.public_url.as_deref(),
+            Some("https://mcp.example.com")
+        );
     }
 
     #[test]
