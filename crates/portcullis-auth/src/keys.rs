@@ -91,7 +91,10 @@ impl Keys {
         self.candidates(kid).next().is_some()
     }
 
-    pub(crate) fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a DecodingKey> {
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a DecodingKey> {
         self.keys
             .iter()
             .filter(move |(k, _)| kid.is_none() || k.as_deref() == kid)
@@ -110,4 +113,3 @@ fn usable_for_verification(jwk: &Jwk) -> bool {
         _ => false,
     }
 }
-

@@ -124,6 +124,9 @@ mod tests {
         assert!(concerns(Path::new("/etc/p/..data"), &names));
         assert!(!concerns(Path::new("/etc/p/gateway.log"), &names));
         assert!(!concerns(Path::new("/etc/p/.portcullis.yaml.swp"), &names));
-        assert!(!concerns(Path::new("/etc/p/..2026_12_01_00_00_00.123"), &names));
+        assert!(!concerns(
+            Path::new("/etc/p/..2026_12_01_00_00_00.123"),
+            &names
+        ));
     }
 }

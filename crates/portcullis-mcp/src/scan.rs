@@ -59,6 +59,9 @@ pub trait Sink {
     fn ambiguous(&mut self);
     /// A [`Mode::Whole`] event grew past the limit and is dropped.
     fn oversized(&mut self, head: &Head);
+    /// The current event ended, however it was handled (streamed, held, dropped), so
+    /// the next call concerns a new event. Default: nothing.
+    fn end(&mut self) {}
 }
 
 /// What the scanner is doing with the current event.
@@ -296,6 +299,7 @@ impl Scanner {
                 sink.event(event, &head, ambiguous);
             }
         }
+        sink.end();
         self.reset();
     }
 
@@ -643,7 +647,10 @@ data:  \"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"a \\\"quo
         // is held whole.
         assert_eq!(rec.events.len(), 2, "{:?}", rec.events);
         assert_eq!(rec.events[0].1, Head::Opaque);
-        assert_eq!(rec.events[1].1, Head::Method("sampling/createMessage".into()));
+        assert_eq!(
+            rec.events[1].1,
+            Head::Method("sampling/createMessage".into())
+        );
         assert!(rec.events[1].0.contains("messages"));
         assert_eq!(rec.ambiguous, 0);
     }
@@ -676,7 +683,11 @@ data:  \"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"a \\\"quo
         s.push(b"data: {\"id\":1,\"result\":{\"text\":\"", &mut rec);
         let big = vec![b'x'; 10_000];
         s.push(&big, &mut rec);
-        assert!(rec.out.len() > 10_000, "streamed past the limit: {}", rec.out.len());
+        assert!(
+            rec.out.len() > 10_000,
+            "streamed past the limit: {}",
+            rec.out.len()
+        );
         assert!(!s.at_boundary());
         s.push(b"\"}}\n\n", &mut rec);
         assert!(s.at_boundary());
@@ -688,8 +699,14 @@ data:  \"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"a \\\"quo
         let cases = [
             (r#"{"res\u0075lt":{}}"#, Head::Response),
             (r#"{ "error" : {"code":1}, "id": 2 }"#, Head::Response),
-            (r#"{"params":{"method":"x","result":1},"method":"roots/list","id":1}"#, Head::Method("roots/list".into())),
-            (r#"{"id":"a\"b","meth\u006fd":"ping"}"#, Head::Method("ping".into())),
+            (
+                r#"{"params":{"method":"x","result":1},"method":"roots/list","id":1}"#,
+                Head::Method("roots/list".into()),
+            ),
+            (
+                r#"{"id":"a\"b","meth\u006fd":"ping"}"#,
+                Head::Method("ping".into()),
+            ),
             (r#"{"jsonrpc":"2.0","id":1}"#, Head::Unknown),
             ("[1,2]", Head::Batch),
             ("not json", Head::Opaque),
@@ -698,7 +715,11 @@ data:  \"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"a \\\"quo
         for (data, head) in cases {
             let text = format!("data: {data}\n\n");
             let rec = scan(&[text.as_bytes()], |_| Mode::Whole);
-            let got = rec.heads.first().or(rec.events.first().map(|e| &e.1)).cloned();
+            let got = rec
+                .heads
+                .first()
+                .or(rec.events.first().map(|e| &e.1))
+                .cloned();
             assert_eq!(got, Some(head), "{data}");
             assert_eq!(rec.out, text.as_bytes(), "{data}");
         }
@@ -729,11 +750,18 @@ data:  \"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"a \\\"quo
 
     #[test]
     fn held_events_past_the_limit_stream_or_drop() {
-        let big = format!("data: {{\"method\":\"x/y\",\"params\":\"{}\"}}\n\n", "a".repeat(500));
+        let big = format!(
+            "data: {{\"method\":\"x/y\",\"params\":\"{}\"}}\n\n",
+            "a".repeat(500)
+        );
         let mut rec = Record::new(|_| Mode::Hold);
         let mut s = Scanner::new(100, false);
         s.push(big.as_bytes(), &mut rec);
-        assert_eq!(rec.out, big.as_bytes(), "a held event that outgrows the limit streams");
+        assert_eq!(
+            rec.out,
+            big.as_bytes(),
+            "a held event that outgrows the limit streams"
+        );
         let mut rec = Record::new(|_| Mode::Whole);
         let mut s = Scanner::new(100, true);
         s.push(big.as_bytes(), &mut rec);
@@ -758,7 +786,10 @@ data:  \"id\":7,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"a \\\"quo
     fn a_stream_cut_mid_event_drops_what_had_to_be_judged() {
         let mut rec = Record::new(|_| Mode::Whole);
         let mut s = Scanner::new(1 << 20, true);
-        s.push(b"data: {\"id\":\"s\",\"method\":\"sampling/createMessage\"", &mut rec);
+        s.push(
+            b"data: {\"id\":\"s\",\"method\":\"sampling/createMessage\"",
+            &mut rec,
+        );
         s.finish(&mut rec);
         assert!(rec.out.is_empty());
         let mut rec = Record::new(|_| Mode::Hold);

@@ -77,7 +77,7 @@ pub struct Record<'a> {
     /// The refusal or failure reason, if any.
     pub reason: Option<&'a str>,
     /// The client's address.
-    pub client: Option<SocketAddr>,
+    pub client: Option<std::net::IpAddr>,
     /// The authenticated caller's subject.
     pub subject: Option<&'a str>,
     /// The policy rule that decided the request (`default` for the policy default).

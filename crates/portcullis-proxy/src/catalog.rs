@@ -1,25 +1,27 @@
 //! The gateway's own view of an upstream's tools: names and annotations, learned from
-//! the `tools/list` answers that pass through and, when a call needs them and none are
-//! fresh, fetched by the gateway itself (one walk of `tools/list`, shared by every
-//! request waiting for it). A policy needs this for two things: annotation rules judge
-//! a call without an extra round trip, and a tool that does not exist is answered by
-//! the upstream as unknown, exactly like a hidden one, whatever the policy's default.
+//! the `tools/list` answers that pass through and, when a call names a tool nothing
+//! fresh is known of, walked by the gateway itself in the background (one walk at a
+//! time per upstream, at most one per [`MIN_WALK_INTERVAL`]). No request ever waits for
+//! a walk: the policy stage judges with what is known now. A policy needs this for two
+//! things: annotation rules judge a call without an extra round trip, and a denied tool
+//! that no listing ever showed is answered as unknown, exactly like a hidden one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
-use portcullis_config::Upstream;
-use portcullis_mcp::sse::Splitter;
+use parking_lot::{Mutex, RwLock};
 use portcullis_policy::Annotations;
 use serde_json::{json, Value};
+
+use crate::upstream::own::{self, Answered};
+use crate::upstream::{OwnedPin, Upstream};
 
 /// How long a learned catalog is used before it is fetched again.
 pub const CATALOG_TTL: Duration = Duration::from_secs(600);
 
-/// The longest a call waits for the gateway's own fetch of a catalog.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one walk of an upstream's list may take.
+pub const WALK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most this many `tools/list` pages are walked (a runaway cursor loop ends here).
 const MAX_PAGES: usize = 100;
@@ -31,9 +33,6 @@ const MAX_NAME: usize = 256;
 /// The least time between two walks of one upstream's list, whatever asks for them
 /// (calls for unknown tools, `list_changed` clearing the catalog, failures).
 pub const MIN_WALK_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The largest answer read while fetching.
-const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 struct Known {
@@ -49,7 +48,7 @@ struct Known {
 pub enum ToolInfo {
     /// Listed, with these annotations.
     Listed(Annotations),
-    /// Not in a complete, fresh catalog: the upstream has no such tool.
+    /// Not in a complete, fresh catalog.
     Absent,
     /// Nothing fresh is known.
     Unknown,
@@ -59,10 +58,8 @@ pub enum ToolInfo {
 #[derive(Default)]
 pub struct Catalogs {
     by_upstream: RwLock<HashMap<String, Known>>,
-    /// One fetch at a time per upstream.
-    fetching: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each upstream's list was last walked (or a walk was tried).
-    walked_at: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Each upstream's last walk: when it started, and what changes when it ends.
+    walks: Mutex<HashMap<String, (Instant, tokio::sync::watch::Receiver<()>)>>,
 }
 
 impl Catalogs {
@@ -108,148 +105,65 @@ impl Catalogs {
         );
     }
 
-    /// What is known of `tool`, walking the upstream's list first if nothing fresh is
-    /// known (at most once per [`MIN_WALK_INTERVAL`] per upstream, one walk at a time).
-    /// The walk runs as a task of its own: a caller that stops waiting never leaves a
-    /// half-walked session behind. A failed or slow walk leaves it
-    /// [`ToolInfo::Unknown`] (callers then assume the spec's cautious defaults).
-    pub async fn tool_fetching(
+    /// What is known of `tool`, after waiting at most `wait` for a walk of the
+    /// upstream's list when nothing fresh is known. The walk runs as a task of its own
+    /// (one at a time per upstream, at most one per [`MIN_WALK_INTERVAL`]): a caller
+    /// that stops waiting never leaves a half-walked session behind.
+    pub async fn tool_after_walk(
         self: &Arc<Self>,
-        client: &reqwest::Client,
-        upstream: &Upstream,
-        endpoint: std::net::SocketAddr,
+        upstream: Arc<dyn Upstream>,
+        trust: bool,
         tool: &str,
+        wait: Duration,
     ) -> ToolInfo {
-        let info = self.tool(&upstream.name, tool);
+        let name = upstream.name().to_owned();
+        let info = self.tool(&name, tool);
         if info != ToolInfo::Unknown {
             return info;
         }
-        let lock = self
-            .fetching
-            .lock()
-            .entry(upstream.name.clone())
-            .or_default()
-            .clone();
-        let _one = lock.lock().await;
-        // Someone else may have walked while this call waited.
-        let info = self.tool(&upstream.name, tool);
-        if info != ToolInfo::Unknown {
-            return info;
+        if let Some(mut done) = self.walk_soon(upstream, trust) {
+            let _ = tokio::time::timeout(wait, done.changed()).await;
         }
+        self.tool(&name, tool)
+    }
+
+    /// Starts a walk of `upstream`'s list in the background unless one is running (its
+    /// end is returned) or one started within [`MIN_WALK_INTERVAL`] (`None`).
+    pub fn walk_soon(
+        self: &Arc<Self>,
+        upstream: Arc<dyn Upstream>,
+        trust: bool,
+    ) -> Option<tokio::sync::watch::Receiver<()>> {
+        let name = upstream.name().to_owned();
+        let (tx, rx) = tokio::sync::watch::channel(());
         {
-            let mut walked = self.walked_at.lock();
-            if walked
-                .get(&upstream.name)
-                .is_some_and(|t| t.elapsed() < MIN_WALK_INTERVAL)
-            {
-                return ToolInfo::Unknown;
+            let mut walks = self.walks.lock();
+            if let Some((started, done)) = walks.get(&name) {
+                if done.has_changed().is_ok() {
+                    // Still running: the sender is alive.
+                    return Some(done.clone());
+                }
+                if started.elapsed() < MIN_WALK_INTERVAL {
+                    return None;
+                }
             }
-            walked.insert(upstream.name.clone(), Instant::now());
+            walks.insert(name.clone(), (Instant::now(), rx.clone()));
         }
         let me = self.clone();
-        let (client, up) = (client.clone(), upstream.clone());
-        let walk = tokio::spawn(async move {
-            match list_tools(&client, &up, endpoint, up.trust_annotations).await {
-                Ok(tools) => me.replace(&up.name, tools),
-                Err(e) => {
-                    tracing::warn!(upstream = %up.name, error = %e, "could not list the upstream's tools")
+        tokio::spawn(async move {
+            match tokio::time::timeout(WALK_TIMEOUT, list_tools(&*upstream, trust)).await {
+                Ok(Ok(tools)) => me.replace(&name, tools),
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %name, error = %e, "could not list the upstream's tools")
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %name, "listing the upstream's tools took too long")
                 }
             }
+            // Dropping the sender tells every waiter the walk is over.
+            drop(tx);
         });
-        if tokio::time::timeout(FETCH_TIMEOUT, walk).await.is_err() {
-            tracing::warn!(upstream = %upstream.name, "listing the upstream's tools is taking long; judging with the spec's defaults");
-        }
-        self.tool(&upstream.name, tool)
-    }
-}
-
-/// One MCP exchange with the upstream, as the gateway itself.
-struct Walker<'a> {
-    client: &'a reqwest::Client,
-    upstream: &'a Upstream,
-    url: String,
-    session: Option<String>,
-    version: &'static str,
-}
-
-impl Walker<'_> {
-    async fn post(
-        &self,
-        body: Value,
-        method: &str,
-    ) -> Result<(Option<String>, Option<Value>), String> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header("host", &self.upstream.authority)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", self.version);
-        if self.version == "2026-07-28" {
-            req = req.header("mcp-method", method);
-        }
-        if let Some(s) = &self.session {
-            req = req.header("mcp-session-id", s);
-        }
-        for (k, v) in &self.upstream.headers {
-            req = req.header(k, v);
-        }
-        let mut resp = req
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| format!("{method}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("{method}: HTTP {}", resp.status().as_u16()));
-        }
-        let sid = resp
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let sse = resp
-            .headers()
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let mut buf = Vec::new();
-        let mut splitter = Splitter::new(MAX_ANSWER);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{method}: {e}"))? {
-            if !sse {
-                if buf.len() + chunk.len() > MAX_ANSWER {
-                    return Err(format!("{method}: answer too large"));
-                }
-                buf.extend_from_slice(&chunk);
-                continue;
-            }
-            let events = splitter
-                .push(&chunk)
-                .map_err(|_| format!("{method}: event too large"))?;
-            for ev in events {
-                if let Some(msg) = ev.data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
-                    if msg.get("id").is_some()
-                        && (msg.get("result").is_some() || msg.get("error").is_some())
-                    {
-                        return Ok((sid, Some(msg)));
-                    }
-                }
-            }
-        }
-        if sse || buf.is_empty() {
-            return Ok((sid, None));
-        }
-        let msg = serde_json::from_slice(&buf).map_err(|e| format!("{method}: {e}"))?;
-        Ok((sid, Some(msg)))
-    }
-
-    fn meta(&self, mut params: Value) -> Value {
-        if self.version == "2026-07-28" {
-            params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": client_info(),
-            });
-        }
-        params
+        Some(rx)
     }
 }
 
@@ -259,70 +173,77 @@ fn client_info() -> Value {
 }
 
 /// Walks the upstream's whole `tools/list` as the gateway: a 2025-11-25 session
-/// (initialize, list, DELETE), or a stateless 2026-07-28 list if the upstream refuses
+/// (initialize, list, end), or a stateless 2026-07-28 list if the upstream refuses
 /// `initialize`. Annotations are the spec's defaults unless trusted.
 pub async fn list_tools(
-    client: &reqwest::Client,
-    upstream: &Upstream,
-    endpoint: std::net::SocketAddr,
+    upstream: &dyn Upstream,
     trust: bool,
 ) -> Result<Vec<(String, Annotations)>, String> {
-    let mut w = Walker {
-        client,
-        upstream,
-        url: format!("http://{endpoint}{}", upstream.path),
-        session: None,
-        version: "2025-11-25",
-    };
     let init = json!({"jsonrpc":"2.0","id":"portcullis-init","method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":client_info()}});
+    let mut version = "2026-07-28";
+    let mut session: Option<OwnedPin> = None;
     let mut opened = Ok(());
-    match w.post(init, "initialize").await {
-        Ok((sid, Some(msg))) if msg.get("result").is_some() => {
-            w.session = sid;
+    if let Ok(Answered {
+        session: sid,
+        message: Some(msg),
+    }) = own::call(upstream, None, "2025-11-25", "initialize", &init).await
+    {
+        if msg.get("result").is_some() {
+            session = sid;
             // Speak the revision the upstream chose, if it is one we know.
-            if let Some(v) = msg["result"]["protocolVersion"]
+            version = msg["result"]["protocolVersion"]
                 .as_str()
                 .and_then(portcullis_mcp::ProtocolVersion::parse)
-            {
-                w.version = v.as_str();
-            }
+                .map_or("2025-11-25", |v| v.as_str());
             let note = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-            opened = w.post(note, "notifications/initialized").await.map(|_| ());
+            opened = own::call(
+                upstream,
+                session.as_ref(),
+                version,
+                "notifications/initialized",
+                &note,
+            )
+            .await
+            .map(|_| ());
         }
-        _ => w.version = "2026-07-28",
     }
     // The session is ended below whatever happens in between.
     let walked = match opened {
-        Ok(()) => walk(&w, trust).await,
+        Ok(()) => walk(upstream, session.as_ref(), version, trust).await,
         Err(e) => Err(e),
     };
-    if let Some(sid) = &w.session {
-        let mut del = client
-            .delete(&w.url)
-            .header("host", &upstream.authority)
-            .header("mcp-session-id", sid)
-            .header("mcp-protocol-version", w.version);
-        for (k, v) in &upstream.headers {
-            del = del.header(k, v);
-        }
-        let _ = del.send().await;
+    if let Some(s) = &session {
+        own::end_session(upstream, s, version).await;
     }
     walked
 }
 
-async fn walk(w: &Walker<'_>, trust: bool) -> Result<Vec<(String, Annotations)>, String> {
+async fn walk(
+    upstream: &dyn Upstream,
+    session: Option<&OwnedPin>,
+    version: &str,
+    trust: bool,
+) -> Result<Vec<(String, Annotations)>, String> {
     let mut tools = Vec::new();
     let mut cursor: Option<String> = None;
     for page in 0..MAX_PAGES {
-        let params = match &cursor {
+        let mut params = match &cursor {
             Some(c) => json!({"cursor": c}),
             None => json!({}),
         };
+        if version == "2026-07-28" {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": client_info(),
+            });
+        }
         let body = json!({"jsonrpc":"2.0","id":format!("portcullis-list-{page}"),
-            "method":"tools/list","params":w.meta(params)});
-        let (_, msg) = w.post(body, "tools/list").await?;
-        let result = msg
+            "method":"tools/list","params":params});
+        let answered = own::call(upstream, session, version, "tools/list", &body).await?;
+        let result = answered
+            .message
             .and_then(|m| m.get("result").cloned())
             .ok_or("tools/list: no result")?;
         for t in result

@@ -59,18 +59,19 @@ impl Prober {
         let mut results = Vec::with_capacity(snap.upstreams.len());
         for up in &snap.upstreams {
             let mut any = false;
-            for addr in &up.config.endpoints {
+            for addr in up.endpoints().addrs() {
                 let connect = tokio::net::TcpStream::connect(*addr);
-                if let Ok(Ok(_)) = tokio::time::timeout(up.config.connect_timeout, connect).await {
+                if let Ok(Ok(_)) = tokio::time::timeout(up.config().connect_timeout, connect).await
+                {
                     any = true;
                     break;
                 }
             }
             self.metrics
                 .upstream_up
-                .with_label_values(&[up.config.name.as_str()])
+                .with_label_values(&[up.config().name.as_str()])
                 .set(i64::from(any));
-            results.push((up.config.name.clone(), any));
+            results.push((up.config().name.clone(), any));
         }
         self.health.upstreams.store(Arc::new(results));
         self.health.probed.store(true, Ordering::Release);

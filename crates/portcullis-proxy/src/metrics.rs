@@ -62,8 +62,20 @@ pub struct Metrics {
     /// `portcullis_tool_calls_in_flight{upstream, tool}`: tool is a configured gate's
     /// pattern or `other`.
     pub tool_calls_in_flight: IntGaugeVec,
-    /// `portcullis_get_streams_open`: what `admission.max_streams` caps.
-    pub get_streams_open: IntGauge,
+    /// `portcullis_standalone_streams_open`: GET streams and `subscriptions/listen`
+    /// streams, what `admission.max_streams` caps.
+    pub standalone_streams_open: IntGauge,
+    /// `portcullis_connections_open`: client connections, what
+    /// `admission.max_connections` caps.
+    pub connections_open: IntGauge,
+    /// `portcullis_connections_rejected_total`: connections closed as soon as accepted
+    /// because `admission.max_connections` were open.
+    pub connections_rejected: IntCounter,
+    /// `portcullis_client_timeouts_total{timeout}`: clients cut by `header`, `idle` or
+    /// `write` timeouts.
+    pub client_timeouts: IntCounterVec,
+    /// `portcullis_stream_keepalives_total`: keep-alive comments sent on quiet streams.
+    pub stream_keepalives: IntCounter,
     /// `portcullis_breaker_state{upstream, endpoint}`: 0 closed, 1 open, 2 half-open.
     pub breaker_state: IntGaugeVec,
     /// `portcullis_breaker_transitions_total{upstream, endpoint, state}`.
@@ -71,7 +83,7 @@ pub struct Metrics {
 }
 
 /// A gauge raised while this guard lives, lowered on every path that drops it.
-pub(crate) struct Raised(IntGauge);
+pub struct Raised(IntGauge);
 
 impl Raised {
     /// Raises `gauge` until the guard is dropped.
@@ -143,13 +155,43 @@ impl Metrics {
                 "1 once config file changes and SIGHUP trigger reloads, 0 if watching failed",
             ),
         );
-        let get_streams_open = registered(
+        let standalone_streams_open = registered(
             &r,
             IntGauge::new(
-                "portcullis_get_streams_open",
-                "Standalone GET streams open (capped by admission.max_streams)",
+                "portcullis_standalone_streams_open",
+                "GET streams and subscriptions/listen streams open (capped by admission.max_streams)",
             ),
         );
+        let connections_open = registered(
+            &r,
+            IntGauge::new(
+                "portcullis_connections_open",
+                "Client connections open (capped by admission.max_connections)",
+            ),
+        );
+        let connections_rejected = registered(
+            &r,
+            IntCounter::new(
+                "portcullis_connections_rejected_total",
+                "Client connections closed as soon as accepted because admission.max_connections were open",
+            ),
+        );
+        let stream_keepalives = registered(
+            &r,
+            IntCounter::new(
+                "portcullis_stream_keepalives_total",
+                "Keep-alive comments sent on quiet SSE streams (http.stream_keepalive)",
+            ),
+        );
+        let client_timeouts = counter(
+            &r,
+            "portcullis_client_timeouts_total",
+            "Clients cut by a timeout: header (http.header_timeout), idle (http.idle_timeout), write (http.write_timeout)",
+            &["timeout"],
+        );
+        for t in ["header", "idle", "write"] {
+            client_timeouts.with_label_values(&[t]);
+        }
         Metrics {
             rate_limited: counter(
                 &r,
@@ -193,7 +235,11 @@ impl Metrics {
                 "tools/call requests being answered upstream (tool: a tools[].match pattern, or other)",
                 &["upstream", "tool"],
             ),
-            get_streams_open,
+            standalone_streams_open,
+            connections_open,
+            connections_rejected,
+            client_timeouts,
+            stream_keepalives,
             breaker_state: gauge_vec(
                 &r,
                 "portcullis_breaker_state",

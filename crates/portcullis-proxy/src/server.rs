@@ -10,21 +10,28 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::protocols::TcpKeepalive;
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
+use pingora_core::services::background::BackgroundService;
 use pingora_core::services::listening::Service as Listening;
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
-use crate::app::Gateway;
 use crate::audit::AuditLog;
+use crate::conn::Admission;
+use crate::driver::Gateway;
 use crate::health::{Health, Prober};
 use crate::jwks::JwksFetcher;
 use crate::listen::{Prebound, PreboundService};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Live, Shared, Snapshot};
 
 /// Upstream keep-alive connections kept per worker thread.
 const POOL_PER_THREAD: usize = 128;
@@ -104,7 +111,16 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
              so replicas behind one Service cannot serve each other's sessions (docs/configuration.md)"
         );
     }
-    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(config, None)?));
+    let shared = Shared {
+        connector: Arc::new(Connector::new(Some(ConnectorOptions::new(
+            POOL_PER_THREAD * threads,
+        )))),
+        metrics: metrics.clone(),
+    };
+    let tcp_keepalive = config.http.tcp_keepalive;
+    let live = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+        config, None, &shared,
+    )?));
     let in_flight = metrics.in_flight.clone();
 
     let conf = ServerConf {
@@ -117,15 +133,14 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let gateway = Gateway::new(
-        live.clone(),
-        metrics.clone(),
-        access.clone(),
-        audit.clone(),
-        POOL_PER_THREAD * threads,
-    );
-    let mut public_svc = Listening::new("portcullis".to_owned(), gateway);
-    public_svc.add_tcp(&public_sock.key());
+    let gateway = Gateway::new(live.clone(), metrics.clone(), access.clone(), audit.clone());
+    let admission = Admission {
+        inner: Arc::new(gateway),
+        live: live.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut public_svc = Listening::new("portcullis".to_owned(), admission);
+    public_svc.add_tcp_with_settings(&public_sock.key(), socket_options(tcp_keepalive));
     public_svc.threads = Some(threads);
     server.add_service(PreboundService::new(public_svc, public_sock));
 
@@ -145,17 +160,15 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         Reloader {
             path: source,
             live: live.clone(),
-            metrics: metrics.clone(),
+            shared,
+            refused: Default::default(),
         },
     ));
     server.add_service(background_service(
         "jwks",
         JwksFetcher::new(metrics.clone())?,
     ));
-    server.add_service(background_service(
-        "prune",
-        crate::traffic::Pruner { live: live.clone() },
-    ));
+    server.add_service(background_service("prune", Pruner { live: live.clone() }));
     server.add_service(background_service(
         "probe",
         Prober {
@@ -175,6 +188,43 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         access_log: access,
         audit_log: audit,
     })
+}
+
+/// The public listener's accepted sockets: TCP keep-alive probes after
+/// `http.tcp_keepalive` of silence find peers that vanished without a FIN or RST.
+fn socket_options(idle: Duration) -> TcpSocketOptions {
+    let mut opts = TcpSocketOptions::default();
+    if !idle.is_zero() {
+        opts.tcp_keepalive = Some(TcpKeepalive {
+            idle,
+            interval: Duration::from_secs(10),
+            count: 6,
+            #[cfg(target_os = "linux")]
+            user_timeout: Duration::ZERO,
+        });
+    }
+    opts
+}
+
+/// How often idle rate-limit keys are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// The background service that drops idle rate-limit keys of the live config every
+/// [`PRUNE_EVERY`], so the sweep never runs on a request.
+struct Pruner {
+    live: Live,
+}
+
+#[async_trait]
+impl BackgroundService for Pruner {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_EVERY) => self.live.load().traffic.prune(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 impl Prepared {

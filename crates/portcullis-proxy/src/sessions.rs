@@ -8,13 +8,13 @@
 
 use std::sync::OnceLock;
 
-use std::net::SocketAddr;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use portcullis_auth::Principal;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+use crate::upstream::Pin;
 
 /// Bytes of the HMAC kept in the tag (128 bits).
 const TAG_BYTES: usize = 16;
@@ -35,14 +35,6 @@ fn keyed(key: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length; this cannot fail.
     <Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
-}
-
-/// The token that names an upstream endpoint inside a session id: 8 hex digits of the
-/// SHA-256 of its address. Stable across processes and reloads, whatever the order of
-/// the endpoints, and it does not spell out the address.
-pub fn replica_token(addr: &SocketAddr) -> String {
-    let digest = Sha256::digest(addr.to_string().as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `sid` is a session id the spec allows: 1 or more visible ASCII characters.
@@ -109,24 +101,29 @@ impl SessionSeal {
         ))
     }
 
-    /// The endpoint index (into `replicas`, the endpoints' tokens) and upstream session
-    /// id inside a client's session id, if it was sealed with this key (or the previous
-    /// one) for this `owner` and `upstream`, and its endpoint is still configured.
-    /// Anything else is an unknown session.
+    /// The upstream session inside a client's session id (the replica that holds it and
+    /// the upstream's id), if it was sealed with this key (or the previous one) for this
+    /// `owner` and `upstream`. Anything else is an unknown session (and so is a replica
+    /// no longer configured, which the upstream finds).
     pub fn open<'a>(
         &self,
         owner: (&str, &str),
         upstream: &str,
         client_sid: &'a [u8],
-        replicas: &[String],
-    ) -> Option<(usize, &'a [u8])> {
+    ) -> Option<Pin<'a>> {
         let (tag, rest) = split_dot(client_sid)?;
         let (replica, sid) = split_dot(rest)?;
         if tag.len() != TAG_CHARS || !is_visible_ascii(sid) {
             return None;
         }
         let replica = std::str::from_utf8(replica).ok()?;
-        let index = replicas.iter().position(|r| r == replica)?;
+        if replica.len() != 8
+            || !replica
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         // Compared in constant time by the hmac crate.
         let valid = |key: &Hmac<Sha256>| {
@@ -134,7 +131,8 @@ impl SessionSeal {
                 .verify_truncated_left(&tag)
                 .is_ok()
         };
-        (valid(&self.mac) || self.previous.as_ref().is_some_and(valid)).then_some((index, sid))
+        (valid(&self.mac) || self.previous.as_ref().is_some_and(valid))
+            .then_some(Pin { replica, id: sid })
     }
 }
 
@@ -181,7 +179,7 @@ mod tests {
     fn replicas() -> Vec<String> {
         ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
             .iter()
-            .map(|a| replica_token(&a.parse().expect("addr")))
+            .map(|a| crate::upstream::endpoints::replica_token(&a.parse().expect("addr")))
             .collect()
     }
 
@@ -195,38 +193,27 @@ mod tests {
             "visible ASCII: {id}"
         );
         assert_eq!(
-            s.open(ALICE, "tools", id.as_bytes(), &r),
-            Some((2, b"abc-123.x".as_slice())),
+            s.open(ALICE, "tools", id.as_bytes())
+                .map(|p| (p.replica, p.id)),
+            Some((r[2].as_str(), b"abc-123.x".as_slice())),
             "dots in the upstream's id survive"
         );
-        let reordered = vec![r[2].clone(), r[0].clone()];
         assert_eq!(
-            s.open(ALICE, "tools", id.as_bytes(), &reordered)
-                .map(|o| o.0),
-            Some(0),
-            "the replica is found by its address, not its position"
-        );
-        assert_eq!(
-            s.open(BOB, "tools", id.as_bytes(), &r),
+            s.open(BOB, "tools", id.as_bytes()),
             None,
             "another principal"
         );
         assert_eq!(
-            s.open(("https://other", "alice"), "tools", id.as_bytes(), &r),
+            s.open(("https://other", "alice"), "tools", id.as_bytes()),
             None
         );
         assert_eq!(
-            s.open(ALICE, "files", id.as_bytes(), &r),
+            s.open(ALICE, "files", id.as_bytes()),
             None,
             "another upstream"
         );
         assert_eq!(
-            s.open(ALICE, "tools", id.as_bytes(), &r[..2]),
-            None,
-            "replica gone"
-        );
-        assert_eq!(
-            SessionSeal::new(&[8u8; 32]).open(ALICE, "tools", id.as_bytes(), &r),
+            SessionSeal::new(&[8u8; 32]).open(ALICE, "tools", id.as_bytes()),
             None,
             "another key"
         );
@@ -238,8 +225,8 @@ mod tests {
 
         // A key rotation: the new key opens what the old one sealed, and seals anew.
         let rotated = SessionSeal::new(&[9u8; 32]).with_previous(&[7u8; 32]);
-        assert!(rotated.open(ALICE, "tools", id.as_bytes(), &r).is_some());
-        assert!(rotated.open(BOB, "tools", id.as_bytes(), &r).is_none());
+        assert!(rotated.open(ALICE, "tools", id.as_bytes()).is_some());
+        assert!(rotated.open(BOB, "tools", id.as_bytes()).is_none());
         assert_ne!(rotated.seal(ALICE, "tools", &r[2], b"abc-123.x"), Some(id));
     }
 
@@ -265,27 +252,23 @@ mod tests {
         let id = s.seal(ALICE, "tools", &r[1], b"sid").expect("sealed");
         let bytes = id.as_bytes();
         for cut in 0..bytes.len() {
-            assert_eq!(
-                s.open(ALICE, "tools", &bytes[..cut], &r),
-                None,
-                "cut at {cut}"
-            );
+            assert_eq!(s.open(ALICE, "tools", &bytes[..cut]), None, "cut at {cut}");
         }
         for i in 0..bytes.len() {
             let mut flipped = bytes.to_vec();
             flipped[i] ^= 0x01;
-            assert_eq!(s.open(ALICE, "tools", &flipped, &r), None, "flip at {i}");
+            assert_eq!(s.open(ALICE, "tools", &flipped), None, "flip at {i}");
         }
         // The same tag moved to another replica's token.
         let moved = id.replacen(&r[1], &r[0], 1);
-        assert_eq!(s.open(ALICE, "tools", moved.as_bytes(), &r), None);
+        assert_eq!(s.open(ALICE, "tools", moved.as_bytes()), None);
         // Non-canonical spellings of the replica token.
         let upper = id.replacen(&r[1], &r[1].to_ascii_uppercase(), 1);
         if upper != id {
-            assert_eq!(s.open(ALICE, "tools", upper.as_bytes(), &r), None);
+            assert_eq!(s.open(ALICE, "tools", upper.as_bytes()), None);
         }
         let padded = id.replacen(&r[1], &format!("0{}", r[1]), 1);
-        assert_eq!(s.open(ALICE, "tools", padded.as_bytes(), &r), None);
+        assert_eq!(s.open(ALICE, "tools", padded.as_bytes()), None);
         for bad in [
             &b""[..],
             b"...",
@@ -295,10 +278,10 @@ mod tests {
             b"AAAAAAAAAAAAAAAAAAAAAA.+1.x",
             b"\xff\xfe.0.x",
         ] {
-            assert_eq!(s.open(ALICE, "tools", bad, &r), None, "{bad:?}");
+            assert_eq!(s.open(ALICE, "tools", bad), None, "{bad:?}");
         }
         let huge = vec![b'a'; 64 * 1024];
-        assert_eq!(s.open(ALICE, "tools", &huge, &r), None);
+        assert_eq!(s.open(ALICE, "tools", &huge), None);
     }
 
     #[test]
@@ -308,13 +291,13 @@ mod tests {
         let id = s
             .seal(owner_of(None), "tools", &r[0], b"sid")
             .expect("sealed");
-        assert!(s.open(("", ""), "tools", id.as_bytes(), &r).is_some());
-        assert!(s.open(ALICE, "tools", id.as_bytes(), &r).is_none());
+        assert!(s.open(("", ""), "tools", id.as_bytes()).is_some());
+        assert!(s.open(ALICE, "tools", id.as_bytes()).is_none());
         let per_process = SessionSeal::per_process().expect("randomness");
         let again = SessionSeal::per_process().expect("randomness");
         let id = per_process.seal(ALICE, "t", &r[0], b"s").expect("sealed");
         assert!(
-            again.open(ALICE, "t", id.as_bytes(), &r).is_some(),
+            again.open(ALICE, "t", id.as_bytes()).is_some(),
             "one key per process"
         );
     }

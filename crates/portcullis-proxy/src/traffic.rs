@@ -1,10 +1,11 @@
 //! Traffic control on the request path: a route's rate limits and the concurrency
 //! gates of an upstream and its tools, built per config version (keeping the state of
-//! unchanged limits and gates across reloads), plus the metrics they report.
+//! unchanged limits and gates across reloads), plus the metrics they report (their
+//! series registered when the config loads, so dashboards see zeros before any call).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_auth::Principal;
@@ -35,7 +36,7 @@ pub struct Traffic {
 struct UpstreamGates {
     /// `portcullis_tool_calls_in_flight` series: one per `tools[]` entry, then `other`;
     /// resolved once, so a call does not look its series up by label each time.
-    calls: Vec<OnceLock<IntGauge>>,
+    calls: Vec<IntGauge>,
     /// `upstreams.<n>.concurrency`.
     all: Option<Arc<Gate>>,
     /// `upstreams.<n>.tools[]`, same order (`None`: the entry sets no gate).
@@ -54,7 +55,12 @@ pub(crate) enum Counted<'a> {
 impl Traffic {
     /// Builds the limiters and gates of `config`, reusing those of `previous` whose
     /// settings did not change, so a reload neither refills buckets nor frees slots.
-    pub fn build(config: &Config, previous: Option<(&Config, &Traffic)>) -> Traffic {
+    pub fn build(
+        config: &Config,
+        previous: Option<(&Config, &Traffic)>,
+        metrics: &Metrics,
+    ) -> Traffic {
+        register_series(config, metrics);
         let routes = config
             .routes
             .iter()
@@ -109,7 +115,17 @@ impl Traffic {
                     })
                     .collect();
                 UpstreamGates {
-                    calls: (0..=u.tools.len()).map(|_| OnceLock::new()).collect(),
+                    calls: u
+                        .tools
+                        .iter()
+                        .map(|t| t.pattern.as_str())
+                        .chain([OTHER_TOOL])
+                        .map(|label| {
+                            metrics
+                                .tool_calls_in_flight
+                                .with_label_values(&[u.name.as_str(), label])
+                        })
+                        .collect(),
                     all,
                     tools,
                 }
@@ -237,19 +253,14 @@ impl Traffic {
                     slots._tool = Some(pass(metrics, &up.name, label, gate).await?);
                 }
             }
-            call_series = Some((matched.unwrap_or(up.tools.len()), label));
+            call_series = Some(matched.unwrap_or(up.tools.len()));
         }
         if let Some(all) = &gates.all {
             slots._upstream = Some(pass(metrics, &up.name, UPSTREAM_GATE, all).await?);
         }
         // Counted once every gate let the call through: it is running upstream now.
-        if let Some((i, label)) = call_series {
-            let gauge = gates.calls[i].get_or_init(|| {
-                metrics
-                    .tool_calls_in_flight
-                    .with_label_values(&[up.name.as_str(), label])
-            });
-            slots._calls = Some(Raised::new(gauge.clone()));
+        if let Some(i) = call_series {
+            slots._calls = Some(Raised::new(gates.calls[i].clone()));
         }
         Ok(slots)
     }
@@ -270,28 +281,6 @@ impl Traffic {
     }
 }
 
-/// How often idle rate-limit keys are dropped.
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
-
-/// The background service that drops idle rate-limit keys of the live config every
-/// [`PRUNE_EVERY`], so the sweep never runs on a request.
-pub struct Pruner {
-    /// The live snapshot.
-    pub live: crate::snapshot::Live,
-}
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for Pruner {
-    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(PRUNE_EVERY) => self.live.load().traffic.prune(),
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
 /// A gate kept across a reload, with the new config's limits: the calls it holds count
 /// against them, so the upstream never sees more than the old or the new size allows.
 fn resized(gate: Arc<Gate>, spec: portcullis_traffic::GateSpec) -> Arc<Gate> {
@@ -299,6 +288,38 @@ fn resized(gate: Arc<Gate>, spec: portcullis_traffic::GateSpec) -> Arc<Gate> {
         gate.resize(spec);
     }
     gate
+}
+
+/// Registers every series the configured limits and gates report, at zero.
+fn register_series(config: &Config, metrics: &Metrics) {
+    for r in &config.routes {
+        for l in &r.rate_limits {
+            let labels = [r.name.as_str(), l.name.as_str()];
+            metrics.rate_limited.with_label_values(&labels);
+            if l.global && config.redis.is_some() {
+                metrics.rate_limit_fallbacks.with_label_values(&labels);
+            }
+        }
+    }
+    for u in &config.upstreams {
+        let gates = u.concurrency.map(|_| UPSTREAM_GATE).into_iter().chain(
+            u.tools
+                .iter()
+                .filter(|t| t.gate.is_some())
+                .map(|t| t.pattern.as_str()),
+        );
+        for gate in gates {
+            let labels = [u.name.as_str(), gate];
+            metrics.gate_in_flight.with_label_values(&labels);
+            metrics.gate_queue_depth.with_label_values(&labels);
+            metrics.gate_queue_wait.with_label_values(&labels);
+            for reason in ["queue_full", "queue_timeout"] {
+                metrics
+                    .gate_refusals
+                    .with_label_values(&[labels[0], labels[1], reason]);
+            }
+        }
+    }
 }
 
 /// Milliseconds, rounded up (from nanoseconds), so waiting this long is enough.
@@ -370,7 +391,7 @@ async fn pass(
 
 /// The slots a request holds; dropped when its answer has ended.
 #[derive(Default)]
-pub(crate) struct Slots {
+pub struct Slots {
     _tool: Option<Held>,
     _upstream: Option<Held>,
     _calls: Option<Raised>,
@@ -380,7 +401,7 @@ pub(crate) struct Slots {
 
 impl Slots {
     /// Whether a gate slot is held (others may be waiting for it).
-    pub(crate) fn holds_gate(&self) -> bool {
+    pub fn holds_gate(&self) -> bool {
         self._tool.is_some() || self._upstream.is_some()
     }
 }

@@ -191,7 +191,9 @@ async fn headers_are_forwarded_as_a_proxy_must_and_credentials_never() {
         "mcp-name: echo",
         "mcp-protocol-version: 2026-07-28",
         "x-upstream-key: from-config",
-        "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+        // The client is no trusted proxy (http.trusted_proxies is empty), so the
+        // X-Forwarded-For it sent is dropped rather than passed on as if vouched for.
+        "x-forwarded-for: 127.0.0.1\r\n",
         "accept: application/json, text/event-stream",
         "authorization: bearer upstream-secret",
     ] {

@@ -546,7 +546,7 @@ async fn the_stream_cap_refuses_a_get_stream_past_it_and_frees_with_the_stream()
     let first = get().await.expect("answer");
     assert_eq!(first.status(), 200);
     gw.wait_metrics("one stream open", |m| {
-        m.contains("portcullis_get_streams_open 1")
+        m.contains("portcullis_standalone_streams_open 1")
     })
     .await;
     let second = get().await.expect("answer");
@@ -555,7 +555,7 @@ async fn the_stream_cap_refuses_a_get_stream_past_it_and_frees_with_the_stream()
     assert_eq!(v["error"]["data"]["reason"], "too_many_streams", "{v}");
     drop(first);
     gw.wait_metrics("the stream closed", |m| {
-        m.contains("portcullis_get_streams_open 0")
+        m.contains("portcullis_standalone_streams_open 0")
     })
     .await;
 }

@@ -66,7 +66,7 @@ pub fn start_cmd(mut cmd: Command) -> (Proc, String, String) {
                 let admin = v["fields"]["admin"].as_str().expect("admin").to_owned();
                 addrs = Some((public, admin));
             }
-            Some("watching the config file and SIGHUP for reloads") => watching = true,
+            Some(m) if m.starts_with("watching the config file") => watching = true,
             _ => {}
         }
         if let (Some((public, admin)), true) = (&addrs, watching) {

@@ -1,7 +1,7 @@
-//! Policy at the gateway: what a request is about (tool, prompt, resource, method),
-//! the decision before any upstream work, the refusal for `deny` and `hide`, and
-//! renamed tools mapped back to the upstream's name. What is known of an upstream's
-//! tools (annotations, existence) lives in `catalog`.
+//! The words policies are applied in at the gateway, shared by the request's policy
+//! stage and the response filters that judge what servers send: what a message asks to
+//! use (tool, prompt, resource, method), the methods never judged, the refusal a
+//! `deny` or `hide` becomes, and renamed tools mapped back to the upstream's name.
 
 use portcullis_auth::Principal;
 use portcullis_mcp::{Envelope, Refusal, Unknown};

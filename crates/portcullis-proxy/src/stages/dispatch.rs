@@ -1,0 +1,135 @@
+//! The dispatch stage: the request goes to its route's upstream through the one
+//! [`Upstream`] interface, and comes back as an answer that has started (its head) or
+//! as the refusal for a failure before any answer. The client's sealed session id is
+//! opened into the upstream session it names (forged, altered or another caller's: an
+//! unknown session). An upstream's own 401 challenge never reaches the client as if it
+//! were the gateway's (it would send the client's OAuth discovery to the wrong place).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use pingora_http::RequestHeader;
+use portcullis_mcp::headers::MCP_SESSION_ID;
+use portcullis_mcp::Refusal;
+
+use crate::ctx::Ctx;
+use crate::metrics::Metrics;
+use crate::sessions::owner_of;
+use crate::snapshot::Snapshot;
+use crate::upstream::{ClientRequest, Inbound, Outbound, OwnedPin, Sender, Upstream, Wait};
+
+/// `Mcp-Session-Id`, parsed once.
+pub static MCP_SESSION_ID_H: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+
+/// What to send.
+pub enum Verb {
+    /// A JSON-RPC message.
+    Post(Bytes),
+    /// Open the session's stream.
+    Stream,
+    /// End the session.
+    EndSession,
+}
+
+/// How the request is sent.
+pub struct Sending {
+    /// What to send.
+    pub verb: Verb,
+    /// Read timeouts.
+    pub wait: Wait,
+    /// The answer must start by then.
+    pub answer_by: Option<tokio::time::Instant>,
+    /// The answer will be read and rewritten (it must arrive uncompressed).
+    pub rewritten: bool,
+}
+
+/// The upstream session the client's sealed `Mcp-Session-Id` names, if it sent one
+/// (none in the stateless revision, where a stray one is ignored and not forwarded).
+pub fn session(
+    snap: &Snapshot,
+    idx: usize,
+    req: &RequestHeader,
+    cx: &Ctx,
+) -> Result<Option<OwnedPin>, Refusal> {
+    let Some(sid) = req
+        .headers
+        .get(&MCP_SESSION_ID_H)
+        .filter(|_| !cx.stateless())
+    else {
+        return Ok(None);
+    };
+    let pin = snap
+        .sessions
+        .open(
+            owner_of(cx.principal.as_deref()),
+            snap.upstreams[idx].name(),
+            sid.as_bytes(),
+        )
+        .ok_or(Refusal::SessionNotFound)?;
+    Ok(Some(OwnedPin {
+        replica: Arc::from(pin.replica),
+        id: pin.id.to_vec(),
+    }))
+}
+
+/// Sends the request to upstream `idx` of the snapshot, in `session`.
+pub async fn send(
+    snap: &Snapshot,
+    idx: usize,
+    req: &RequestHeader,
+    session: Option<&OwnedPin>,
+    sending: Sending,
+    metrics: &Metrics,
+    cx: &mut Ctx,
+) -> Result<Inbound, Refusal> {
+    cx.upstream = Some(idx);
+    let upstream = &*snap.upstreams[idx];
+    let name = upstream.name();
+    let out = Outbound {
+        sender: Sender::Client(ClientRequest {
+            head: req,
+            principal: cx.principal.as_deref(),
+            peer: cx.peer.map(|p| p.ip()),
+            peer_trusted: cx.peer_trusted,
+            renamed: cx.upstream_tool.as_deref(),
+            uncompressed: sending.rewritten,
+        }),
+        session: session.map(OwnedPin::pin),
+        wait: sending.wait,
+        answer_by: sending.answer_by,
+    };
+    let sent = match sending.verb {
+        Verb::Post(body) => upstream.send(out, body).await,
+        Verb::Stream => upstream.open_stream(out).await,
+        Verb::EndSession => upstream.end_session(out).await,
+    };
+    let count = |kind: &str| {
+        metrics
+            .upstream_errors
+            .with_label_values(&[name, kind])
+            .inc();
+    };
+    let inbound = match sent {
+        Ok(inbound) => inbound,
+        Err(failure) => {
+            if let Some(kind) = failure.kind() {
+                count(kind);
+            }
+            return Err(failure.refusal(name));
+        }
+    };
+    cx.endpoint = Some(inbound.served.endpoint);
+    let head = inbound.answer.head();
+    let status = head.status.as_u16();
+    if status == 401 || (status == 403 && head.headers.contains_key(header::WWW_AUTHENTICATE)) {
+        count("auth");
+        return Err(Refusal::UpstreamUnavailable {
+            upstream: name.to_owned(),
+            detail: format!(
+                "the upstream refused the gateway's credentials (HTTP {status}); see upstreams.{name}.credential"
+            ),
+        });
+    }
+    Ok(inbound)
+}

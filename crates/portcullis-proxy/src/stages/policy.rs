@@ -1,0 +1,123 @@
+//! The policy stage: what the request asks to use, and whether this caller may, before
+//! any upstream work. `deny` is refused with the rule's name; `hide` exactly as an
+//! unknown target; a renamed tool is sent on under the upstream's own name.
+//!
+//! Tool annotations and existence come from the gateway's catalog. A call is never
+//! refused for what the gateway does not know: an allowed call goes on whatever the
+//! catalog says (the upstream answers for tools it lacks), and only a denied tool that
+//! a complete catalog does not list is answered as unknown, so a hidden tool and a
+//! missing one look alike. When the catalog knows nothing yet and the decision depends
+//! on it, the call waits at most [`WALK_WAIT`] for the gateway's own walk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_mcp::{Envelope, Kind, Refusal};
+use portcullis_policy::discovery::list_kind;
+use portcullis_policy::{Annotations, Effect as Decided};
+
+use crate::catalog::{Catalogs, ToolInfo};
+use crate::ctx::{Ctx, Effect};
+use crate::judge;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// The longest a call waits for a catalog walk before it is judged with what is known.
+pub const WALK_WAIT: Duration = Duration::from_secs(1);
+
+/// Judges the request against its route's policy. Returns the upstream's name for a
+/// renamed tool.
+pub async fn judge(
+    snap: &Snapshot,
+    route_idx: usize,
+    env: &Envelope<'_>,
+    catalogs: &Arc<Catalogs>,
+    metrics: &Metrics,
+    cx: &mut Ctx,
+) -> Result<Option<String>, Refusal> {
+    let route = &snap.config.routes[route_idx];
+    let Some(policy) = &route.policy else {
+        return Ok(None);
+    };
+    if env.kind != Kind::Request {
+        return Ok(None);
+    }
+    let method = env.method.as_deref().unwrap_or("");
+    cx.list = list_kind(method);
+    let Some(asked) = judge::asked(method, env).map_err(Refusal::InvalidParams)? else {
+        return Ok(None);
+    };
+    let upstream = &snap.upstreams[route.upstream];
+    let cfg = upstream.config();
+    let (decision, renamed, info) = match judge::upstream_tool(policy, &asked) {
+        Err(()) => (judge::renamed_away(), None, ToolInfo::Unknown),
+        Ok(renamed) => {
+            let name = renamed.as_deref().unwrap_or(&asked.name).to_owned();
+            let is_tool = asked.kind == portcullis_policy::Kind::Tool;
+            let decide = |info: ToolInfo| {
+                let annotations = match info {
+                    // Trust is read now, so turning it off applies at once.
+                    ToolInfo::Listed(a) if cfg.trust_annotations => a,
+                    _ => Annotations::SPEC_DEFAULTS,
+                };
+                judge::judge(
+                    policy,
+                    cx.principal.as_deref(),
+                    method,
+                    &asked,
+                    &name,
+                    &cfg.name,
+                    annotations,
+                )
+            };
+            let mut info = if is_tool {
+                catalogs.tool(&cfg.name, &name)
+            } else {
+                ToolInfo::Unknown
+            };
+            let mut decision = decide(info);
+            let needs_catalog = policy.uses_annotations() || decision.effect == Decided::Deny;
+            if is_tool && info == ToolInfo::Unknown && needs_catalog {
+                info = catalogs
+                    .tool_after_walk(
+                        snap.upstream(route.upstream),
+                        cfg.trust_annotations,
+                        &name,
+                        WALK_WAIT,
+                    )
+                    .await;
+                decision = decide(info);
+            }
+            (decision, renamed, info)
+        }
+    };
+    let effect = match decision.effect {
+        Decided::Allow => Effect::Allow,
+        Decided::Hide => Effect::Hide,
+        Decided::Deny if info == ToolInfo::Absent => Effect::Absent,
+        Decided::Deny => Effect::Deny,
+    };
+    let rule: Arc<str> = Arc::from(if effect == Effect::Absent {
+        "absent"
+    } else {
+        decision.rule_name()
+    });
+    metrics
+        .policy_decisions
+        .with_label_values(&[route.name.as_str(), decision.effect.as_str(), &rule])
+        .inc();
+    cx.decision = Some((effect, rule));
+    let refusal = if effect == Effect::Absent {
+        // Not in the upstream's list: answered as unknown, exactly as a hidden tool is.
+        judge::refusal(&judge::absent(), &asked, cx.stateless())
+    } else {
+        judge::refusal(&decision, &asked, cx.stateless())
+    };
+    match refusal {
+        Some(r) => Err(r),
+        None => {
+            cx.upstream_tool = renamed.clone();
+            Ok(renamed)
+        }
+    }
+}
