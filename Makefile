@@ -18,7 +18,7 @@ build: deps
 test: deps deps-node deps-redis build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --workspace --no-fail-fast
-	target/debug/portcullis policy test policies/*.yaml
+	target/debug/portcullis policy test policies/
 	bash tests/interop/run.sh
 	bash tests/conformance/run.sh
 

@@ -605,6 +605,11 @@ impl Gateway {
     }
 }
 
+/// The idle timeout as pingora applies it: whole seconds, at least one.
+fn idle_secs(idle: Duration) -> Duration {
+    Duration::from_secs(idle.as_secs_f64().ceil().max(1.0) as u64)
+}
+
 /// Returns when the client closes its connection; pends forever otherwise (bytes of a
 /// pipelined request are left for their turn).
 async fn client_left(ds: &mut ServerSession) {
@@ -631,9 +636,20 @@ impl HttpServerApp for Gateway {
         } else {
             http.header_timeout
         };
+        let waited = std::time::Instant::now();
         match pingora_timeout::timeout(wait, ds.read_request()).await {
             Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return None,
+            Ok(Ok(false)) => {
+                // pingora ends a reused connection quietly at its keep-alive timeout
+                // (the idle timeout, in whole seconds); a client closing is quicker.
+                if reused && waited.elapsed() >= idle_secs(http.idle_timeout) {
+                    self.metrics
+                        .client_timeouts
+                        .with_label_values(&["idle"])
+                        .inc();
+                }
+                return None;
+            }
             Ok(Err(e)) => {
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
                     let _ = ds.respond_error(400).await;
@@ -652,7 +668,7 @@ impl HttpServerApp for Gateway {
         ds.set_keepalive(if *shutdown.borrow() {
             None
         } else {
-            Some(http.idle_timeout.as_secs().max(1))
+            Some(idle_secs(http.idle_timeout).as_secs())
         });
         // Pipelined requests are served in order (RFC 9112 9.3.2), not dropped.
         ds.set_pipelining_enabled(true);

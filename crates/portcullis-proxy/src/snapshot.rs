@@ -92,3 +92,18 @@ impl Snapshot {
         self.upstreams[i].clone()
     }
 }
+
+/// Snapshots for the stages' unit tests: a config text (files it names are read
+/// relative to `dir`), compiled with fresh metrics and no socket opened.
+#[cfg(test)]
+pub fn for_test(dir: &std::path::Path, yaml: &str) -> (Snapshot, Arc<Metrics>) {
+    let config = portcullis_config::load_str(&dir.join("portcullis.yaml"), yaml)
+        .unwrap_or_else(|e| panic!("test config: {e}"));
+    let metrics = Arc::new(Metrics::new());
+    let shared = Shared {
+        connector: Arc::new(Connector::new(None)),
+        metrics: metrics.clone(),
+    };
+    let snap = Snapshot::build(config, None, &shared).expect("snapshot");
+    (snap, metrics)
+}

@@ -16,7 +16,8 @@ pub enum PolicyCommand {
     Explain(Box<ExplainArgs>),
     /// Run the table tests beside each policy file (`<name>.tests.yaml`).
     Test {
-        /// Policy files (`*.tests.yaml` arguments are skipped, so a glob works).
+        /// Policy files, or directories of them (`*.tests.yaml` arguments are
+        /// skipped, so a glob works).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -228,13 +229,45 @@ fn tests_file(policy: &Path) -> PathBuf {
     policy.with_file_name(format!("{stem}.tests.yaml"))
 }
 
-fn test(files: &[PathBuf]) -> ExitCode {
-    let mut failed = 0usize;
-    let mut passed = 0usize;
-    for file in files {
-        if file.to_string_lossy().ends_with(".tests.yaml") {
+/// The policy files named by `args`: files as given, directories as the `*.yaml` and
+/// `*.yml` files directly in them (sorted); table files (`*.tests.yaml`) are skipped.
+fn policy_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let is_table = |p: &Path| p.to_string_lossy().ends_with(".tests.yaml");
+    let mut files = Vec::new();
+    for arg in args {
+        if !arg.is_dir() {
+            if !is_table(arg) {
+                files.push(arg.clone());
+            }
             continue;
         }
+        let entries =
+            std::fs::read_dir(arg).map_err(|e| format!("cannot read {}: {e}", arg.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && !is_table(p))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        if found.is_empty() {
+            return Err(format!("{} holds no policy file (*.yaml)", arg.display()));
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+fn test(args: &[PathBuf]) -> ExitCode {
+    let files = match policy_files(args) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("FAIL {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut failed = 0usize;
+    let mut passed = 0usize;
+    for file in &files {
         let policy = match portcullis_config::load_policy(file) {
             Ok(p) => p,
             Err(e) => {

@@ -278,6 +278,40 @@ fn policy_test_runs_the_tables_beside_each_policy_and_fails_on_a_wrong_row() {
         "names the broken line: {text}"
     );
     assert!(text.contains("1 passed, 3 failed"), "{text}");
+
+    // A directory stands for the policy files in it, tables skipped.
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(examples)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("per-team.yaml"), "{text}");
+    assert!(
+        !text.contains("tests.yaml (") && !text.contains("Is a directory"),
+        "{text}"
+    );
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("1 passed, 3 failed"),
+        "the same files as listed: {text}"
+    );
+    let empty = scratch("policy-test-empty");
+    let out = bin()
+        .args(["policy", "test"])
+        .arg(&empty)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("holds no policy file"), "{text}");
 }
 
 #[test]

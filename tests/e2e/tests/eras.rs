@@ -85,8 +85,8 @@ async fn session_era_initialize_list_call_progress_ping_and_delete() {
         .await
         .expect("delete");
     assert!(
-        del.status().is_success(),
-        "DELETE forwarded: {}",
+        del.status() == 200 || del.status() == 204,
+        "DELETE forwarded, answered 200 or 204 whatever 2xx the upstream chose: {}",
         del.status()
     );
     let after = http_client()

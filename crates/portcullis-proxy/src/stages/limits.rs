@@ -68,3 +68,87 @@ pub async fn gates(
         .enter(&snap.config, metrics, upstream, request, tool)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctx::Op;
+    use crate::snapshot::for_test;
+
+    fn config(route: &str, upstream: &str) -> String {
+        format!(
+            "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+routes:\n  - path: /mcp\n    upstream: main\n{route}\
+upstreams:\n  main:\n    url: http://127.0.0.1:9/mcp\n{upstream}\
+admission:\n  max_streams: 1\n"
+        )
+    }
+
+    fn call(tool: &str) -> Ctx {
+        let mut cx = Ctx::new(None);
+        cx.op = Op::Message(Some("tools/call".into()));
+        cx.target = Some(tool.into());
+        cx
+    }
+
+    #[tokio::test]
+    async fn a_route_limit_refuses_past_its_burst_and_exempt_requests_spend_nothing() {
+        let dir = std::env::temp_dir();
+        let (snap, metrics) = for_test(
+            &dir,
+            &config(
+                "    rate_limits:\n      - {name: r, per: route, rate: 1/h, burst: 2}\n",
+                "",
+            ),
+        );
+        let cx = call("echo");
+        for _ in 0..3 {
+            assert_eq!(rate(&snap, &metrics, 0, false, &cx).await, Ok(()));
+        }
+        assert_eq!(rate(&snap, &metrics, 0, true, &cx).await, Ok(()));
+        assert_eq!(rate(&snap, &metrics, 0, true, &cx).await, Ok(()));
+        assert!(matches!(
+            rate(&snap, &metrics, 0, true, &cx).await,
+            Err(Refusal::RateLimited { .. })
+        ));
+    }
+
+    #[test]
+    fn the_stream_cap_refuses_past_it_and_a_closed_stream_frees_its_place() {
+        let (snap, metrics) = for_test(&std::env::temp_dir(), &config("", ""));
+        let first = stream_place(&snap, &metrics).expect("first stream");
+        assert_eq!(
+            stream_place(&snap, &metrics).err(),
+            Some(Refusal::Overloaded(Overload::TooManyStreams))
+        );
+        assert_eq!(
+            metrics.standalone_streams_open.get(),
+            1,
+            "the refused one left"
+        );
+        drop(first);
+        assert_eq!(metrics.standalone_streams_open.get(), 0);
+        assert!(stream_place(&snap, &metrics).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_refuses_and_its_slot_comes_back_when_dropped() {
+        let (snap, metrics) = for_test(
+            &std::env::temp_dir(),
+            &config(
+                "",
+                "    concurrency:\n      max_in_flight: 1\n      max_queue: 0\n",
+            ),
+        );
+        let cx = call("echo");
+        let held = gates(&snap, &metrics, 0, true, &cx).await.expect("a slot");
+        assert!(matches!(
+            gates(&snap, &metrics, 0, true, &cx).await,
+            Err(Refusal::Overloaded(Overload::QueueFull))
+        ));
+        // What is not a request (a response, a notification) passes without a slot.
+        assert!(gates(&snap, &metrics, 0, false, &cx).await.is_ok());
+        drop(held);
+        assert!(gates(&snap, &metrics, 0, true, &cx).await.is_ok());
+    }
+}

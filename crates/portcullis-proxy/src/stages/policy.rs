@@ -121,3 +121,86 @@ pub async fn judge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::for_test;
+
+    const POLICY: &str = "default: allow\nrules:\n\
+  - {name: no-delete, effect: deny, targets: [{tool: delete_file}]}\n\
+  - {name: hide-admin, effect: hide, targets: [{tool: \"admin_*\"}]}\n";
+
+    fn setup() -> (Snapshot, Arc<Metrics>, Arc<Catalogs>) {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-policy-stage-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("policy.yaml"), POLICY).expect("policy");
+        let (snap, metrics) = for_test(
+            &dir,
+            "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+routes:\n  - path: /mcp\n    upstream: main\n    policy: policy.yaml\n\
+upstreams:\n  main:\n    url: http://127.0.0.1:9/mcp\n",
+        );
+        let catalogs = Arc::new(Catalogs::default());
+        // Known tools: nothing here waits for a walk (no socket is opened).
+        catalogs.learn(
+            "main",
+            &["echo", "delete_file", "admin_reset"]
+                .map(|t| (t.to_owned(), Annotations::SPEC_DEFAULTS)),
+        );
+        (snap, metrics, catalogs)
+    }
+
+    async fn judged(body: &str) -> (Result<Option<String>, Refusal>, Ctx) {
+        let (snap, metrics, catalogs) = setup();
+        let env = Envelope::parse(body.as_bytes()).expect("envelope");
+        let mut cx = Ctx::new(None);
+        let r = judge(&snap, 0, &env, &catalogs, &metrics, &mut cx).await;
+        (r, cx)
+    }
+
+    fn call(tool: &str) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn an_allowed_call_goes_on_and_its_decision_is_kept_for_the_logs() {
+        let (r, cx) = judged(&call("echo")).await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(cx.decision.map(|(e, _)| e), Some(Effect::Allow));
+    }
+
+    #[tokio::test]
+    async fn a_denied_call_is_refused_naming_its_rule() {
+        let (r, cx) = judged(&call("delete_file")).await;
+        assert!(
+            matches!(&r, Err(Refusal::PolicyDenied { rule, .. }) if rule == "no-delete"),
+            "{r:?}"
+        );
+        assert_eq!(cx.decision.map(|(e, _)| e), Some(Effect::Deny));
+    }
+
+    #[tokio::test]
+    async fn a_hidden_tool_is_answered_as_unknown() {
+        let (r, _) = judged(&call("admin_reset")).await;
+        assert!(
+            matches!(&r, Err(Refusal::Hidden { name, .. }) if name == "admin_reset"),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn notifications_and_responses_are_not_judged_here() {
+        let (r, cx) = judged(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).await;
+        assert_eq!(r, Ok(None));
+        assert!(cx.decision.is_none());
+        let (r, _) = judged(r#"{"jsonrpc":"2.0","id":5,"result":{}}"#).await;
+        assert_eq!(r, Ok(None));
+    }
+}
