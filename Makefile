@@ -29,7 +29,7 @@ lint:
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { echo "make: installing wrk"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(CARGO) build --release -p portcullis -p portcullis-bench
-	target/release/portcullis-bench run --portcullis target/release/portcullis
+	target/release/portcullis-bench run --portcullis target/release/portcullis $(BENCH_ARGS)
 	$(CARGO) bench -p portcullis-policy --bench decide
 
 # cmake builds pingora's vendored C dependencies.

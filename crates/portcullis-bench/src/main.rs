@@ -43,6 +43,10 @@ enum Cmd {
         /// pingora's work-stealing runtime (true) or one runtime per thread, for both.
         #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
         work_stealing: bool,
+        /// Another portcullis binary (e.g. a build of an earlier commit) measured with
+        /// the plain config in the same rounds, for an A/B of a change.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// Serve the echo upstream (used by `run` in a child process).
     Upstream {
@@ -77,8 +81,15 @@ fn main() {
             rounds,
             threads,
             work_stealing,
+            compare,
         } => {
-            if let Err(e) = run(&portcullis, seconds, rounds.max(1), threads, work_stealing) {
+            let settings = Settings {
+                seconds,
+                rounds: rounds.max(1),
+                threads,
+                work_stealing,
+            };
+            if let Err(e) = run(&portcullis, compare.as_deref(), settings) {
                 eprintln!("bench: {e}");
                 std::process::exit(1);
             }
@@ -162,13 +173,26 @@ fn wait_listening(addr: &str) -> Result<(), String> {
     Err(format!("{addr} never accepted a connection (20 s)"))
 }
 
-fn run(
-    portcullis: &std::path::Path,
+/// How the targets are run and measured.
+#[derive(Clone, Copy)]
+struct Settings {
     seconds: u64,
     rounds: usize,
     threads: usize,
     work_stealing: bool,
+}
+
+fn run(
+    portcullis: &std::path::Path,
+    compare: Option<&std::path::Path>,
+    settings: Settings,
 ) -> Result<(), String> {
+    let Settings {
+        seconds,
+        rounds,
+        threads,
+        work_stealing,
+    } = settings;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let up = format!("127.0.0.1:{}", free_port()?);
     let _upstream = Proc(
@@ -246,17 +270,36 @@ fn run(
         limits,
         gates,
     )?;
+    // The binary to compare against, with the plain config, when asked for.
+    let gw_compare = format!("127.0.0.1:{}", free_port()?);
+    let _gateway_compare = match compare {
+        Some(bin) => Some(start_gateway(
+            bin,
+            &dir,
+            "compare",
+            &gw_compare,
+            threads,
+            work_stealing,
+            &up,
+            "",
+            "",
+        )?),
+        None => None,
+    };
     let token = load::token(secret)?;
 
     let plain = load::script(&dir, "call", None)?;
     let authed = load::script(&dir, "call-jwt", Some(&token))?;
-    let targets = [
+    let mut targets = vec![
         ("direct", up.as_str(), &plain),
         ("pingora floor", fl.as_str(), &plain),
         ("portcullis", gw.as_str(), &plain),
         ("portcullis+jwt", gw_jwt.as_str(), &authed),
         ("portcullis+limits", gw_limits.as_str(), &plain),
     ];
+    if compare.is_some() {
+        targets.push(("compare", gw_compare.as_str(), &plain));
+    }
     println!(
         "machine: {} CPUs, {}; median of {rounds} rounds of {seconds}s, wrk on loopback; small tools/call (echo) POSTs; \
 pingora threads {threads}, work_stealing {work_stealing}",
@@ -266,7 +309,7 @@ pingora threads {threads}, work_stealing {work_stealing}",
     let mut table = Vec::new();
     for conns in [50usize, 1] {
         // Warm pools and caches, then measure the targets in turn, round after round.
-        for (_, addr, script) in targets {
+        for (_, addr, script) in &targets {
             load::wrk(script, addr, conns, 2)?;
         }
         let mut runs: Vec<Vec<load::Result>> = vec![Vec::new(); targets.len()];
@@ -338,5 +381,20 @@ pingora threads {threads}, work_stealing {work_stealing}",
         added_floor,
         ratio(added_gw, added_floor)
     );
+    if compare.is_some() {
+        let (c50, c1) = (get(50, "compare"), get(1, "compare"));
+        let added_compare = c1.p50_us - d1.p50_us;
+        println!(
+            "  50 conns  portcullis / compare req/s  {:.2}   (compare / floor {:.2})",
+            ratio(p50.rps, c50.rps),
+            ratio(c50.rps, f50.rps)
+        );
+        println!(
+            "  1 conn    added p50: portcullis {:.0}us, compare {:.0}us (compare / floor ratio {:.2})",
+            added_gw,
+            added_compare,
+            ratio(added_compare, added_floor)
+        );
+    }
     Ok(())
 }

@@ -364,3 +364,82 @@ fn policy_explain_prints_the_decision_and_every_matching_rule() {
     assert_eq!(code, Some(2), "no target");
     assert!(err.contains("tool"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_is_logged_once_and_log_writes_beside_the_config_reload_nothing() {
+    let upstream = Upstream::demo().await;
+    let dir = scratch("refused-once");
+    let config = dir.join("portcullis.yaml");
+    let access = dir.join("access.log");
+    let good = config_for(&upstream.url, "").replace("  work_stealing: true\n", "")
+        + &format!("access_log:\n  output: {}\n", access.display());
+    std::fs::write(&config, &good).expect("write");
+    let (_proc, public, admin, lines) = tokio::task::spawn_blocking({
+        let c = config.clone();
+        move || start_logged(&c)
+    })
+    .await
+    .expect("start");
+    let admin_url = format!("http://{admin}");
+    wait_ok(&format!("{admin_url}/healthz")).await;
+
+    // A broken edit: refused once and logged.
+    let broken = format!("{good}bogus_key: 1\n");
+    std::fs::write(&config, &broken).expect("write");
+    wait_metrics_at(&admin_url, "the refused reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
+    // Traffic writes the access log beside the broken config.
+    let url = format!("http://{public}/mcp");
+    for i in 0..5 {
+        let r = stateless_call(&http_client(), &url, "echo", json!({"text": i}))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 200, "the previous config serves");
+        let _ = r.text().await;
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while std::fs::read_to_string(&access)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 5
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the access log was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same broken content written again: tried again, not logged again.
+    std::fs::write(&config, &broken).expect("write");
+    let m = wait_metrics_at(&admin_url, "the second refused reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"failure\"} 2")
+    })
+    .await;
+    assert!(
+        !m.contains("portcullis_config_reloads_total{result=\"failure\"} 3"),
+        "the access log's writes triggered reloads: {m}"
+    );
+    let refused = |lines: &Lines| {
+        lines
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.contains("config reload refused"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(refused(&lines), 1, "one line per distinct refused content");
+
+    // A different broken content is news: logged.
+    std::fs::write(&config, format!("{good}other_bogus: 2\n")).expect("write");
+    let deadline = Instant::now() + DEADLINE;
+    while refused(&lines) < 2 {
+        assert!(Instant::now() < deadline, "a new refusal was never logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -310,6 +310,26 @@ transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /mcp HTTP/1.1\r\nhost: 127.0.0.1\
         text.to_ascii_lowercase().contains("connection: close"),
         "{text}"
     );
+
+    // Other framings two parsers could read differently: refused, connection closed,
+    // nothing after the head served.
+    for framing in [
+        "content-length: 4\r\ncontent-length: 40\r\n",
+        "content-length: 4, 40\r\n",
+        "transfer-encoding: chunked, gzip\r\n",
+        "transfer-encoding: identity\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr_of(&gw)).await.expect("connect");
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+accept: application/json, text/event-stream\r\n{framing}\r\n0\r\n\r\nGET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let text = read_until_closed(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{framing}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{framing}: {text}");
+    }
+    still_serving(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

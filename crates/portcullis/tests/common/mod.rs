@@ -41,7 +41,24 @@ pub fn start(config: &std::path::Path) -> (Proc, String, String) {
     start_cmd(cmd)
 }
 
-pub fn start_cmd(mut cmd: Command) -> (Proc, String, String) {
+pub fn start_cmd(cmd: Command) -> (Proc, String, String) {
+    let (proc_, public, admin, _) = start_cmd_logged(cmd);
+    (proc_, public, admin)
+}
+
+/// The log lines a started process wrote to stderr so far.
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`start`], keeping every later stderr line for the test to read.
+pub fn start_logged(config: &std::path::Path) -> (Proc, String, String, Lines) {
+    let mut cmd = bin();
+    cmd.args(["--log-format", "json", "run", "--config"])
+        .arg(config);
+    start_cmd_logged(cmd)
+}
+
+/// [`start_cmd`], keeping every later stderr line.
+pub fn start_cmd_logged(mut cmd: Command) -> (Proc, String, String, Lines) {
     // Wrapped at once so the child is killed and reaped on every path, panics included.
     let mut child = Proc(
         cmd.stdout(Stdio::null())
@@ -72,8 +89,16 @@ pub fn start_cmd(mut cmd: Command) -> (Proc, String, String) {
         if let (Some((public, admin)), true) = (&addrs, watching) {
             let (public, admin) = (public.clone(), admin.clone());
             // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, public, admin);
+            let kept = Lines::default();
+            let sink = kept.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    if let Ok(mut v) = sink.lock() {
+                        v.push(line);
+                    }
+                }
+            });
+            return (child, public, admin, kept);
         }
     }
 }
