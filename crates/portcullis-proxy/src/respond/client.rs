@@ -3,6 +3,8 @@
 //! at most [`PIECE`] bytes, so "no progress for the write timeout" means no piece
 //! accepted in that time, however large the body.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +33,18 @@ pub struct Writer<'a> {
     pub metrics: &'a Metrics,
 }
 
+/// Runs a write, bounded by `limit`. Most writes complete at once (the socket has
+/// room), so the write is tried first and a timer is armed only when it has to wait:
+/// the common case costs no timer at all.
+async fn bounded<T>(limit: Duration, write: impl Future<Output = T>) -> Option<T> {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(done) => Some(done),
+        Poll::Pending => pingora_timeout::timeout(limit, write).await.ok(),
+    }
+}
+
 impl Writer<'_> {
     fn timed_out(&self) -> Unwritten {
         self.metrics
@@ -46,11 +60,10 @@ impl Writer<'_> {
         ds: &mut ServerSession,
         head: ResponseHeader,
     ) -> Result<(), Unwritten> {
-        match pingora_timeout::timeout(self.timeout, ds.write_response_header(Box::new(head))).await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Unwritten::Gone),
-            Err(_) => Err(self.timed_out()),
+        match bounded(self.timeout, ds.write_response_header(Box::new(head))).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(Unwritten::Gone),
+            None => Err(self.timed_out()),
         }
     }
 
@@ -58,11 +71,10 @@ impl Writer<'_> {
     pub async fn body(&self, ds: &mut ServerSession, mut bytes: Bytes) -> Result<(), Unwritten> {
         while !bytes.is_empty() {
             let piece = bytes.split_to(bytes.len().min(PIECE));
-            match pingora_timeout::timeout(self.timeout, ds.write_response_body(piece, false)).await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Unwritten::Gone),
-                Err(_) => return Err(self.timed_out()),
+            match bounded(self.timeout, ds.write_response_body(piece, false)).await {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(Unwritten::Gone),
+                None => return Err(self.timed_out()),
             }
         }
         Ok(())
@@ -70,10 +82,10 @@ impl Writer<'_> {
 
     /// Ends the body (the last chunk of a chunked one).
     pub async fn finish(&self, ds: &mut ServerSession) -> Result<(), Unwritten> {
-        match pingora_timeout::timeout(self.timeout, ds.finish_body()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Unwritten::Gone),
-            Err(_) => Err(self.timed_out()),
+        match bounded(self.timeout, ds.finish_body()).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(Unwritten::Gone),
+            None => Err(self.timed_out()),
         }
     }
 

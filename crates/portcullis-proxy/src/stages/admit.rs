@@ -3,13 +3,18 @@
 //! rules of its era and route. What passes is what the gateway will forward, and
 //! [`Admitted`] says what it counts as for the stages after.
 
-use http::header;
+use http::header::{self, HeaderName};
 use pingora_http::RequestHeader;
 use portcullis_mcp::envelope::{Body, EnvelopeError};
 use portcullis_mcp::headers::{self, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION};
 use portcullis_mcp::{Era, Kind, ProtocolVersion, Refusal};
 
 use crate::ctx::{Ctx, Op};
+
+// Prebuilt names: a lookup by `&str` parses and hashes the name on every request.
+static MCP_METHOD_H: HeaderName = HeaderName::from_static(MCP_METHOD);
+static MCP_NAME_H: HeaderName = HeaderName::from_static(MCP_NAME);
+static MCP_PROTOCOL_VERSION_H: HeaderName = HeaderName::from_static(MCP_PROTOCOL_VERSION);
 
 /// What an admitted POST counts as.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -64,14 +69,14 @@ pub fn post_head(req: &RequestHeader, cx: &mut Ctx) -> Result<(), Refusal> {
 /// `MCP-Protocol-Version` (at most one, and a revision the gateway speaks) and the
 /// 2026-07-28 `Mcp-Method` / `Mcp-Name` headers (at most one each).
 pub fn protocol_headers(req: &RequestHeader, cx: &mut Ctx) -> Result<(), Refusal> {
-    for name in [MCP_METHOD, MCP_NAME] {
+    for name in [&MCP_METHOD_H, &MCP_NAME_H] {
         if req.headers.get_all(name).iter().nth(1).is_some() {
             return Err(Refusal::InvalidRequest(format!(
                 "{name} header sent more than once"
             )));
         }
     }
-    let values = req.headers.get_all(MCP_PROTOCOL_VERSION);
+    let values = req.headers.get_all(&MCP_PROTOCOL_VERSION_H);
     let mut iter = values.iter();
     let Some(first) = iter.next() else {
         return Ok(());
@@ -123,7 +128,7 @@ pub fn message(
         Body::Batch(items) => return batch(items, rules, cx),
         Body::Single(env) => env,
     };
-    let header_version = req.headers.get(MCP_PROTOCOL_VERSION);
+    let header_version = req.headers.get(&MCP_PROTOCOL_VERSION_H);
     let stateless = cx.version == Some(ProtocolVersion::V2026_07_28);
     if let Some(meta) = env.meta_protocol_version.as_deref() {
         if header_version.map(|h| h.as_bytes()) != Some(meta.as_bytes()) {
@@ -139,8 +144,8 @@ pub fn message(
     if stateless {
         headers::check_stateless_headers(
             env,
-            req.headers.get(MCP_METHOD).map(|v| v.as_bytes()),
-            req.headers.get(MCP_NAME).map(|v| v.as_bytes()),
+            req.headers.get(&MCP_METHOD_H).map(|v| v.as_bytes()),
+            req.headers.get(&MCP_NAME_H).map(|v| v.as_bytes()),
         )?;
     }
     let method = env.method.as_deref().unwrap_or("");

@@ -80,12 +80,14 @@ pub fn client(http: &Http, req: &RequestHeader, cx: &mut Ctx) {
     cx.client = Some(addr);
 }
 
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// The hops a request passed, leftmost first: `Forwarded: for=` when sent (RFC 7239),
 /// else `X-Forwarded-For`. A hop that is not an address is `None`.
 fn forwarded_hops(req: &RequestHeader) -> Vec<Option<IpAddr>> {
     let forwarded: Vec<&str> = req
         .headers
-        .get_all("forwarded")
+        .get_all(http::header::FORWARDED)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
@@ -103,7 +105,7 @@ fn forwarded_hops(req: &RequestHeader) -> Vec<Option<IpAddr>> {
             .collect();
     }
     req.headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

@@ -127,7 +127,7 @@ fn client_headers(
 /// Connection-listed header names (`Connection: foo` makes `foo` hop-by-hop).
 pub(crate) fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     headers
-        .get_all("connection")
+        .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
