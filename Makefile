@@ -28,6 +28,7 @@ lint:
 
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { echo "make: installing wrk"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	@command -v h2load >/dev/null 2>&1 || { echo "make: installing h2load (nghttp2-client)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nghttp2-client >/dev/null; }
 	$(CARGO) build --release -p portcullis -p portcullis-bench
 	target/release/portcullis-bench run --portcullis target/release/portcullis $(BENCH_ARGS)
 	$(CARGO) bench -p portcullis-policy --bench decide

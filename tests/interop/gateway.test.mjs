@@ -275,7 +275,7 @@ async function startGateway(configFile) {
     cwd: path.dirname(configFile),
     env: process.env,
   });
-  const { publicAddr, adminAddr } = await child.waitForLine("gateway 'portcullis listening' log line", (line, tag) => {
+  const { publicAddr, adminAddr, tlsAddr } = await child.waitForLine("gateway 'portcullis listening' log line", (line, tag) => {
     if (tag !== "err") return undefined;
     let v;
     try {
@@ -284,7 +284,7 @@ async function startGateway(configFile) {
       return undefined;
     }
     if (v?.fields?.message !== "portcullis listening") return undefined;
-    return { publicAddr: v.fields.public, adminAddr: v.fields.admin };
+    return { publicAddr: v.fields.public, adminAddr: v.fields.admin, tlsAddr: v.fields.tls };
   });
   assert.match(publicAddr, /^127\.0\.0\.1:\d+$/, "public listener address");
   assert.match(adminAddr, /^127\.0\.0\.1:\d+$/, "admin listener address");
@@ -297,7 +297,7 @@ async function startGateway(configFile) {
     },
     { child },
   );
-  return { child, publicAddr, adminAddr };
+  return { child, publicAddr, adminAddr, tlsAddr };
 }
 
 /** Raw JSON-RPC POST (no SDK) to the gateway's MCP endpoint; returns status, headers and the parsed body. */
@@ -646,6 +646,62 @@ transforms:
       });
       const said = await client.callTool({ name: "say", arguments: { message: "renamed" } });
       assert.match(said.content.map((c) => c.text).join(""), /renamed/);
+      await client.close();
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+});
+
+describe("over https: the SDK client trusts the test CA (NODE_EXTRA_CA_CERTS) and talks to the TLS listener", () => {
+  const tlsDir = process.env.INTEROP_TLS_DIR;
+  let tmp;
+  let upstream;
+  let gateway;
+
+  before(
+    async () => {
+      assert.ok(tlsDir, "run.sh mints the test CA and sets INTEROP_TLS_DIR");
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-tls-"));
+      tempDirs.add(tmp);
+      upstream = await startEverything();
+      const configFile = path.join(tmp, "portcullis.yaml");
+      const tls = `  tls:
+    address: 127.0.0.1:0
+    certificates:
+      - cert_file: ${path.join(tlsDir, "gw.crt")}
+        key_file: ${path.join(tlsDir, "gw.key")}
+`;
+      fs.writeFileSync(configFile, gatewayConfig(upstream.port).replace("  admin: 127.0.0.1:0\n", `  admin: 127.0.0.1:0\n${tls}`));
+      gateway = await startGateway(configFile);
+      assert.match(gateway.tlsAddr ?? "", /^127\.0\.0\.1:\d+$/, "TLS listener address");
+    },
+    { timeout: 2 * STARTUP_DEADLINE_MS + 10_000 },
+  );
+
+  after(() => {
+    killAllChildren();
+  });
+
+  it(
+    "initialize, list, a call with SSE progress, and DELETE over https",
+    async () => {
+      const url = new URL(`https://${gateway.tlsAddr}/mcp`);
+      const client = new Client({ name: "portcullis-interop-tls", version: "1.0.0" }, { capabilities: {} });
+      const transport = new StreamableHTTPClientTransport(url);
+      await client.connect(transport);
+      assert.equal(typeof transport.sessionId, "string", "a session over TLS");
+      const { tools } = await client.listTools();
+      assert.ok(tools.some((t) => t.name === "echo"));
+      const progress = [];
+      const res = await client.callTool(
+        { name: "trigger-long-running-operation", arguments: { duration: 1, steps: 3 } },
+        undefined,
+        { onprogress: (p) => progress.push(p), timeout: TEST_TIMEOUT_MS - 5_000 },
+      );
+      assert.ok(progress.length >= 2, `progress over TLS: ${JSON.stringify(progress)}`);
+      assert.match(res.content[0].text, /^Long running operation completed/);
+      await transport.terminateSession();
+      assert.equal(transport.sessionId, undefined, "the session ended (DELETE answered 200/204)");
       await client.close();
     },
     { timeout: TEST_TIMEOUT_MS },

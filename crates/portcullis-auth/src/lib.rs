@@ -23,4 +23,4 @@ pub use jwks::{JwksRegistry, JwksSchedule, RefetchOutcome, RemoteJwks};
 pub use jwt::{IssuerConfig, JwtVerifier, KeySource, MAX_TOKEN_LEN};
 pub use keys::Keys;
 pub use principal::Principal;
-pub use route::{bearer_token, RouteAuth, REFETCH_WAIT};
+pub use route::{bearer_token, CertificateName, RouteAuth, CERTIFICATE_ISSUER, REFETCH_WAIT};

@@ -14,12 +14,32 @@ use crate::principal::Principal;
 /// still answers in time.
 pub const REFETCH_WAIT: Duration = Duration::from_secs(6);
 
+/// Which name of a verified client certificate becomes the principal's subject
+/// (`auth.client_certificate.subject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateName {
+    /// The subject's common name.
+    CommonName,
+    /// The first DNS subject alternative name.
+    Dns,
+    /// The first URI subject alternative name (a SPIFFE id, for instance).
+    Uri,
+    /// The first email subject alternative name.
+    Email,
+}
+
+/// The issuer of principals made from client certificates, for policies (`issuer: mtls`).
+pub const CERTIFICATE_ISSUER: &str = "mtls";
+
 /// How one route authenticates its callers.
 pub struct RouteAuth {
     /// Verifies bearer JWTs, when the route accepts them.
     pub verifier: Option<JwtVerifier>,
     /// API keys, when the route accepts them (in `X-Api-Key` or as a bearer token).
     pub api_keys: Option<ApiKeys>,
+    /// Client certificates verified by the TLS listener, when the route accepts them:
+    /// the name that becomes the subject.
+    pub client_certificate: Option<CertificateName>,
     /// Scopes every call needs (403 `insufficient_scope` without them).
     pub required_scopes: Vec<String>,
     /// Scopes advertised in the resource metadata.
@@ -51,12 +71,34 @@ impl RouteAuth {
     /// Checks the request's `Authorization` (or `X-Api-Key`) header at Unix time `now`.
     /// A JWT whose key id a fetched JWKS lacks waits up to [`REFETCH_WAIT`] for one
     /// shared, rate-limited refetch of that set.
+    ///
+    /// A request without either header on a connection whose client certificate the
+    /// listener verified is the certificate's principal, when the route accepts
+    /// certificates (`required_scopes` do not apply: certificates carry no scopes, and
+    /// policies name certificate principals by subject and the issuer `mtls`).
     pub async fn check(
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
+        client_certificate: Option<&portcullis_tls::PeerIdentity>,
         now: u64,
     ) -> Result<Arc<Principal>, AuthError> {
+        if let (None, None, Some(which)) = (authorization, api_key, self.client_certificate) {
+            let Some(cert) = client_certificate else {
+                return Err(AuthError::Missing);
+            };
+            return certificate_principal(cert, which).ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "the client certificate has no {} name",
+                    match which {
+                        CertificateName::CommonName => "common",
+                        CertificateName::Dns => "DNS",
+                        CertificateName::Uri => "URI",
+                        CertificateName::Email => "email",
+                    }
+                ))
+            });
+        }
         let principal = match (api_key, &self.api_keys) {
             (Some(key), Some(keys)) => std::str::from_utf8(key)
                 .ok()
@@ -118,6 +160,28 @@ impl RouteAuth {
             "bearer_methods_supported": ["header"],
         })
     }
+}
+
+/// The principal a verified client certificate names.
+fn certificate_principal(
+    cert: &portcullis_tls::PeerIdentity,
+    which: CertificateName,
+) -> Option<Arc<Principal>> {
+    let subject = match which {
+        CertificateName::CommonName => cert.common_name.clone(),
+        CertificateName::Dns => cert.dns_names.first().cloned(),
+        CertificateName::Uri => cert.uris.first().cloned(),
+        CertificateName::Email => cert.emails.first().cloned(),
+    }?;
+    Some(Arc::new(Principal {
+        subject,
+        issuer: CERTIFICATE_ISSUER.to_owned(),
+        groups: Vec::new(),
+        scopes: Vec::new(),
+        claims: Default::default(),
+        // The listener checked the certificate's dates at the handshake.
+        expires_at: u64::MAX,
+    }))
 }
 
 /// Drops characters that would break out of a quoted header parameter.

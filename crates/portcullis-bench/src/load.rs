@@ -1,4 +1,5 @@
-//! Drives wrk (Debian's package) and reads its req/s and latency percentiles.
+//! Drives wrk and h2load (Debian's packages) and reads their req/s and latency
+//! percentiles.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,20 +54,39 @@ wrk.headers[\"Mcp-Name\"] = \"echo\"\n"
     Ok(path)
 }
 
-/// Runs wrk for `seconds` with `conns` connections on one thread.
+/// Like [`script`], with `Connection: close`: every request opens a new connection
+/// (over https, a new TLS handshake).
+pub fn script_closing(dir: &Path, name: &str) -> std::result::Result<PathBuf, String> {
+    let path = script(dir, name, None)?;
+    let mut lua = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    lua.push_str("wrk.headers[\"Connection\"] = \"close\"\n");
+    std::fs::write(&path, lua).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Writes the request body alone (for h2load's `-d`).
+pub fn body_file(dir: &Path) -> std::result::Result<PathBuf, String> {
+    let path = dir.join("call.json");
+    std::fs::write(&path, BODY).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// Runs wrk for `seconds` with `conns` connections on one thread against `base`
+/// (`http://host:port` or `https://host:port`; wrk does not verify certificates).
 pub fn wrk(
     script: &Path,
-    addr: &str,
+    base: &str,
     conns: usize,
     seconds: u64,
 ) -> std::result::Result<Result, String> {
+    let addr = base;
     let out = Command::new("wrk")
         .args(["-t1", "--latency"])
         .arg(format!("-c{conns}"))
         .arg(format!("-d{seconds}s"))
         .arg("-s")
         .arg(script)
-        .arg(format!("http://{addr}/mcp"))
+        .arg(format!("{base}/mcp"))
         .output()
         .map_err(|e| format!("wrk: {e} (install it: apt-get install wrk)"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -86,6 +106,64 @@ pub fn wrk(
     }
     if r.rps == 0.0 {
         return Err(format!("could not read wrk's output for {addr}:\n{text}"));
+    }
+    Ok(r)
+}
+
+/// Runs h2load (nghttp2's HTTP/2 load generator) for `seconds`: `clients` connections,
+/// each with up to `streams` requests in flight, POSTing `body` to `url`. Only req/s is
+/// read (h2load reports no percentiles).
+pub fn h2load(
+    body: &Path,
+    url: &str,
+    clients: usize,
+    streams: usize,
+    seconds: u64,
+) -> std::result::Result<Result, String> {
+    let out = Command::new("h2load")
+        .arg(format!("-c{clients}"))
+        .arg(format!("-m{streams}"))
+        .arg(format!("-D{seconds}"))
+        .arg("-d")
+        .arg(body)
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "accept: application/json, text/event-stream",
+            "-H",
+            "mcp-protocol-version: 2026-07-28",
+            "-H",
+            "mcp-method: tools/call",
+            "-H",
+            "mcp-name: echo",
+        ])
+        .arg(url)
+        .output()
+        .map_err(|e| format!("h2load: {e} (install it: apt-get install nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = Result::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("finished in") {
+            r.rps = rest
+                .split(',')
+                .nth(1)
+                .and_then(|v| v.trim().strip_suffix("req/s"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = t.strip_prefix("status codes:") {
+            let non_2xx = rest
+                .split(',')
+                .filter(|p| !p.contains("2xx"))
+                .any(|p| p.split_whitespace().next().is_some_and(|n| n != "0"));
+            if non_2xx {
+                return Err(format!("{url} answered errors under h2 load:\n{text}"));
+            }
+        }
+    }
+    if r.rps == 0.0 {
+        return Err(format!("could not read h2load's output for {url}:\n{text}"));
     }
     Ok(r)
 }

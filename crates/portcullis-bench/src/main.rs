@@ -1,8 +1,10 @@
 //! `make bench`: a loopback load of small `tools/call` requests against three targets
 //! measured in the same run — the upstream directly, a bare pingora pass-through built
 //! with Portcullis's pingora settings (the floor), and Portcullis — printed as req/s,
-//! p50/p99 and ratios, because absolute figures on shared machines drift.
+//! p50/p99 and ratios, because absolute figures on shared machines drift. Portcullis is
+//! also measured over TLS (HTTP/1.1 and HTTP/2) and for new TLS handshakes per second.
 
+mod certs;
 mod floor;
 mod load;
 mod upstream;
@@ -114,6 +116,7 @@ fn start_gateway(
     dir: &std::path::Path,
     name: &str,
     listen: &str,
+    listeners_extra: &str,
     threads: usize,
     work_stealing: bool,
     up: &str,
@@ -125,7 +128,7 @@ fn start_gateway(
     std::fs::write(
         &config,
         format!(
-            "listeners:\n  public: {listen}\n  admin: {admin}\nserver:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
+            "listeners:\n  public: {listen}\n  admin: {admin}\n{listeners_extra}server:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
 access_log:\n  output: {}\naudit_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n{}\
 upstreams:\n  echo:\n    url: http://{up}/mcp\n{upstream_extra}",
             dir.join(format!("{name}-access.log")).display(),
@@ -229,6 +232,7 @@ fn run(
         &dir,
         "plain",
         &gw,
+        "",
         threads,
         work_stealing,
         &up,
@@ -246,6 +250,7 @@ fn run(
         &dir,
         "jwt",
         &gw_jwt,
+        "",
         threads,
         work_stealing,
         &up,
@@ -264,6 +269,7 @@ fn run(
         &dir,
         "limits",
         &gw_limits,
+        "",
         threads,
         work_stealing,
         &up,
@@ -278,6 +284,7 @@ fn run(
             &dir,
             "compare",
             &gw_compare,
+            "",
             threads,
             work_stealing,
             &up,
@@ -286,19 +293,43 @@ fn run(
         )?),
         None => None,
     };
+    // The same gateway with a TLS listener beside its plain one (a certificate minted
+    // for this run): HTTP/1.1 and HTTP/2 over TLS, and new handshakes.
+    certs::mint(&dir)?;
+    let gw_tls_plain = format!("127.0.0.1:{}", free_port()?);
+    let gw_tls = format!("127.0.0.1:{}", free_port()?);
+    let _gateway_tls = start_gateway(
+        portcullis,
+        &dir,
+        "tls",
+        &gw_tls_plain,
+        &format!(
+            "  tls:\n    address: {gw_tls}\n    certificates:\n      - cert_file: {}\n        key_file: {}\n",
+            dir.join("bench.crt").display(),
+            dir.join("bench.key").display()
+        ),
+        threads,
+        work_stealing,
+        &up,
+        "",
+        "",
+    )?;
+    wait_listening(&gw_tls)?;
     let token = load::token(secret)?;
 
     let plain = load::script(&dir, "call", None)?;
     let authed = load::script(&dir, "call-jwt", Some(&token))?;
+    let http = |a: &str| format!("http://{a}");
     let mut targets = vec![
-        ("direct", up.as_str(), &plain),
-        ("pingora floor", fl.as_str(), &plain),
-        ("portcullis", gw.as_str(), &plain),
-        ("portcullis+jwt", gw_jwt.as_str(), &authed),
-        ("portcullis+limits", gw_limits.as_str(), &plain),
+        ("direct", http(&up), &plain),
+        ("pingora floor", http(&fl), &plain),
+        ("portcullis", http(&gw), &plain),
+        ("portcullis+jwt", http(&gw_jwt), &authed),
+        ("portcullis+limits", http(&gw_limits), &plain),
+        ("portcullis https", format!("https://{gw_tls}"), &plain),
     ];
     if compare.is_some() {
-        targets.push(("compare", gw_compare.as_str(), &plain));
+        targets.push(("compare", http(&gw_compare), &plain));
     }
     println!(
         "machine: {} CPUs, {}; median of {rounds} rounds of {seconds}s, wrk on loopback; small tools/call (echo) POSTs; \
@@ -309,19 +340,41 @@ pingora threads {threads}, work_stealing {work_stealing}",
     let mut table = Vec::new();
     for conns in [50usize, 1] {
         // Warm pools and caches, then measure the targets in turn, round after round.
-        for (_, addr, script) in &targets {
-            load::wrk(script, addr, conns, 2)?;
+        for (_, base, script) in &targets {
+            load::wrk(script, base, conns, 2)?;
         }
         let mut runs: Vec<Vec<load::Result>> = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
-            for (i, (_, addr, script)) in targets.iter().enumerate() {
-                runs[i].push(load::wrk(script, addr, conns, seconds)?);
+            for (i, (_, base, script)) in targets.iter().enumerate() {
+                runs[i].push(load::wrk(script, base, conns, seconds)?);
             }
         }
         for (i, (name, _, _)) in targets.iter().enumerate() {
             table.push((conns, *name, load::median(&runs[i])));
         }
     }
+    // HTTP/2 over TLS: 50 streams in flight on 2 connections, against the plain
+    // gateway's 50 connections; and new TLS handshakes (a connection per request).
+    let body = load::body_file(&dir)?;
+    let closing = load::script_closing(&dir, "call-close")?;
+    let h2_url = format!("https://{gw_tls}/mcp");
+    load::h2load(&body, &h2_url, 2, 25, 2)?;
+    let (mut h2_runs, mut hs_runs, mut hs_plain_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        h2_runs.push(load::h2load(&body, &h2_url, 2, 25, seconds)?);
+        hs_runs.push(load::wrk(
+            &closing,
+            &format!("https://{gw_tls}"),
+            50,
+            seconds,
+        )?);
+        hs_plain_runs.push(load::wrk(&closing, &http(&gw_tls_plain), 50, seconds)?);
+    }
+    let (h2, handshakes, plain_closing) = (
+        load::median(&h2_runs),
+        load::median(&hs_runs),
+        load::median(&hs_plain_runs),
+    );
     println!(
         "\n{:<6} {:<18} {:>10} {:>10} {:>10}",
         "conns", "target", "req/s", "p50", "p99"
@@ -349,7 +402,17 @@ pingora threads {threads}, work_stealing {work_stealing}",
         get(1, "pingora floor"),
         get(1, "portcullis"),
     );
+    println!(
+        "2x25   portcullis h2 (TLS) {:>8.0}          (h2load: 2 connections, 25 streams each)",
+        h2.rps
+    );
+    println!(
+        "50     new TLS handshakes {:>9.0}/s   (a connection per request; plain HTTP the same way: {:.0}/s)",
+        handshakes.rps, plain_closing.rps
+    );
     let j50 = get(50, "portcullis+jwt");
+    let t50 = get(50, "portcullis https");
+    let t1 = get(1, "portcullis https");
     let l50 = get(50, "portcullis+limits");
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     println!("\nratios (same run):");
@@ -372,6 +435,15 @@ pingora threads {threads}, work_stealing {work_stealing}",
     println!(
         "  50 conns  portcullis+limits / portcullis req/s  {:.2}   (target >= 0.95)",
         ratio(l50.rps, p50.rps)
+    );
+    println!(
+        "  50 conns  portcullis https / portcullis req/s  {:.2}   (1 conn: {:.2})",
+        ratio(t50.rps, p50.rps),
+        ratio(t1.rps, p1.rps)
+    );
+    println!(
+        "  h2 (TLS, 2 conns x 25 streams) / portcullis (50 conns) req/s  {:.2}",
+        ratio(h2.rps, p50.rps)
     );
     let added_gw = p1.p50_us - d1.p50_us;
     let added_floor = f1.p50_us - d1.p50_us;

@@ -51,9 +51,13 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
-    /// `redis://[user:password@]host[:port][/db]`.
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://...` for TLS.
     #[serde(default)]
     pub url: Option<String>,
+    /// For `rediss://`: a PEM bundle of the CAs trusted for the Redis server, instead
+    /// of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The same, from an environment variable (the URL may hold a password).
     #[serde(default)]
     pub url_env: Option<String>,
@@ -134,9 +138,13 @@ pub struct SessionsFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenersFile {
-    /// MCP traffic. Default `127.0.0.1:8080`.
-    #[serde(default = "default_public")]
-    pub public: String,
+    /// MCP traffic over plain HTTP. Default `127.0.0.1:8080`, unless `tls` is set: then
+    /// there is no plain listener unless this is written too.
+    #[serde(default)]
+    pub public: Option<String>,
+    /// MCP traffic over TLS (HTTP/1.1 and HTTP/2 by ALPN). Default: none.
+    #[serde(default)]
+    pub tls: Option<TlsListenerFile>,
     /// Health, readiness and metrics. Default `127.0.0.1:9090`.
     #[serde(default = "default_admin")]
     pub admin: String,
@@ -145,10 +153,52 @@ pub struct ListenersFile {
 impl Default for ListenersFile {
     fn default() -> Self {
         ListenersFile {
-            public: default_public(),
+            public: None,
+            tls: None,
             admin: default_admin(),
         }
     }
+}
+
+/// `listeners.tls:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerFile {
+    /// Where it listens, e.g. `0.0.0.0:8443`.
+    pub address: String,
+    /// The served certificates; the first is the default for clients whose SNI matches
+    /// none (or who send none). At least one.
+    pub certificates: Vec<CertificateFile>,
+    /// Client certificates (mTLS). Default: none asked for.
+    #[serde(default)]
+    pub client_certificates: Option<ClientCertificatesFile>,
+}
+
+/// `listeners.tls.certificates[]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// PEM certificate chain, leaf first (cert-manager's `tls.crt`).
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (`tls.key`).
+    pub key_file: std::path::PathBuf,
+    /// SNI names it is served for (`*.example.com` matches one label). Default: the
+    /// certificate's DNS names.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// `listeners.tls.client_certificates:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificatesFile {
+    /// PEM bundle of the CAs that sign client certificates.
+    pub ca_file: std::path::PathBuf,
+    /// Refuse the handshake of a client without a valid certificate. Default false: a
+    /// certificate is verified when sent, and routes with `auth.client_certificate`
+    /// require one.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// `server:`
@@ -226,6 +276,14 @@ pub struct HttpFile {
     /// none (the peer address is the client).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// HTTP/2 with prior knowledge (h2c) on the plain listener, for meshes whose
+    /// sidecars speak HTTP/2 in clear; HTTP/1.1 clients are still served. Default false.
+    /// (On the TLS listener HTTP/2 is chosen by ALPN.)
+    #[serde(default)]
+    pub h2c: bool,
+    /// Concurrent HTTP/2 streams one client connection may open. Default 100.
+    #[serde(default = "default_h2_max_streams")]
+    pub h2_max_streams: u32,
 }
 
 impl Default for HttpFile {
@@ -242,6 +300,8 @@ impl Default for HttpFile {
             stream_keepalive: default_stream_keepalive(),
             tcp_keepalive: default_tcp_keepalive(),
             trusted_proxies: Vec::new(),
+            h2c: false,
+            h2_max_streams: default_h2_max_streams(),
         }
     }
 }
@@ -402,6 +462,11 @@ pub struct AuthFile {
     /// A YAML file (a mounted Secret) holding more `api_keys` entries; re-read on reload.
     #[serde(default)]
     pub api_keys_file: Option<std::path::PathBuf>,
+    /// Client certificates verified by the TLS listener (`listeners.tls.client_certificates`)
+    /// as credentials: a request with no token or key on such a connection is the
+    /// certificate's principal (issuer `mtls`). Default: not accepted.
+    #[serde(default)]
+    pub client_certificate: Option<ClientCertificateAuthFile>,
     /// Scopes every call needs; a valid token without them gets 403. Default: none.
     #[serde(default)]
     pub required_scopes: Vec<String>,
@@ -412,6 +477,32 @@ pub struct AuthFile {
     /// issuers.
     #[serde(default)]
     pub authorization_servers: Vec<String>,
+}
+
+/// `routes[].auth.client_certificate:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateAuthFile {
+    /// The certificate name that becomes the principal's subject: `common_name`, `dns`,
+    /// `uri` (SPIFFE ids) or `email` (the first such subject alternative name).
+    /// Default `common_name`.
+    #[serde(default)]
+    pub subject: CertificateNameFile,
+}
+
+/// `routes[].auth.client_certificate.subject`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateNameFile {
+    /// The subject's common name.
+    #[default]
+    CommonName,
+    /// The first DNS name.
+    Dns,
+    /// The first URI.
+    Uri,
+    /// The first email address.
+    Email,
 }
 
 /// One API key: `routes[].auth.api_keys[]`.
@@ -548,6 +639,50 @@ pub struct UpstreamFile {
     /// A circuit breaker per endpoint. Default: none.
     #[serde(default)]
     pub breaker: Option<BreakerFile>,
+    /// TLS settings of an `https://` upstream. Default: the system's CA roots, the
+    /// URL's host as SNI and verified name, no client certificate.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
+    /// HTTP/2 to this upstream: `auto` (over https when the server offers it by ALPN;
+    /// HTTP/1.1 in clear), `always` (https: h2 only; http: h2c with prior knowledge) or
+    /// `never`. Default `auto`.
+    #[serde(default)]
+    pub http2: Http2File,
+}
+
+/// `upstreams.<name>.http2`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http2File {
+    /// By ALPN over https; HTTP/1.1 in clear.
+    #[default]
+    Auto,
+    /// HTTP/2 only (h2c with prior knowledge over http).
+    Always,
+    /// HTTP/1.1 only.
+    Never,
+}
+
+/// `upstreams.<name>.tls:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM bundle of the CAs trusted for this upstream, instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name sent as SNI and verified in the certificate. Default: the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM) for upstreams that require mTLS.
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// Accept any certificate. For tests against servers with throwaway certificates
+    /// only: logged as a warning at every load. Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// `upstreams.<name>.breaker:`
@@ -634,8 +769,8 @@ fn default_credential_header() -> String {
     "authorization".to_owned()
 }
 
-fn default_public() -> String {
-    "127.0.0.1:8080".to_owned()
+fn default_h2_max_streams() -> u32 {
+    100
 }
 fn default_admin() -> String {
     "127.0.0.1:9090".to_owned()

@@ -15,13 +15,15 @@ pub mod watch;
 
 pub use error::ConfigError;
 pub use file::{
-    AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, ConfigFile, GateFile,
-    HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile, RedisFile,
-    RouteFile, ServerFile, SessionsFile, ToolTrafficFile, UpstreamFile,
+    AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, CertificateFile,
+    CertificateNameFile, ClientCertificateAuthFile, ClientCertificatesFile, ConfigFile, GateFile,
+    Http2File, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile,
+    RedisFile, RouteFile, ServerFile, SessionsFile, TlsListenerFile, ToolTrafficFile, UpstreamFile,
+    UpstreamTlsFile,
 };
 pub use model::{
-    canonical_ip, Admission, Config, Deadline, Http, IdentityHeaders, OriginRule, Redis, Route,
-    SessionKey, ToolTraffic, Upstream, MIN_SESSION_KEY_LEN,
+    canonical_ip, Admission, Config, Deadline, Http, Http2, IdentityHeaders, OriginRule, Redis,
+    Route, SessionKey, TlsListener, ToolTraffic, Upstream, UpstreamTls, MIN_SESSION_KEY_LEN,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;

@@ -19,8 +19,10 @@ pub struct Config {
     /// A short content hash of the file and its policy files, shown in logs and the
     /// config-info metric.
     pub version: String,
-    /// Public listener address.
-    pub public_addr: SocketAddr,
+    /// The plain-HTTP public listener's address, if there is one.
+    pub public_addr: Option<SocketAddr>,
+    /// The TLS public listener, if configured.
+    pub tls: Option<TlsListener>,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
     /// Worker threads for the public listener.
@@ -54,6 +56,39 @@ impl Config {
     pub fn route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.path == path)
     }
+
+    /// The files this config names whose change is a new version: policies,
+    /// certificates, keys and CA bundles.
+    pub fn named_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .routes
+            .iter()
+            .filter_map(|r| r.policy_path.clone())
+            .collect();
+        files.extend(self.tls_files());
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// The certificate, key and CA files this config names.
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(tls) = &self.tls {
+            files.extend(tls.files.iter().cloned());
+        }
+        for u in &self.upstreams {
+            if let Some(tls) = &u.tls {
+                files.extend(tls.files.iter().cloned());
+            }
+        }
+        if let Some((ca, _)) = self.redis.as_ref().and_then(|r| r.ca.as_ref()) {
+            files.push(ca.clone());
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
 }
 
 /// The public listener's HTTP settings (`http:`).
@@ -81,6 +116,23 @@ pub struct Http {
     pub public_url: Option<String>,
     /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTP/2 with prior knowledge on the plain listener.
+    pub h2c: bool,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub h2_max_streams: u32,
+}
+
+/// The TLS public listener (`listeners.tls`).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The served certificates, chosen by SNI.
+    pub certs: Arc<portcullis_tls::ServerCerts>,
+    /// Client certificates, when the listener asks for them.
+    pub client_auth: Option<portcullis_tls::ClientAuth>,
+    /// Every file it was read from (watched for rotation).
+    pub files: Vec<PathBuf>,
 }
 
 impl Http {
@@ -169,6 +221,36 @@ pub struct Upstream {
     pub breaker: Option<portcullis_traffic::BreakerSpec>,
     /// Gates and deadlines per tool glob; the first match applies.
     pub tools: Vec<ToolTraffic>,
+    /// TLS to the upstream (`https://`), or `None` for plain HTTP.
+    pub tls: Option<UpstreamTls>,
+    /// Which HTTP versions are spoken to it.
+    pub http2: Http2,
+}
+
+/// HTTP/2 towards an upstream (`upstreams.<name>.http2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2 {
+    /// HTTP/2 when the server offers it by ALPN (https); HTTP/1.1 in clear.
+    Auto,
+    /// HTTP/2 only: by ALPN over https, with prior knowledge (h2c) over http.
+    Always,
+    /// HTTP/1.1 only.
+    Never,
+}
+
+/// How the gateway speaks TLS to an `https://` upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Sent as SNI and verified against the certificate.
+    pub server_name: String,
+    /// CA certificates (DER) trusted instead of the system roots, if configured.
+    pub ca: Option<Vec<Vec<u8>>>,
+    /// The client certificate presented to upstreams that require mTLS.
+    pub client: Option<portcullis_tls::Identity>,
+    /// Verify the certificate (false only by the explicit `insecure_skip_verify`).
+    pub verify: bool,
+    /// Every file it was read from (watched for rotation).
+    pub files: Vec<PathBuf>,
 }
 
 /// Where the caller's identity goes on requests to one upstream.
@@ -285,8 +367,11 @@ pub struct Deadline {
 /// Where global rate limits are kept (`redis:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redis {
-    /// The connection URL (may hold a password: never logged).
+    /// The connection URL (may hold a password: never logged); `rediss://` is TLS.
     pub url: String,
+    /// For `rediss://`: the CA file and its PEM bytes, trusted instead of the system's
+    /// roots.
+    pub ca: Option<(PathBuf, Vec<u8>)>,
     /// The longest a check waits for Redis.
     pub timeout: Duration,
     /// Prepended to every key.

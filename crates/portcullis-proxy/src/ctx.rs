@@ -97,6 +97,10 @@ pub struct Ctx {
     pub client: Option<IpAddr>,
     /// Whether the peer is a trusted proxy.
     pub peer_trusted: bool,
+    /// Whether the connection is TLS (the route's public URL is then `https://`).
+    pub tls: bool,
+    /// The verified client certificate's names, on a connection that presented one.
+    pub client_cert: Option<portcullis_tls::PeerIdentity>,
     /// The matched route, by index into the snapshot's routes.
     pub route: Option<usize>,
     /// What kind of request it is.
@@ -143,6 +147,8 @@ impl Ctx {
             peer,
             client: peer.map(|p| p.ip()),
             peer_trusted: false,
+            tls: false,
+            client_cert: None,
             route: None,
             op: Op::Unknown,
             rpc_id: None,

@@ -18,6 +18,7 @@ use http::{Method, Version};
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
 };
+use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::ErrorType;
@@ -90,6 +91,13 @@ impl Gateway {
     pub fn new(live: Live, metrics: Arc<Metrics>, access: AccessLog, audit: AuditLog) -> Gateway {
         let mut options = HttpServerOptions::default();
         options.keepalive_request_limit = None;
+        {
+            // Read once: the listeners' protocols take effect at start, like their
+            // addresses.
+            let http = &live.load().config.http;
+            options.h2c = http.h2c;
+            options.h2_idle_timeout = Some(http.idle_timeout);
+        }
         Gateway {
             live,
             metrics,
@@ -675,6 +683,8 @@ impl HttpServerApp for Gateway {
         let _in_flight = Raised::new(self.metrics.in_flight.clone());
         let req = ds.req_header().clone();
         let mut cx = Ctx::new(ds.client_addr().and_then(|a| a.as_inet()).copied());
+        cx.tls = ds.digest().is_some_and(|d| d.ssl_digest.is_some());
+        cx.client_cert = crate::tls::peer_identity(ds.digest()).cloned();
         let outcome = if self.metrics.in_flight.get() > snap.config.admission.max_requests as i64 {
             cx.close = true;
             Err(Refusal::Overloaded(Overload::TooManyRequests).into())
@@ -708,5 +718,13 @@ impl HttpServerApp for Gateway {
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
         Some(&self.options)
+    }
+
+    /// Each new HTTP/2 connection: the stream cap from the live config, so a reload
+    /// changes it for new connections.
+    fn h2_options(&self) -> Option<H2Options> {
+        let mut h2 = H2Options::new();
+        h2.max_concurrent_streams(self.live.load().config.http.h2_max_streams);
+        Some(h2)
     }
 }

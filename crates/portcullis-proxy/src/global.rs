@@ -44,8 +44,18 @@ pub struct GlobalLimits {
 impl GlobalLimits {
     /// A handle on `config`'s Redis; no connection is made until the first check.
     pub fn new(config: &Redis) -> Result<GlobalLimits, String> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("redis.url is not a usable Redis URL: {e}"))?;
+        let client = match &config.ca {
+            // rediss:// with a private CA; without one, rediss:// trusts the system roots.
+            Some((_, pem)) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(config.url.as_str()),
+        }
+        .map_err(|e| format!("redis.url is not a usable Redis URL: {e}"))?;
         Ok(GlobalLimits {
             config: config.clone(),
             client,
@@ -148,6 +158,7 @@ mod tests {
     fn keys_are_stable_prefixed_digests_that_do_not_collide_by_concatenation() {
         let g = GlobalLimits::new(&Redis {
             url: "redis://127.0.0.1:1".into(),
+            ca: None,
             timeout: Duration::from_millis(10),
             key_prefix: "pc:".into(),
         })
@@ -173,6 +184,7 @@ mod tests {
             .expect("addr");
         let g = GlobalLimits::new(&Redis {
             url: format!("redis://{dead}"),
+            ca: None,
             timeout: Duration::from_millis(100),
             key_prefix: "pc:".into(),
         })

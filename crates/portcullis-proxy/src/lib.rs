@@ -32,6 +32,7 @@ pub mod server;
 pub mod sessions;
 pub mod snapshot;
 pub mod stages;
+pub mod tls;
 pub mod traffic;
 pub mod upstream;
 

@@ -46,11 +46,12 @@ pub struct PreboundService<S> {
 }
 
 impl<S> PreboundService<S> {
-    /// `inner` must listen (`add_tcp`) on exactly `socket.key()`.
-    pub fn new(inner: S, socket: Prebound) -> PreboundService<S> {
+    /// `inner` must listen (`add_tcp`, `add_tls_with_settings`) on exactly each
+    /// socket's `key()`.
+    pub fn new(inner: S, sockets: Vec<Prebound>) -> PreboundService<S> {
         PreboundService {
             inner,
-            sockets: vec![(socket.key(), socket.fd)],
+            sockets: sockets.into_iter().map(|s| (s.key(), s.fd)).collect(),
         }
     }
 }

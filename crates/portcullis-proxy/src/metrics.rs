@@ -26,6 +26,10 @@ pub struct Metrics {
     pub open_streams: IntGaugeVec,
     /// `portcullis_upstream_up{upstream}`: 1 when an endpoint accepted the last probe.
     pub upstream_up: IntGaugeVec,
+    /// `portcullis_tls_certificate_expiry_timestamp_seconds{use, name}`: when each
+    /// certificate the gateway presents lapses (served by the TLS listener, or shown to
+    /// an upstream as its client certificate).
+    pub cert_expiry: IntGaugeVec,
     /// `portcullis_config_info{version}`: 1 for the live version.
     pub config_info: IntGaugeVec,
     /// `portcullis_config_reloads_total{result}`
@@ -295,6 +299,13 @@ impl Metrics {
                 "1 when at least one endpoint of the upstream accepted the last TCP probe",
                 &["upstream"],
             ),
+            cert_expiry: gauge_vec(
+                &r,
+                "portcullis_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate the gateway presents expires (Unix time), by use \
+                 (listener, upstream_client) and name (the first name it serves, or the upstream)",
+                &["use", "name"],
+            ),
             config_info: gauge_vec(
                 &r,
                 "portcullis_config_info",
@@ -352,6 +363,26 @@ impl Metrics {
                 ),
             ),
             registry: r,
+        }
+    }
+
+    /// The expiry series of the certificates `config` presents, replacing the last
+    /// config's (a rotated certificate's old date disappears).
+    pub fn set_certificates(&self, config: &portcullis_config::Config) {
+        self.cert_expiry.reset();
+        if let Some(tls) = &config.tls {
+            for (name, info) in tls.certs.served() {
+                self.cert_expiry
+                    .with_label_values(&["listener", name])
+                    .set(info.not_after);
+            }
+        }
+        for u in &config.upstreams {
+            if let Some(id) = u.tls.as_ref().and_then(|t| t.client.as_ref()) {
+                self.cert_expiry
+                    .with_label_values(&["upstream_client", u.name.as_str()])
+                    .set(id.info.not_after);
+            }
         }
     }
 

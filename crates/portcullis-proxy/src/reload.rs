@@ -77,10 +77,12 @@ impl Reloader {
             return;
         }
         if old.config.public_addr != config.public_addr
+            || old.config.tls.as_ref().map(|t| t.addr) != config.tls.as_ref().map(|t| t.addr)
+            || old.config.http.h2c != config.http.h2c
             || old.config.admin_addr != config.admin_addr
             || old.config.threads != config.threads
         {
-            warn!("listeners and server.threads changed in the file; they take effect on restart");
+            warn!("listeners, http.h2c and server.threads changed in the file; they take effect on restart");
         }
         let version = config.version.clone();
         let snapshot = match Snapshot::build(config, Some(&old), &self.shared) {
@@ -95,6 +97,7 @@ impl Reloader {
                 return;
             }
         };
+        self.shared.metrics.set_certificates(&snapshot.config);
         self.live.store(Arc::new(snapshot));
         self.shared.metrics.set_config_version(&version);
         self.shared
@@ -107,16 +110,11 @@ impl Reloader {
     }
 }
 
-/// The files whose change reloads: the config file and the policy files it names.
+/// The files whose change reloads: the config file and the policy, certificate, key
+/// and CA files it names (a rotated certificate is a reload like any other).
 fn watched(path: &Path, live: &Live) -> Vec<PathBuf> {
     let mut files = vec![path.to_owned()];
-    files.extend(
-        live.load()
-            .config
-            .routes
-            .iter()
-            .filter_map(|r| r.policy_path.clone()),
-    );
+    files.extend(live.load().config.named_files());
     files.sort();
     files.dedup();
     files
@@ -138,7 +136,7 @@ impl BackgroundService for Reloader {
         let mut triggers = match watch::triggers(&files, SETTLE) {
             Ok(rx) => {
                 self.shared.metrics.watching.set(1);
-                info!(config = %self.path.display(), "watching the config file, its policy files and SIGHUP for reloads");
+                info!(config = %self.path.display(), "watching the config file, its policy and TLS files and SIGHUP for reloads");
                 rx
             }
             Err(e) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
-use pingora_core::connectors::http::v1::Connector;
+use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::protocols::TcpKeepalive;
@@ -39,8 +39,10 @@ const POOL_PER_THREAD: usize = 128;
 /// A gateway built and bound, ready to run.
 pub struct Prepared {
     server: Server,
-    /// The public listener's bound address.
-    pub public: SocketAddr,
+    /// The plain public listener's bound address, if there is one.
+    pub public: Option<SocketAddr>,
+    /// The TLS public listener's bound address, if there is one.
+    pub tls: Option<SocketAddr>,
     /// The admin listener's bound address.
     pub admin: SocketAddr,
     /// Requests being handled right now (for draining): `portcullis_requests_in_flight`.
@@ -58,22 +60,28 @@ pub struct Prepared {
 /// Loads `config_path`, binds both listeners and builds every service.
 pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     let config = portcullis_config::load(config_path).map_err(|e| e.to_string())?;
-    let public_sock = Prebound::bind(config.public_addr).map_err(|e| {
-        format!(
-            "cannot listen on {} (listeners.public): {e}",
-            config.public_addr
-        )
-    })?;
-    let admin_sock = Prebound::bind(config.admin_addr).map_err(|e| {
-        format!(
-            "cannot listen on {} (listeners.admin): {e}",
-            config.admin_addr
-        )
-    })?;
-    let (public, admin) = (public_sock.addr, admin_sock.addr);
+    let bind = |addr: SocketAddr, key: &str| {
+        Prebound::bind(addr).map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))
+    };
+    let public_sock = config
+        .public_addr
+        .map(|a| bind(a, "listeners.public"))
+        .transpose()?;
+    let tls_sock = config
+        .tls
+        .as_ref()
+        .map(|t| bind(t.addr, "listeners.tls.address"))
+        .transpose()?;
+    let admin_sock = bind(config.admin_addr, "listeners.admin")?;
+    let (public, tls, admin) = (
+        public_sock.as_ref().map(|s| s.addr),
+        tls_sock.as_ref().map(|s| s.addr),
+        admin_sock.addr,
+    );
 
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_version(&config.version);
+    metrics.set_certificates(&config);
     let access = AccessLog::start(
         config.access_log.enabled,
         &config.access_log.output,
@@ -112,9 +120,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         );
     }
     let shared = Shared {
-        connector: Arc::new(Connector::new(Some(ConnectorOptions::new(
-            POOL_PER_THREAD * threads,
-        )))),
+        connector: Arc::new(connector(POOL_PER_THREAD * threads)?),
         metrics: metrics.clone(),
     };
     let tcp_keepalive = config.http.tcp_keepalive;
@@ -139,10 +145,23 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
         live: live.clone(),
         metrics: metrics.clone(),
     };
+    // One service for both public listeners: the same app, so the same connection cap.
     let mut public_svc = Listening::new("portcullis".to_owned(), admission);
-    public_svc.add_tcp_with_settings(&public_sock.key(), socket_options(tcp_keepalive));
+    if let Some(sock) = &public_sock {
+        public_svc.add_tcp_with_settings(&sock.key(), socket_options(tcp_keepalive));
+    }
+    if let Some(sock) = &tls_sock {
+        public_svc.add_tls_with_settings(
+            &sock.key(),
+            Some(socket_options(tcp_keepalive)),
+            crate::tls::settings(&live)?,
+        );
+    }
     public_svc.threads = Some(threads);
-    server.add_service(PreboundService::new(public_svc, public_sock));
+    server.add_service(PreboundService::new(
+        public_svc,
+        public_sock.into_iter().chain(tls_sock).collect(),
+    ));
 
     let health = Arc::new(Health::default());
     let admin_app = HttpServer::new_app(Admin {
@@ -153,7 +172,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     let mut admin_svc = Listening::new("admin".to_owned(), admin_app);
     admin_svc.add_tcp(&admin_sock.key());
     admin_svc.threads = Some(1);
-    server.add_service(PreboundService::new(admin_svc, admin_sock));
+    server.add_service(PreboundService::new(admin_svc, vec![admin_sock]));
 
     server.add_service(background_service(
         "reload",
@@ -181,6 +200,7 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     Ok(Prepared {
         server,
         public,
+        tls,
         admin,
         in_flight,
         grace_period,
@@ -204,6 +224,19 @@ fn socket_options(idle: Duration) -> TcpSocketOptions {
         });
     }
     opts
+}
+
+/// The upstream connector every snapshot shares (its pools outlive reloads). Building
+/// it reads the system's CA certificates for https upstreams; pingora panics when they
+/// cannot be read, which is turned into an error that says so.
+fn connector(pool_size: usize) -> Result<Connector, String> {
+    std::panic::catch_unwind(|| Connector::new(Some(ConnectorOptions::new(pool_size)))).map_err(
+        |_| {
+            "cannot load the system's CA certificates (for https upstreams); install \
+             ca-certificates or set SSL_CERT_FILE to a PEM bundle"
+                .to_owned()
+        },
+    )
 }
 
 /// How often idle rate-limit keys are dropped.
@@ -238,8 +271,10 @@ impl Prepared {
 
 /// A gateway running on its own thread, stopped on demand (tests and the demo).
 pub struct Running {
-    /// The public listener's address.
-    pub public: SocketAddr,
+    /// The plain public listener's address, if there is one.
+    pub public: Option<SocketAddr>,
+    /// The TLS public listener's address, if there is one.
+    pub tls: Option<SocketAddr>,
     /// The admin listener's address.
     pub admin: SocketAddr,
     stop: Option<tokio::sync::watch::Sender<Option<ShutdownKind>>>,
@@ -272,7 +307,7 @@ impl ShutdownSignalWatch for ChannelSignal {
 /// Prepares and runs a gateway on a background thread.
 pub fn spawn(config_path: &Path) -> Result<Running, String> {
     let prepared = prepare(config_path)?;
-    let (public, admin) = (prepared.public, prepared.admin);
+    let (public, tls, admin) = (prepared.public, prepared.tls, prepared.admin);
     let (tx, rx) = tokio::sync::watch::channel(None);
     let thread = std::thread::Builder::new()
         .name("portcullis".into())
@@ -280,6 +315,7 @@ pub fn spawn(config_path: &Path) -> Result<Running, String> {
         .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
     Ok(Running {
         public,
+        tls,
         admin,
         stop: Some(tx),
         thread: Some(thread),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora_core::connectors::http::v1::Connector;
+use pingora_core::connectors::http::Connector;
 use portcullis_config::Config;
 
 use crate::metrics::Metrics;

@@ -69,7 +69,11 @@ pub fn run(listen: &str, admin: &str) -> ExitCode {
 }
 
 fn banner(p: &portcullis_proxy::Prepared, config: &std::path::Path) {
-    let url = format!("http://{}/mcp", p.public);
+    let url = match (p.tls, p.public) {
+        (Some(tls), _) => format!("https://{tls}/mcp"),
+        (None, Some(plain)) => format!("http://{plain}/mcp"),
+        (None, None) => String::new(),
+    };
     let token = crate::token::mint(
         "demo-user",
         &[crate::token::DEMO_SCOPE.to_owned()],

@@ -142,8 +142,10 @@ pub(crate) fn run(
             return ExitCode::from(2);
         }
     };
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or_else(String::new, |a| a.to_string());
     tracing::info!(
-        public = %prepared.public,
+        public = %addr(prepared.public),
+        tls = %addr(prepared.tls),
         admin = %prepared.admin,
         version = %prepared.version,
         config = %config.display(),
@@ -171,6 +173,9 @@ fn check(config: &std::path::Path) -> ExitCode {
                 c.routes.len(),
                 c.upstreams.len()
             );
+            for line in certificate_lines(&c) {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -178,4 +183,28 @@ fn check(config: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// One line per certificate the config presents, with its expiry and the days left.
+fn certificate_lines(c: &portcullis_config::Config) -> Vec<String> {
+    let now = portcullis_tls::now_unix();
+    let line = |what: String, info: &portcullis_tls::CertInfo| {
+        format!(
+            "certificate {what}: expires {} ({} days left)",
+            info.not_after_text(),
+            (info.not_after - now).div_euclid(86_400)
+        )
+    };
+    let mut out = Vec::new();
+    if let Some(tls) = &c.tls {
+        for (name, info) in tls.certs.served() {
+            out.push(line(format!("listeners.tls {name}"), info));
+        }
+    }
+    for u in &c.upstreams {
+        if let Some(id) = u.tls.as_ref().and_then(|t| t.client.as_ref()) {
+            out.push(line(format!("upstreams.{} client", u.name), &id.info));
+        }
+    }
+    out
 }

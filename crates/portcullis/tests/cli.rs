@@ -1,4 +1,5 @@
-//! The `portcullis` binary as an operator runs it: `check` exit codes and messages,
+//! The `portcullis` binary as an operator runs it: `check` exit codes, messages and
+//! certificate expiry dates,
 //! SIGHUP reload, and SIGTERM draining an in-flight call before exiting.
 
 mod common;
@@ -8,6 +9,36 @@ use std::time::{Duration, Instant};
 use common::*;
 use portcullis_e2e::*;
 use serde_json::json;
+
+#[test]
+fn check_prints_when_each_certificate_expires() {
+    let dir = scratch("check-tls");
+    let ca = portcullis_e2e::pki::TestCa::new("check ca");
+    ca.server(&["gw.test"]).write(&dir, "gw");
+    let yaml = config_for("http://127.0.0.1:9/mcp", "").replacen(
+        "  admin: 127.0.0.1:0\n",
+        "  admin: 127.0.0.1:0\n  tls:\n    address: 127.0.0.1:0\n    certificates:\n      - cert_file: gw.crt\n        key_file: gw.key\n",
+        1,
+    );
+    let path = dir.join("tls.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // rcgen's default validity ends in 4096.
+    assert!(
+        stdout.contains("certificate listeners.tls gw.test: expires 4096-01-01T00:00:00Z ("),
+        "{stdout}"
+    );
+}
 
 #[test]
 fn check_accepts_a_good_file_and_names_file_line_and_key_of_a_bad_one() {

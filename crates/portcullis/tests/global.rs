@@ -1,6 +1,7 @@
 //! Global rate limits end to end: two gateway processes sharing one real Redis
-//! (redis-server on loopback, started by the test) enforce one limit between them, and
-//! a gateway whose Redis is unreachable falls back to its own local limit.
+//! (redis-server on loopback, started by the test, also over TLS with a private CA)
+//! enforce one limit between them, and a gateway whose Redis is unreachable falls back
+//! to its own local limit.
 
 mod common;
 
@@ -34,24 +35,10 @@ fn free_port() -> u16 {
 
 fn start_redis() -> RedisServer {
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--daemonize", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server runs (`make test` installs it: apt-get install redis-server)");
-    let server = RedisServer {
-        child,
-        url: format!("redis://127.0.0.1:{port}"),
-    };
+    let server = spawn_redis(
+        &["--port", &port.to_string()],
+        format!("redis://127.0.0.1:{port}"),
+    );
     let deadline = Instant::now() + DEADLINE;
     loop {
         let pong = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
@@ -72,6 +59,52 @@ fn start_redis() -> RedisServer {
     }
 }
 
+fn spawn_redis(listen: &[&str], url: String) -> RedisServer {
+    let child = Command::new("redis-server")
+        .args(listen)
+        .args(["--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "no", "--daemonize", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (`make test` installs it: apt-get install redis-server)");
+    RedisServer { child, url }
+}
+
+/// A redis-server speaking only TLS (Debian's is built with it), its certificate from
+/// a private CA written to `dir/redis-ca.pem`.
+fn start_redis_tls(dir: &std::path::Path) -> RedisServer {
+    let ca = portcullis_e2e::pki::TestCa::new("redis ca");
+    ca.write(dir, "redis-ca.pem");
+    let (cert, key) = ca.server(&["127.0.0.1"]).write(dir, "redis");
+    let port = free_port();
+    let server = spawn_redis(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+        ],
+        format!("rediss://127.0.0.1:{port}"),
+    );
+    // redis-server opens its listening socket once it is ready to serve.
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
 /// A stateless `tools/call echo` to the gateway at `public`: status and body.
 async fn call(public: &str) -> (u16, serde_json::Value) {
     let r = stateless_call(
@@ -90,12 +123,22 @@ async fn call(public: &str) -> (u16, serde_json::Value) {
 /// Starts `portcullis run` on a config whose route has a global limit (3 at once, then
 /// one an hour) counted in `redis_url`; returns the process, public and admin addresses.
 fn gateway(name: &str, upstream: &Upstream, redis_url: &str) -> (Proc, String, String) {
+    gateway_with(name, upstream, redis_url, "")
+}
+
+/// Like [`gateway`], with `redis_extra` under `redis:`.
+fn gateway_with(
+    name: &str,
+    upstream: &Upstream,
+    redis_url: &str,
+    redis_extra: &str,
+) -> (Proc, String, String) {
     let dir = scratch(name);
     let config = dir.join("portcullis.yaml");
     let text = config_for(
         &upstream.url,
         &format!(
-            "redis:\n  url: {redis_url}\n  timeout: 200ms\naccess_log:\n  enabled: false\naudit_log:\n  enabled: false\n"
+            "redis:\n  url: {redis_url}\n  timeout: 200ms\n{redis_extra}access_log:\n  enabled: false\naudit_log:\n  enabled: false\n"
         ),
     )
     // The binary runs with its default runtimes (one per thread).
@@ -151,4 +194,29 @@ async fn without_redis_a_global_limit_falls_back_to_the_local_one() {
         m.contains(r#"portcullis_rate_limit_fallbacks_total{limit="shared",route="/mcp"} 4"#),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_limit_holds_over_rediss_with_a_private_ca() {
+    let dir = scratch("global-tls-redis");
+    let redis = start_redis_tls(&dir);
+    let upstream = Upstream::demo().await;
+    let ca = format!("  ca_file: {}\n", dir.join("redis-ca.pem").display());
+    let (_a, a, a_admin) = gateway_with("global-tls-a", &upstream, &redis.url, &ca);
+    let (_b, b, b_admin) = gateway_with("global-tls-b", &upstream, &redis.url, &ca);
+    for public in [&a, &b, &a] {
+        assert_eq!(call(public).await.0, 200);
+    }
+    assert_eq!(
+        call(&b).await.0,
+        429,
+        "the burst is shared through Redis over TLS"
+    );
+    for admin in [&a_admin, &b_admin] {
+        let m = metrics_at(&format!("http://{admin}")).await;
+        assert!(
+            m.contains("portcullis_rate_limit_fallbacks_total{limit=\"shared\",route=\"/mcp\"} 0"),
+            "Redis answered every check over TLS: {m}"
+        );
+    }
 }

@@ -25,6 +25,8 @@ pub use portcullis_proxy::ShutdownKind;
 
 mod idp;
 pub use idp::JwksServer;
+pub mod pki;
+pub mod tls_upstream;
 
 /// The issuer of the test tokens [`rs256_token`] signs.
 pub const TEST_ISSUER: &str = "https://idp.test/realms/demo";
@@ -74,6 +76,8 @@ pub struct Gateway {
     pub base: String,
     /// `http://127.0.0.1:PORT/mcp`
     pub url: String,
+    /// `https://127.0.0.1:PORT` of the TLS listener, when configured.
+    pub tls: Option<String>,
     /// `http://127.0.0.1:ADMIN`
     pub admin: String,
     /// The config file; rewrite it to test reloads.
@@ -162,9 +166,15 @@ impl Gateway {
         );
         std::fs::write(&config_path, text).expect("write config");
         let running = portcullis_proxy::spawn(&config_path).expect("gateway starts");
+        let base = match (running.public, running.tls) {
+            (Some(plain), _) => format!("http://{plain}"),
+            (None, Some(tls)) => format!("https://{tls}"),
+            (None, None) => unreachable!("a gateway has a public listener"),
+        };
         let gw = Gateway {
-            base: format!("http://{}", running.public),
-            url: format!("http://{}/mcp", running.public),
+            tls: running.tls.map(|a| format!("https://{a}")),
+            url: format!("{base}/mcp"),
+            base,
             admin: format!("http://{}", running.admin),
             running: Some(running),
             config_path,

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use portcullis_auth::{
-    Algorithm, ApiKeyEntry, ApiKeys, IssuerConfig, JwksRegistry, JwksSchedule, JwtVerifier,
-    KeySource, Keys, RouteAuth,
+    Algorithm, ApiKeyEntry, ApiKeys, CertificateName, IssuerConfig, JwksRegistry, JwksSchedule,
+    JwtVerifier, KeySource, Keys, RouteAuth,
 };
 
 use crate::error::ConfigError;
-use crate::file::{ApiKeyFile, AuthFile, IssuerFile, JwtFile};
+use crate::file::{ApiKeyFile, AuthFile, CertificateNameFile, IssuerFile, JwtFile};
 use crate::scope::Scope;
 
 /// Algorithms accepted when an issuer lists none (asymmetric only).
@@ -62,10 +62,17 @@ pub(super) fn compile(
             .collect();
         Some(ApiKeys::new(&list).map_err(|e| at.key("api_keys").err(e))?)
     };
-    if verifier.is_none() && api_keys.is_none() {
-        return Err(
-            at.err("configure jwt, api_keys or api_keys_file (remove auth for an anonymous route)")
-        );
+    let client_certificate = a.client_certificate.as_ref().map(|c| match c.subject {
+        CertificateNameFile::CommonName => CertificateName::CommonName,
+        CertificateNameFile::Dns => CertificateName::Dns,
+        CertificateNameFile::Uri => CertificateName::Uri,
+        CertificateNameFile::Email => CertificateName::Email,
+    });
+    if verifier.is_none() && api_keys.is_none() && client_certificate.is_none() {
+        return Err(at.err(
+            "configure jwt, api_keys, api_keys_file or client_certificate \
+             (remove auth for an anonymous route)",
+        ));
     }
     let authorization_servers = if a.authorization_servers.is_empty() {
         a.jwt
@@ -83,6 +90,7 @@ pub(super) fn compile(
     Ok(RouteAuth {
         verifier,
         api_keys,
+        client_certificate,
         required_scopes: a.required_scopes.clone(),
         scopes_supported,
         authorization_servers,

@@ -53,6 +53,11 @@ pub(super) fn http(at: &Scope<'_>, f: &HttpFile) -> Result<Http, ConfigError> {
             ))
         })?);
     }
+    if f.h2_max_streams == 0 || f.h2_max_streams as usize > super::MAX_COUNT {
+        return Err(at
+            .key("h2_max_streams")
+            .err("h2_max_streams must be between 1 and 1000000"));
+    }
     Ok(Http {
         max_body_size,
         body_timeout: f.body_timeout,
@@ -76,6 +81,8 @@ pub(super) fn http(at: &Scope<'_>, f: &HttpFile) -> Result<Http, ConfigError> {
             .as_ref()
             .map(|u| u.trim_end_matches('/').to_owned()),
         trusted_proxies,
+        h2c: f.h2c,
+        h2_max_streams: f.h2_max_streams,
     })
 }
 

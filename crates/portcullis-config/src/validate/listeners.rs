@@ -5,21 +5,47 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::file::{ListenersFile, ServerFile};
+use crate::model::TlsListener;
 use crate::scope::Scope;
 
-/// The public and admin addresses.
-pub(super) fn addresses(
-    at: &Scope<'_>,
-    f: &ListenersFile,
-) -> Result<(SocketAddr, SocketAddr), ConfigError> {
-    let public = parse_addr(&at.key("public"), &f.public)?;
+/// Where the gateway listens.
+pub(super) struct Listeners {
+    pub public: Option<SocketAddr>,
+    pub tls: Option<TlsListener>,
+    pub admin: SocketAddr,
+}
+
+/// The public listeners (plain, TLS or both) and the admin one.
+pub(super) fn listeners(at: &Scope<'_>, f: &ListenersFile) -> Result<Listeners, ConfigError> {
+    let public = match (&f.public, &f.tls) {
+        (Some(p), _) => Some(parse_addr(&at.key("public"), p)?),
+        (None, None) => Some(parse_addr(&at.key("public"), "127.0.0.1:8080")?),
+        (None, Some(_)) => None,
+    };
+    let tls = match &f.tls {
+        Some(t) => {
+            let at_tls = at.key("tls");
+            let addr = parse_addr(&at_tls.key("address"), &t.address)?;
+            Some(super::tls::listener(&at_tls, t, addr)?)
+        }
+        None => None,
+    };
     let admin = parse_addr(&at.key("admin"), &f.admin)?;
-    if public == admin && public.port() != 0 {
+    let taken = |a: SocketAddr| a.port() != 0 && a == admin;
+    if public.is_some_and(taken) || tls.as_ref().is_some_and(|t| taken(t.addr)) {
         return Err(at
             .key("admin")
-            .err("the admin listener must differ from the public one"));
+            .err("the admin listener must differ from the public ones"));
     }
-    Ok((public, admin))
+    if let (Some(p), Some(t)) = (public, &tls) {
+        if p == t.addr && p.port() != 0 {
+            return Err(at
+                .key("tls")
+                .key("address")
+                .err("the TLS listener must differ from the plain one"));
+        }
+    }
+    Ok(Listeners { public, tls, admin })
 }
 
 fn parse_addr(at: &Scope<'_>, value: &str) -> Result<SocketAddr, ConfigError> {

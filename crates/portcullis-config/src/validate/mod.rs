@@ -9,6 +9,7 @@ mod listeners;
 mod routes;
 mod secret;
 mod sessions;
+mod tls;
 mod traffic;
 mod upstreams;
 
@@ -27,7 +28,7 @@ const MAX_COUNT: usize = 1_000_000;
 pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Config, ConfigError> {
     let src = Source { path, text };
     let root = Scope::root(&src);
-    let (public_addr, admin_addr) = listeners::addresses(&root.key("listeners"), &file.listeners)?;
+    let listen = listeners::listeners(&root.key("listeners"), &file.listeners)?;
     let server = listeners::server(&root.key("server"), &file.server)?;
     let http = http::http(&root.key("http"), &file.http)?;
     let at_upstreams = root.key("upstreams");
@@ -42,6 +43,21 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         http.public_url.as_deref(),
         file.redis.is_some(),
     )?;
+    let client_certs = listen.tls.as_ref().is_some_and(|t| t.client_auth.is_some());
+    for (i, r) in file.routes.iter().enumerate() {
+        let asks = r
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.client_certificate.is_some());
+        if asks && !client_certs {
+            return Err(root
+                .key("routes")
+                .index(i)
+                .key("auth")
+                .key("client_certificate")
+                .err("client certificates need listeners.tls.client_certificates (the CAs that sign them)"));
+        }
+    }
     let (session_key, previous_session_key) =
         sessions::keys(&root.key("sessions"), &file.sessions)?;
     let admission = traffic::admission(&root.key("admission"), &file.admission)?;
@@ -49,11 +65,12 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         Some(r) => Some(traffic::redis(&root.key("redis"), r)?),
         None => None,
     };
-    Ok(Config {
+    let mut config = Config {
         source: path.to_owned(),
-        version: version(text, &routed.policy_texts),
-        public_addr,
-        admin_addr,
+        version: String::new(),
+        public_addr: listen.public,
+        tls: listen.tls,
+        admin_addr: listen.admin,
         threads: server.threads,
         grace_period: server.grace_period,
         work_stealing: server.work_stealing,
@@ -66,17 +83,26 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         previous_session_key,
         admission,
         redis,
-    })
+    };
+    config.version = version(text, &routed.policy_texts, &config.tls_files());
+    Ok(config)
 }
 
-/// A short hash of the file and the policy files it names: a policy edit is a new
-/// config version.
-fn version(text: &str, policy_texts: &[String]) -> String {
+/// A short hash of the file, the policy files it names and its TLS files: a policy
+/// edit or a rotated certificate is a new config version.
+fn version(text: &str, policy_texts: &[String], tls_files: &[std::path::PathBuf]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
     for t in policy_texts {
         hasher.update((t.len() as u64).to_be_bytes());
         hasher.update(t.as_bytes());
+    }
+    for f in tls_files {
+        // Read again after loading: a rotation racing this read makes another file
+        // event, and the next load sees the settled content.
+        let bytes = std::fs::read(f).unwrap_or_default();
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(&bytes);
     }
     hasher
         .finalize()

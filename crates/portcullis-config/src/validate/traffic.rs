@@ -47,16 +47,30 @@ pub(super) fn redis(at: &Scope<'_>, r: &RedisFile) -> Result<Redis, ConfigError>
         _ => return Err(at.err("give exactly one of url, url_env")),
     };
     let key = if r.url.is_some() { "url" } else { "url_env" };
-    if !url.starts_with("redis://") {
+    let tls = url.starts_with("rediss://");
+    if !tls && !url.starts_with("redis://") {
         return Err(at
             .key(key)
-            .err("the Redis URL must start with redis:// (TLS to Redis is not supported yet)"));
+            .err("the Redis URL must start with redis:// or rediss:// (TLS)"));
     }
+    let ca = match &r.ca_file {
+        Some(_) if !tls => return Err(at.key("ca_file").err("ca_file needs a rediss:// URL")),
+        Some(p) => {
+            let at_ca = at.key("ca_file");
+            let path = at_ca.resolve(p);
+            portcullis_tls::load_ca(&path).map_err(|e| at_ca.err(e.to_string()))?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| at_ca.err(format!("{}: cannot read: {e}", path.display())))?;
+            Some((path, pem))
+        }
+        None => None,
+    };
     if r.timeout.is_zero() {
         return Err(at.key("timeout").err("timeout must be more than zero"));
     }
     Ok(Redis {
         url,
+        ca,
         timeout: r.timeout,
         key_prefix: r.key_prefix.clone(),
     })

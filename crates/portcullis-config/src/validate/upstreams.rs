@@ -7,8 +7,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use http::{HeaderName, HeaderValue, Uri};
 
 use crate::error::ConfigError;
-use crate::file::{CredentialFile, IdentityHeadersFile, UpstreamFile};
-use crate::model::{IdentityHeaders, Upstream};
+use crate::file::{CredentialFile, Http2File, IdentityHeadersFile, UpstreamFile};
+use crate::model::{Http2, IdentityHeaders, Upstream};
 use crate::scope::Scope;
 
 pub(super) fn upstream(
@@ -21,23 +21,38 @@ pub(super) fn upstream(
         .url
         .parse()
         .map_err(|e| at_url.err(format!("`{}` is not a URL: {e}", up.url)))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                at_url.err("https upstreams are not supported yet; use http inside the cluster")
-            )
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(at_url.err(format!(
+                "`{}` must be an absolute http:// or https:// URL",
+                up.url
+            )))
         }
-        _ => return Err(at_url.err(format!("`{}` must be an absolute http:// URL", up.url))),
-    }
+    };
     let Some(authority) = uri.authority() else {
         return Err(at_url.err(format!("`{}` has no host", up.url)));
     };
     let host_port = format!(
         "{}:{}",
         authority.host(),
-        authority.port_u16().unwrap_or(80)
+        authority.port_u16().unwrap_or(if https { 443 } else { 80 })
     );
+    let tls = match (https, &up.tls) {
+        (true, f) => Some(super::tls::upstream(
+            &at.key("tls"),
+            &f.clone().unwrap_or_default(),
+            authority.host(),
+        )?),
+        (false, Some(_)) => return Err(at.key("tls").err("tls settings need an https:// url")),
+        (false, None) => None,
+    };
+    let http2 = match up.http2 {
+        Http2File::Auto => Http2::Auto,
+        Http2File::Always => Http2::Always,
+        Http2File::Never => Http2::Never,
+    };
     let endpoints = if up.endpoints.is_empty() {
         resolve(&at_url, &host_port)?
     } else {
@@ -102,6 +117,8 @@ pub(super) fn upstream(
         concurrency,
         tools,
         breaker,
+        tls,
+        http2,
     })
 }
 

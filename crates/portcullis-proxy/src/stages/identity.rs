@@ -43,6 +43,7 @@ pub async fn authenticate(
         auth.check(
             req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
             req.headers.get(&X_API_KEY).map(|v| v.as_bytes()),
+            cx.client_cert.as_ref(),
             now,
         )
         .await
@@ -53,7 +54,7 @@ pub async fn authenticate(
             Ok(())
         }
         Err(e) => {
-            let challenge = auth.challenge(&e, &metadata_url(config, req, &route.path));
+            let challenge = auth.challenge(&e, &metadata_url(config, req, &route.path, cx.tls));
             Err(match e {
                 AuthError::InsufficientScope { .. } => Refusal::InsufficientScope { challenge },
                 other => Refusal::Unauthorized {
@@ -91,25 +92,27 @@ pub fn metadata(
     }
     let auth = route.auth.as_ref().ok_or(Refusal::NoRoute)?;
     Ok(auth
-        .metadata(&resource_url(config, req, &route.path))
+        .metadata(&resource_url(config, req, &route.path, cx.tls))
         .to_string()
         .into_bytes())
 }
 
-/// The route's public URL: `http.public_url` + path, or `http://` + Host + path.
-fn resource_url(config: &Config, req: &RequestHeader, route_path: &str) -> String {
+/// The route's public URL: `http.public_url` + path, or the scheme the request came
+/// by (`https://` on the TLS listener) + Host + path.
+fn resource_url(config: &Config, req: &RequestHeader, route_path: &str, tls: bool) -> String {
     match &config.http.public_url {
         Some(base) => format!("{base}{route_path}"),
         None => {
             let host = request_host(req).unwrap_or("localhost");
-            format!("http://{host}{route_path}")
+            let scheme = if tls { "https" } else { "http" };
+            format!("{scheme}://{host}{route_path}")
         }
     }
 }
 
 /// The metadata URL of a route, for `WWW-Authenticate`'s `resource_metadata`.
-fn metadata_url(config: &Config, req: &RequestHeader, route_path: &str) -> String {
-    let resource = resource_url(config, req, route_path);
+fn metadata_url(config: &Config, req: &RequestHeader, route_path: &str, tls: bool) -> String {
+    let resource = resource_url(config, req, route_path, tls);
     let origin_end = resource
         .find("://")
         .and_then(|i| resource[i + 3..].find('/').map(|j| i + 3 + j))
@@ -131,12 +134,17 @@ mod tests {
         let mut req = RequestHeader::build("POST", b"/a/mcp", None).expect("head");
         req.insert_header("host", "gw.test:8080").expect("header");
         assert_eq!(
-            resource_url(&c, &req, "/a/mcp"),
+            resource_url(&c, &req, "/a/mcp", false),
             "http://gw.test:8080/a/mcp"
         );
         assert_eq!(
-            metadata_url(&c, &req, "/a/mcp"),
+            metadata_url(&c, &req, "/a/mcp", false),
             "http://gw.test:8080/.well-known/oauth-protected-resource/a/mcp"
+        );
+        assert_eq!(
+            metadata_url(&c, &req, "/a/mcp", true),
+            "https://gw.test:8080/.well-known/oauth-protected-resource/a/mcp",
+            "on the TLS listener"
         );
         let mut x = Ctx::new(None);
         assert_eq!(

@@ -1,5 +1,8 @@
-//! Streamable HTTP to an upstream over pingora's HTTP/1 connector and its keep-alive
-//! pool: the first implementation of [`Upstream`].
+//! Streamable HTTP to an upstream over pingora's HTTP connector and its keep-alive
+//! pools: the first implementation of [`Upstream`]. Plain HTTP/1.1, https (rustls:
+//! the system roots or a CA file, SNI and hostname verification, an optional client
+//! certificate) and HTTP/2 (by ALPN over https, or h2c with prior knowledge) are peer
+//! settings of the same connector, so the stages never know which one carried a call.
 //!
 //! A call is delivered at most once. A request is written again on a fresh connection
 //! only when it provably did not reach the upstream: writing its head on a pooled
@@ -12,17 +15,23 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_core::connectors::http::Connector;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
+use portcullis_config::Http2;
 
 use super::endpoints::Endpoints;
 use super::{Answer, Failure, Inbound, Outbound, Served, Upstream, Wait};
 use crate::metrics::Metrics;
 
-/// One upstream reached over HTTP/1.1.
+/// HTTP/2 streams one upstream connection carries at once before another is opened.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// One upstream reached over HTTP (1.1 or 2, plain or TLS).
 pub struct HttpUpstream {
     config: portcullis_config::Upstream,
     endpoints: Endpoints,
@@ -44,12 +53,7 @@ impl HttpUpstream {
         let peers = config
             .endpoints
             .iter()
-            .map(|addr| {
-                let mut peer = HttpPeer::new(*addr, false, String::new());
-                peer.options.connection_timeout = Some(config.connect_timeout);
-                peer.options.idle_timeout = Some(config.idle_timeout);
-                Arc::new(peer)
-            })
+            .map(|addr| Arc::new(peer(&config, *addr)))
             .collect();
         HttpUpstream {
             endpoints: Endpoints::new(&config, previous.map(|p| &p.endpoints), metrics.clone()),
@@ -87,8 +91,9 @@ impl HttpUpstream {
             .endpoints
             .admit(idx, method == Method::GET)
             .map_err(|retry_after| Failure::CircuitOpen { retry_after })?;
-        let req = super::request::head(&self.config, &method, &out, body.as_ref().map(Bytes::len))
-            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let build =
+            || super::request::head(&self.config, &method, &out, body.as_ref().map(Bytes::len));
+        let req = build().map_err(|e| Failure::BadRequest(e.to_string()))?;
         let read_timeout = match out.wait {
             Wait::Answer => Some(self.config.read_timeout),
             Wait::Stream => None,
@@ -98,7 +103,7 @@ impl HttpUpstream {
         let sending = send(
             &self.connector,
             peer,
-            req,
+            (req, &build),
             body.as_ref(),
             read_timeout,
             self.config.write_timeout,
@@ -125,7 +130,7 @@ impl HttpUpstream {
             .upstream_latency
             .with_label_values(&[self.config.name.as_str()])
             .observe(sent.elapsed().as_secs_f64());
-        let Some(status) = us.resp_header().map(|h| h.status.as_u16()) else {
+        let Some(status) = us.response_header().map(|h| h.status.as_u16()) else {
             self.endpoints.judge(idx, ticket, false);
             return Err(classify(&Error::explain(
                 ErrorType::InvalidHTTPHeader,
@@ -168,7 +173,44 @@ impl Upstream for HttpUpstream {
     }
 }
 
-/// An answer arriving on a pooled HTTP/1 connection.
+/// How one endpoint of `config` is dialled: TLS settings, ALPN, timeouts.
+fn peer(config: &portcullis_config::Upstream, addr: std::net::SocketAddr) -> HttpPeer {
+    let sni = config
+        .tls
+        .as_ref()
+        .map_or_else(String::new, |t| t.server_name.clone());
+    let mut peer = HttpPeer::new(addr, config.tls.is_some(), sni);
+    let o = &mut peer.options;
+    o.connection_timeout = Some(config.connect_timeout);
+    o.idle_timeout = Some(config.idle_timeout);
+    o.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    o.alpn = match (config.tls.is_some(), config.http2) {
+        (_, Http2::Never) | (false, Http2::Auto) => ALPN::H1,
+        (true, Http2::Auto) => ALPN::H2H1,
+        (_, Http2::Always) => ALPN::H2,
+    };
+    if let Some(tls) = &config.tls {
+        o.verify_cert = tls.verify;
+        o.verify_hostname = tls.verify;
+        if let Some(ca) = &tls.ca {
+            // The config checked every certificate parses, so parse_x509 does not fail.
+            let cas: Vec<WrappedX509> = ca
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect();
+            o.ca = Some(Arc::from(cas));
+        }
+        if let Some(id) = &tls.client {
+            peer.client_cert_key = Some(Arc::new(CertKey::new(
+                id.chain_der.clone(),
+                id.key_der.clone(),
+            )));
+        }
+    }
+    peer
+}
+
+/// An answer arriving on a pooled HTTP/1 connection or an HTTP/2 stream.
 struct HttpAnswer {
     session: HttpSession,
     connector: Arc<Connector>,
@@ -182,13 +224,13 @@ impl Answer for HttpAnswer {
         // `exchange` only builds an answer whose response head was read.
         static NONE: std::sync::OnceLock<ResponseHeader> = std::sync::OnceLock::new();
         self.session
-            .resp_header()
+            .response_header()
             .unwrap_or_else(|| NONE.get_or_init(|| http::Response::new(()).into_parts().0.into()))
     }
 
     async fn chunk(&mut self) -> Result<Option<Bytes>, Failure> {
         self.session
-            .read_body_bytes()
+            .read_response_body()
             .await
             .map_err(|e| classify(&e))
     }
@@ -207,11 +249,15 @@ impl Answer for HttpAnswer {
 }
 
 /// Dials (or reuses) a connection and sends the request. The head is written again on
-/// a fresh connection only when writing it on a pooled one failed (see the module docs).
+/// a fresh connection (built again by `rebuild`) only when writing it on a pooled one
+/// failed (see the module docs).
 async fn send(
     connector: &Connector,
     peer: &HttpPeer,
-    req: RequestHeader,
+    (req, rebuild): (
+        RequestHeader,
+        &(dyn Fn() -> pingora_error::Result<RequestHeader> + Sync),
+    ),
     body: Option<&Bytes>,
     read_timeout: Option<Duration>,
     write_timeout: Duration,
@@ -219,30 +265,33 @@ async fn send(
     let mut req = Some(Box::new(req));
     loop {
         let (mut us, reused) = connector.get_http_session(peer).await?;
-        us.read_timeout = read_timeout;
-        us.write_timeout = Some(write_timeout);
+        us.set_read_timeout(read_timeout);
+        us.set_write_timeout(Some(write_timeout));
         let Some(head) = req.take() else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "request already sent",
             ));
         };
-        // Only a pooled connection can be retried, so only then is a copy kept.
-        let retry_copy = reused.then(|| head.clone());
         if let Err(e) = us.write_request_header(head).await {
-            if retry_copy.is_some() {
-                req = retry_copy;
+            // Only a pooled connection is retried; the head is built again for it
+            // (rare), rather than copied for every request just in case.
+            if reused {
+                req = Some(Box::new(rebuild()?));
                 continue;
             }
             return Err(e);
         }
-        if let Some(b) = body {
-            us.write_body(b).await?;
+        match body {
+            Some(b) => us.write_request_body(b.clone(), true).await?,
+            None => us.finish_request_body().await?,
         }
-        us.finish_body().await?;
+        if matches!(us, HttpSession::H1(_)) && body.is_some() {
+            us.finish_request_body().await?;
+        }
         loop {
-            us.read_response().await?;
-            match us.get_status() {
+            us.read_response_header().await?;
+            match us.response_header().map(|h| h.status) {
                 Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
                 _ => return Ok(us),
             }
@@ -259,7 +308,14 @@ pub(crate) fn classify(e: &Error) -> Failure {
         timeout,
     };
     match e.etype() {
-        ConnectTimedout => broken("connect_timeout", "connect timed out", true),
+        ConnectTimedout | TLSHandshakeTimedout => {
+            broken("connect_timeout", "connect timed out", true)
+        }
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => broken(
+            "tls",
+            "TLS handshake failed: its certificate is not trusted or not for this host, or it refused ours",
+            false,
+        ),
         ReadTimedout | WriteTimedout => broken("timeout", "timed out", true),
         ConnectRefused => broken("connect_refused", "connection refused", false),
         ConnectNoRoute | ConnectError | BindError | SocketError => {
