@@ -137,6 +137,10 @@ pub struct Ctx {
     pub reason: Option<&'static str>,
     /// The connection must not serve another request.
     pub close: bool,
+    /// The answer was cut short after its head went out (the client stopped reading or
+    /// left, the upstream broke): an HTTP/2 stream is then reset, never ended as if
+    /// whole; an HTTP/1 connection is closed.
+    pub cut: bool,
 }
 
 impl Ctx {
@@ -167,6 +171,7 @@ impl Ctx {
             bytes_out: 0,
             reason: None,
             close: false,
+            cut: false,
         }
     }
 

@@ -484,14 +484,15 @@ impl Gateway {
         cx.bytes_out += bytes_out;
         match ended {
             Ended::Complete => {}
-            Ended::DeadlineExceeded => self.count_upstream(name, "deadline"),
+            Ended::DeadlineExceeded { .. } => self.count_upstream(name, "deadline"),
             Ended::Broken(kind) => self.count_upstream(name, kind),
-            Ended::ClientGone | Ended::WriteTimedOut | Ended::Cancelled => {}
+            Ended::ClientGone | Ended::WriteTimedOut | Ended::Cancelled { .. } => {}
         }
         if ended != Ended::Complete {
             // Headers went out already: closing is the only honest signal left.
             cx.close = true;
             cx.reason = ended.reason();
+            cx.cut = ended.cut();
         }
         Ok(())
     }
@@ -572,6 +573,7 @@ impl Gateway {
     /// A write to the client failed: the connection closes.
     fn lost(&self, why: Unwritten, cx: &mut Ctx) {
         cx.close = true;
+        cx.cut = true;
         cx.reason = Some(match why {
             Unwritten::Gone => "client_closed",
             Unwritten::TimedOut => "client_write_timeout",
@@ -707,6 +709,13 @@ impl HttpServerApp for Gateway {
         .finish(&snap, &req, &cx);
         if cx.close {
             ds.set_keepalive(None);
+        }
+        if cx.cut {
+            // Finishing would end a truncated answer as if whole (an HTTP/2 stream's
+            // END_STREAM, a chunked body's last chunk): reset the stream or close the
+            // connection instead.
+            ds.shutdown().await;
+            return None;
         }
         let mut settings = HttpPersistentSettings::for_session(&ds);
         settings.set_user_context(Box::new(Reused));

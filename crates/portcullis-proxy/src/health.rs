@@ -1,4 +1,6 @@
-//! Upstream reachability for `/readyz`: a background TCP probe of every endpoint.
+//! Upstream reachability for `/readyz`: a background probe of every endpoint, a TCP
+//! connect, or for an https upstream a full TLS handshake with its own TLS settings
+//! (so an untrusted or expired certificate shows as down, not as up).
 //!
 //! Ready means: a config is loaded, the first probe round has finished, and at least
 //! one upstream has an endpoint that accepts connections (or none are configured).
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
@@ -51,6 +54,9 @@ pub struct Prober {
     pub health: Arc<Health>,
     /// `portcullis_upstream_up`.
     pub metrics: Arc<Metrics>,
+    /// Dials probes without pooling (a probe must not reuse a pooled connection, or it
+    /// would prove nothing).
+    pub transport: TransportConnector,
 }
 
 impl Prober {
@@ -59,10 +65,16 @@ impl Prober {
         let mut results = Vec::with_capacity(snap.upstreams.len());
         for up in &snap.upstreams {
             let mut any = false;
-            for addr in up.endpoints().addrs() {
-                let connect = tokio::net::TcpStream::connect(*addr);
-                if let Ok(Ok(_)) = tokio::time::timeout(up.config().connect_timeout, connect).await
-                {
+            let limit = up.config().connect_timeout;
+            for (i, addr) in up.endpoints().addrs().iter().enumerate() {
+                let reached = if up.config().tls.is_some() {
+                    let dial = self.transport.new_stream(up.peer(i));
+                    matches!(tokio::time::timeout(limit, dial).await, Ok(Ok(_)))
+                } else {
+                    let connect = tokio::net::TcpStream::connect(*addr);
+                    matches!(tokio::time::timeout(limit, connect).await, Ok(Ok(_)))
+                };
+                if reached {
                     any = true;
                     break;
                 }

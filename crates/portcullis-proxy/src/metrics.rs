@@ -296,7 +296,7 @@ impl Metrics {
             upstream_up: gauge_vec(
                 &r,
                 "portcullis_upstream_up",
-                "1 when at least one endpoint of the upstream accepted the last TCP probe",
+                "1 when at least one endpoint of the upstream accepted the last probe (TCP, or a TLS handshake for https)",
                 &["upstream"],
             ),
             cert_expiry: gauge_vec(

@@ -52,10 +52,17 @@ pub enum Ended {
     ClientGone,
     /// The client accepted nothing for the write timeout.
     WriteTimedOut,
-    /// The client cancelled the request.
-    Cancelled,
-    /// The call's deadline passed; the upstream was told to cancel.
-    DeadlineExceeded,
+    /// The client cancelled the request; `ended`: the answer was then ended cleanly.
+    Cancelled {
+        /// The answer's end was written (otherwise it is cut).
+        ended: bool,
+    },
+    /// The call's deadline passed; the upstream was told to cancel. `ended`: the
+    /// deadline event and the answer's end were written.
+    DeadlineExceeded {
+        /// The answer's end was written (otherwise it is cut).
+        ended: bool,
+    },
     /// The upstream failed mid-answer (the `portcullis_upstream_errors_total` kind), or
     /// sent what a policy route cannot pass on.
     Broken(&'static str),
@@ -68,9 +75,19 @@ impl Ended {
             Ended::Complete => None,
             Ended::ClientGone => Some("client_closed"),
             Ended::WriteTimedOut => Some("client_write_timeout"),
-            Ended::Cancelled => Some("client_cancelled"),
-            Ended::DeadlineExceeded => Some("deadline_exceeded"),
+            Ended::Cancelled { .. } => Some("client_cancelled"),
+            Ended::DeadlineExceeded { .. } => Some("deadline_exceeded"),
             Ended::Broken(_) => Some("upstream_broken"),
+        }
+    }
+
+    /// Whether the answer stopped short of a written end: the client must then see
+    /// a reset stream or a closed connection, never an answer that looks whole.
+    pub fn cut(self) -> bool {
+        match self {
+            Ended::Complete => false,
+            Ended::Cancelled { ended } | Ended::DeadlineExceeded { ended } => !ended,
+            Ended::ClientGone | Ended::WriteTimedOut | Ended::Broken(_) => true,
         }
     }
 }
@@ -241,21 +258,20 @@ impl Relay<'_> {
                 }
                 Step::ClientClosed(true) => return Ended::ClientGone,
                 Step::Cancelled => {
-                    if client != Client::Draining {
-                        let _ = self.writer.finish(ds).await;
-                    }
-                    return Ended::Cancelled;
+                    let ended = client != Client::Draining && self.writer.finish(ds).await.is_ok();
+                    return Ended::Cancelled { ended };
                 }
                 Step::Deadline => {
                     self.cancel_upstream();
+                    let mut ended = false;
                     if client != Client::Draining && self.at_boundary(&edge) {
                         let event = self.deadline_event();
                         if self.writer.body(ds, event.clone()).await.is_ok() {
                             *bytes_out += event.len();
-                            let _ = self.writer.finish(ds).await;
+                            ended = self.writer.finish(ds).await.is_ok();
                         }
                     }
-                    return Ended::DeadlineExceeded;
+                    return Ended::DeadlineExceeded { ended };
                 }
                 Step::Quiet => {
                     if !self.at_boundary(&edge) {
@@ -311,11 +327,11 @@ impl Relay<'_> {
                     edge.push(&out);
                     *bytes_out += out.len();
                 }
-                Err(Stop::Cancelled) => return Ended::Cancelled,
+                Err(Stop::Cancelled) => return Ended::Cancelled { ended: false },
                 Err(Stop::Deadline) => {
                     // Mid-write: no room for an error event; closing is the signal.
                     self.cancel_upstream();
-                    return Ended::DeadlineExceeded;
+                    return Ended::DeadlineExceeded { ended: false };
                 }
                 Err(Stop::Unwritten(why)) => {
                     let ended = match why {
@@ -431,5 +447,9 @@ mod tests {
         assert_eq!(Ended::Complete.reason(), None);
         assert_eq!(Ended::WriteTimedOut.reason(), Some("client_write_timeout"));
         assert_eq!(Ended::Broken("reset").reason(), Some("upstream_broken"));
+        assert!(Ended::Broken("reset").cut());
+        assert!(!Ended::DeadlineExceeded { ended: true }.cut());
+        assert!(Ended::DeadlineExceeded { ended: false }.cut());
+        assert!(!Ended::Complete.cut());
     }
 }

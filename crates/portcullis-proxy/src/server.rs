@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::ConnectorOptions;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::protocols::TcpKeepalive;
 use pingora_core::server::configuration::ServerConf;
@@ -194,6 +194,8 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
             live,
             health,
             metrics,
+            // Building it cannot fail here: the connector above read the same CA roots.
+            transport: TransportConnector::new(None),
         },
     ));
 

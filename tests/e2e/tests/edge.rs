@@ -152,6 +152,96 @@ async fn a_client_that_stops_reading_loses_its_gate_slot_at_the_write_timeout() 
     drop(stalled);
 }
 
+/// A stateless `tools/call` as an HTTP/2 request.
+fn h2_call(base: &str, tool: &str, args: Value) -> (http::Request<()>, bytes::Bytes) {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": args, "_meta": stateless_meta()}});
+    let req = http::Request::post(format!("{base}/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .body(())
+        .expect("request");
+    (req, bytes::Bytes::from(body.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_stream_is_cut_at_the_write_timeout_while_its_connection_goes_on() {
+    let upstream = Upstream::serve(Big::default).await;
+    let config = config_for(&upstream.url, "http:\n  write_timeout: 1s\n  h2c: true\n").replace(
+        "connect_timeout: 1s\n",
+        "connect_timeout: 1s\n    concurrency:\n      max_in_flight: 1\n      max_queue: 4\n      queue_timeout: 20s\n",
+    );
+    let gw = Gateway::start(&config).await;
+    // One HTTP/2 connection whose streams get a 1 KiB window each (the connection's
+    // own window is large): a stream the client never reads stalls at 1 KiB.
+    let tcp = TcpStream::connect(addr_of(&gw)).await.expect("connect");
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .initial_connection_window_size(16 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+
+    // Stream A asks for 4 MiB and never reads its body: it holds the only gate slot.
+    let (req, body) = h2_call(&gw.base, "big", json!({"bytes": 4 << 20}));
+    let (stalled, mut send) = client.send_request(req, false).expect("send A");
+    send.send_data(body, true).expect("body A");
+    let stalled = stalled.await.expect("A's head");
+    assert_eq!(stalled.status(), 200);
+    gw.wait_metrics("A holding the slot", |m| {
+        m.lines()
+            .any(|l| l.starts_with("portcullis_gate_in_flight{") && l.ends_with(" 1"))
+    })
+    .await;
+
+    // Stream B on the same connection waits for the slot and is served once A is cut.
+    let mut client = client.ready().await.expect("ready again");
+    let (req, body) = h2_call(&gw.base, "echo", json!({"text": "after the stall"}));
+    let (answer, mut send) = client.send_request(req, false).expect("send B");
+    send.send_data(body, true).expect("body B");
+    let answer = tokio::time::timeout(DEADLINE, answer)
+        .await
+        .expect("B answered in time")
+        .expect("B's head");
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("B's body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&text).contains("after the stall"));
+
+    // A was reset, counted as a write timeout, and its slot came back.
+    let mut a_body = stalled.into_body();
+    let mut a_failed = false;
+    while let Some(chunk) = a_body.data().await {
+        match chunk {
+            Ok(c) => {
+                let _ = a_body.flow_control().release_capacity(c.len());
+            }
+            Err(_) => {
+                a_failed = true;
+                break;
+            }
+        }
+    }
+    assert!(a_failed, "the stalled stream was reset, not finished");
+    gw.wait_metrics("the write timeout and the slot back", |m| {
+        m.contains("portcullis_client_timeouts_total{timeout=\"write\"} 1")
+            && m.lines()
+                .filter(|l| l.starts_with("portcullis_gate_in_flight{"))
+                .all(|l| l.ends_with(" 0"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_tool_result_arrives_byte_exact_through_a_policy_route() {
     let upstream = Upstream::serve(Big::default).await;
@@ -484,6 +574,67 @@ async fn a_trusted_proxy_names_the_client_and_an_untrusted_one_does_not() {
         .wait_access("the direct client", |l| l["client"].is_string())
         .await;
     assert_eq!(line["client"], "127.0.0.1", "{line}");
+}
+
+/// An upstream that starts an SSE answer (one progress event), then drops the
+/// connection mid-stream.
+async fn breaking_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", l.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let event = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"p1\",\"progress\":1}}\n\n";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+                    event.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                // Gone without the last chunk.
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_upstream_breaks_mid_stream_never_looks_whole_to_the_client() {
+    let (url, _up) = breaking_upstream().await;
+    let gw = Gateway::start(&config_for(&url, "http:\n  h2c: true\n")).await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(DEADLINE)
+        .build()
+        .expect("client");
+    // HTTP/1.1: the head arrives, then the connection closes without the last chunk.
+    let r = stateless_call(&http_client(), &gw.url, "echo", json!({"text": "t"}))
+        .send()
+        .await
+        .expect("the head arrives");
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "a cut answer reads as an error");
+    // HTTP/2: the stream is reset (the reset may overtake the queued head); either way
+    // the client sees an error, never a short answer that ended normally.
+    let sent = stateless_call(&h2c, &gw.url, "echo", json!({"text": "t"}))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => assert!(
+            r.bytes().await.is_err(),
+            "a cut h2 answer reads as an error"
+        ),
+        Err(e) => assert!(format!("{e:?}").contains("Reset"), "{e:?}"),
+    }
+    gw.wait_metrics("both counted as broken upstream answers", |m| {
+        m.contains("portcullis_refusals_total{reason=\"upstream_broken\",route=\"/mcp\"} 2")
+    })
+    .await;
 }
 
 /// An upstream that refuses every request with 401 and a challenge.

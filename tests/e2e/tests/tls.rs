@@ -524,8 +524,12 @@ async fn https_upstreams_are_verified_against_their_ca_and_name() {
     .await;
     let files = [("upstream-ca.pem", ca.pem.as_str())];
 
-    // Trusted: calls pass, in both eras.
+    // Trusted: calls pass, in both eras; the readiness probe's handshake succeeds.
     let gw = https_front(&up.url, &upstream_tls(""), &files).await;
+    gw.wait_metrics("the TLS probe up", |m| {
+        m.contains("portcullis_upstream_up{upstream=\"main\"} 1")
+    })
+    .await;
     let r = echo(&http_client(), &gw.url, "via https").await;
     assert_eq!(result_text(&r.text().await.expect("body")), "via https");
     let session = connect_session(&gw.url).await;
@@ -540,6 +544,10 @@ async fn https_upstreams_are_verified_against_their_ca_and_name() {
         &upstream_tls("      server_name: other.internal\n"),
         &files,
     )
+    .await;
+    gw.wait_metrics("the TLS probe down", |m| {
+        m.contains("portcullis_upstream_up{upstream=\"main\"} 0")
+    })
     .await;
     let started = Instant::now();
     let r = echo(&http_client(), &gw.url, "x").await;

@@ -74,6 +74,11 @@ impl HttpUpstream {
         &self.endpoints
     }
 
+    /// How endpoint `i` is dialled (its TLS settings included), for health probes.
+    pub fn peer(&self, i: usize) -> &HttpPeer {
+        &self.peers[i]
+    }
+
     async fn exchange(
         &self,
         method: Method,
