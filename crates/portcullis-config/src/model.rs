@@ -228,7 +228,7 @@ pub struct Upstream {
 }
 
 /// HTTP/2 towards an upstream (`upstreams.<name>.http2`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Http2 {
     /// HTTP/2 when the server offers it by ALPN (https); HTTP/1.1 in clear.
     Auto,

@@ -47,6 +47,7 @@ use crate::stages::admit::{self, Rules};
 use crate::stages::dispatch::{self, Sending, Verb, MCP_SESSION_ID_H};
 use crate::stages::edge::{self, Target};
 use crate::stages::{identity, limits, policy};
+use crate::tls::ClientCert;
 use crate::traffic::Slots;
 use crate::upstream::{Inbound, OwnedPin, Wait};
 
@@ -686,7 +687,24 @@ impl HttpServerApp for Gateway {
         let req = ds.req_header().clone();
         let mut cx = Ctx::new(ds.client_addr().and_then(|a| a.as_inet()).copied());
         cx.tls = ds.digest().is_some_and(|d| d.ssl_digest.is_some());
-        cx.client_cert = crate::tls::peer_identity(ds.digest()).cloned();
+        match crate::tls::client_identity(ds.digest(), &snap) {
+            ClientCert::Verified(id) => cx.client_cert = Some(id.clone()),
+            ClientCert::NotAsked => {}
+            ClientCert::Absent | ClientCert::Rejected => {
+                // A listener that requires certificates refuses the handshake without
+                // one; a resumed session (or a CA removed since) can still get here.
+                let required = snap
+                    .config
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_auth.as_ref())
+                    .is_some_and(|a| a.required);
+                if required {
+                    self.metrics.connections_rejected.inc();
+                    return None;
+                }
+            }
+        }
         let outcome = if self.metrics.in_flight.get() > snap.config.admission.max_requests as i64 {
             cx.close = true;
             Err(Refusal::Overloaded(Overload::TooManyRequests).into())
@@ -712,9 +730,11 @@ impl HttpServerApp for Gateway {
         }
         if cx.cut {
             // Finishing would end a truncated answer as if whole (an HTTP/2 stream's
-            // END_STREAM, a chunked body's last chunk): reset the stream or close the
-            // connection instead.
-            ds.shutdown().await;
+            // END_STREAM, a chunked body's last chunk): reset the stream, or drop the
+            // HTTP/1 connection (a TLS close_notify would also say "complete").
+            if ds.as_http2().is_some() {
+                ds.shutdown().await;
+            }
             return None;
         }
         let mut settings = HttpPersistentSettings::for_session(&ds);

@@ -1,7 +1,8 @@
 //! The TLS listener's hooks into rustls, each reading the live config so a reload
 //! (a rotated certificate, a new CA bundle) reaches the next handshake while open
 //! connections go on: the certificate chosen by SNI, the client-certificate check, and
-//! the verified client's identity kept on the connection for the identity stage.
+//! the client's chain kept on the connection and checked again against the live CAs
+//! before a request may use it.
 
 use std::sync::Arc;
 
@@ -131,8 +132,10 @@ impl ClientCertVerifier for LiveClientAuth {
     }
 }
 
-/// After a handshake, keeps the verified client certificate's names on the connection
-/// (rustls has verified the chain by then, or there is none).
+/// After a handshake, keeps the client's certificate chain on the connection. It is
+/// verified against the live config when a request uses it ([`client_identity`]), not
+/// trusted from the handshake: a resumed TLS session carries the chain of the session
+/// it resumes without rustls verifying it again, and the CAs may have changed since.
 struct KeepPeer;
 
 #[async_trait]
@@ -141,12 +144,74 @@ impl TlsAccept for KeepPeer {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let id = PeerIdentity::parse(tls.peer_certificate_der()?)?;
-        Some(Arc::new(id))
+        let chain = tls.peer_cert_chain_der()?;
+        let identity = PeerIdentity::parse(chain.first()?)?;
+        Some(Arc::new(ClientChain {
+            chain: chain.to_vec(),
+            identity,
+            checked: parking_lot::Mutex::new(None),
+        }))
     }
 }
 
-/// The verified client certificate of a TLS connection, if it presented one.
-pub fn peer_identity(digest: Option<&pingora_core::protocols::Digest>) -> Option<&PeerIdentity> {
-    digest?.ssl_digest.as_ref()?.extension.get::<PeerIdentity>()
+/// A connection's client certificate chain, and the verdict of the last check.
+struct ClientChain {
+    chain: Vec<CertificateDer<'static>>,
+    identity: PeerIdentity,
+    /// The config version it was last checked under, and the verdict.
+    checked: parking_lot::Mutex<Option<(String, bool)>>,
+}
+
+/// What a TLS connection's client certificate is worth under the live config.
+pub enum ClientCert<'a> {
+    /// Not a TLS connection, or no client certificates configured.
+    NotAsked,
+    /// None was presented (or a resumed session had none).
+    Absent,
+    /// Presented, but it does not verify against the live CAs now (removed CA, expired).
+    Rejected,
+    /// Verified against the live CAs now.
+    Verified(&'a PeerIdentity),
+}
+
+/// Checks the connection's client certificate against `snap`'s CAs, once per config
+/// version per connection.
+pub fn client_identity<'a>(
+    digest: Option<&'a pingora_core::protocols::Digest>,
+    snap: &crate::snapshot::Snapshot,
+) -> ClientCert<'a> {
+    let Some(ssl) = digest.and_then(|d| d.ssl_digest.as_ref()) else {
+        return ClientCert::NotAsked;
+    };
+    let Some(auth) = snap
+        .config
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_auth.as_ref())
+    else {
+        return ClientCert::NotAsked;
+    };
+    let Some(kept) = ssl.extension.get::<ClientChain>() else {
+        return ClientCert::Absent;
+    };
+    let mut checked = kept.checked.lock();
+    let ok = match &*checked {
+        Some((version, ok)) if *version == snap.config.version => *ok,
+        _ => {
+            let ok = match kept.chain.split_first() {
+                Some((leaf, intermediates)) => auth
+                    .verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .is_ok(),
+                None => false,
+            };
+            *checked = Some((snap.config.version.clone(), ok));
+            ok
+        }
+    };
+    if ok {
+        ClientCert::Verified(&kept.identity)
+    } else {
+        ClientCert::Rejected
+    }
 }

@@ -52,6 +52,14 @@ fn certs(file: &Path, text: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsEr
 pub fn load_identity(cert_file: &Path, key_file: &Path, now: i64) -> Result<Identity, TlsError> {
     let chain = certs(cert_file, &read(cert_file)?)?;
     let info = CertInfo::parse(&chain[0]).map_err(|e| TlsError::new(cert_file, e))?;
+    for (i, c) in chain.iter().enumerate().skip(1) {
+        CertInfo::parse(c).map_err(|e| {
+            TlsError::new(
+                cert_file,
+                format!("certificate {} of the chain: {e}", i + 1),
+            )
+        })?;
+    }
     if info.not_after < now {
         return Err(TlsError::new(
             cert_file,
@@ -97,11 +105,19 @@ pub fn load_identity(cert_file: &Path, key_file: &Path, now: i64) -> Result<Iden
     })
 }
 
-/// Reads a CA bundle: one or more PEM certificates, each a valid X.509 certificate.
+/// Reads a CA bundle: one or more PEM certificates, each a valid X.509 certificate that
+/// webpki accepts as a trust anchor (so a bad one is found here, not at a handshake).
 pub fn load_ca(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let all = certs(file, &read(file)?)?;
-    for c in &all {
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, c) in all.iter().enumerate() {
         CertInfo::parse(c).map_err(|e| TlsError::new(file, e))?;
+        roots.add(c.clone()).map_err(|e| {
+            TlsError::new(
+                file,
+                format!("certificate {} is not usable as a CA: {e}", i + 1),
+            )
+        })?;
     }
     Ok(all)
 }

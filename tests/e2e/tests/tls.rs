@@ -472,6 +472,90 @@ async fn a_verified_client_certificate_is_the_principal_a_policy_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_checked_again_when_the_cas_change() {
+    let up = Upstream::demo().await;
+    let ca = TestCa::new("test ca");
+    let clients = TestCa::new("client ca");
+    let yaml = with_tls(
+        &up.url,
+        "    client_certificates:\n      ca_file: clients.pem\n",
+        "",
+    )
+    .replacen(
+        "    upstream: main\n",
+        "    upstream: main\n    auth:\n      client_certificate: {}\n",
+        1,
+    );
+    let gw = tls_gateway(
+        &yaml,
+        &ca.server(&["127.0.0.1"]),
+        &[("clients.pem", clients.pem.as_str())],
+    )
+    .await;
+    let url = https_url(&gw);
+    // One client, one kept-alive HTTP/2 connection.
+    let bot = tls_client(&ca.pem, Some(&clients.client("ci-bot", None)));
+    assert_eq!(echo(&bot, &url, "before").await.status(), 200);
+    // The CA that signed the bot is removed: the open connection's certificate is no
+    // longer a principal, though its handshake passed.
+    gw.write_file("clients.pem", &TestCa::new("another client ca").pem);
+    gw.wait_metrics("the reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
+    let r = echo(&bot, &url, "after").await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the same connection, judged under the new CAs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_certificates_from_a_reload_on_admit_no_new_connection_without_one() {
+    let up = Upstream::demo().await;
+    let ca = TestCa::new("test ca");
+    let clients = TestCa::new("client ca");
+    let optional = "    client_certificates:\n      ca_file: clients.pem\n";
+    let gw = tls_gateway(
+        &with_tls(&up.url, optional, ""),
+        &ca.server(&["127.0.0.1"]),
+        &[("clients.pem", clients.pem.as_str())],
+    )
+    .await;
+    let url = https_url(&gw);
+    // A client without a certificate, whose TLS sessions rustls would resume.
+    let anonymous = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("ca")])
+        .pool_max_idle_per_host(0)
+        .timeout(DEADLINE)
+        .build()
+        .expect("client");
+    assert_eq!(echo(&anonymous, &url, "optional").await.status(), 200);
+    let text = std::fs::read_to_string(&gw.config_path).expect("config");
+    gw.write_file(
+        "portcullis.yaml",
+        &text.replacen(
+            "      ca_file: clients.pem\n",
+            "      ca_file: clients.pem\n      required: true\n",
+            1,
+        ),
+    );
+    gw.wait_metrics("the reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
+    // A new connection (a resumed TLS session or a full handshake) without a
+    // certificate gets nothing.
+    assert!(
+        stateless_call(&anonymous, &url, "echo", json!({"text": "x"}))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_requires_client_certificates_refuses_handshakes_without_one() {
     let up = Upstream::demo().await;
     let ca = TestCa::new("test ca");
@@ -577,6 +661,21 @@ async fn https_upstreams_are_verified_against_their_ca_and_name() {
         .await
         .expect("body")
         .contains("TLS handshake failed"));
+
+    // A CA removed by a reload: no connection checked under it is reused.
+    let gw = https_front(&up.url, &upstream_tls(""), &files).await;
+    assert_eq!(echo(&http_client(), &gw.url, "pooled").await.status(), 200);
+    gw.write_file("upstream-ca.pem", &TestCa::new("replacement").pem);
+    gw.wait_metrics("the reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
+    let r = echo(&http_client(), &gw.url, "x").await;
+    assert_eq!(
+        r.status(),
+        502,
+        "the pooled connection was not reused under the new CA"
+    );
 
     // Verification off (loudly): the same untrusted upstream answers.
     let gw = https_front(&up.url, "    tls:\n      insecure_skip_verify: true\n", &[]).await;
@@ -691,6 +790,24 @@ routes:\n  - path: /mcp\n    upstream: u\nupstreams:\n  u:\n    url: http://127.
         c.public_addr, None,
         "TLS only: no plain listener unless written"
     );
+    // A token issuer cannot take the name of certificate principals.
+    let e = portcullis_config::load_str(
+        &dir.join("portcullis.yaml"),
+        "routes:\n  - path: /mcp\n    upstream: u\n    auth:\n      jwt:\n        issuers:\n          - issuer: mtls\n            audiences: [a]\n            secret_file: gw.key\nupstreams:\n  u:\n    url: http://127.0.0.1:9/mcp\n",
+    )
+    .expect_err("mtls is the gateway's issuer");
+    assert_eq!(
+        e.key.as_deref(),
+        Some("routes[0].auth.jwt.issuers[0].issuer"),
+        "{e}"
+    );
+    // An https upstream's name must be one its certificate can be verified against.
+    let e = portcullis_config::load_str(
+        &dir.join("portcullis.yaml"),
+        "routes:\n  - path: /mcp\n    upstream: u\nupstreams:\n  u:\n    url: https://bad_name.test/mcp\n    endpoints: [127.0.0.1:9]\n",
+    )
+    .expect_err("underscore");
+    assert_eq!(e.key.as_deref(), Some("upstreams.u.url"), "{e}");
     for (certs, key, says) in [
         (
             "      - cert_file: missing.crt\n        key_file: gw.key\n",

@@ -124,9 +124,11 @@ fn issuer(
     public_url: Option<&str>,
     route_path: &str,
 ) -> Result<IssuerConfig, ConfigError> {
-    if f.issuer == portcullis_auth::API_KEY_ISSUER {
+    if f.issuer == portcullis_auth::API_KEY_ISSUER
+        || f.issuer == portcullis_auth::CERTIFICATE_ISSUER
+    {
         return Err(at.key("issuer").err(format!(
-            "`{}` is the issuer the gateway gives API-key principals; a token issuer cannot use it",
+            "`{}` is the issuer the gateway gives API-key or client-certificate principals; a token issuer cannot use it",
             f.issuer
         )));
     }

@@ -56,6 +56,13 @@ pub(super) fn listener(
             (&c.cert_file, &c.key_file),
             &mut files,
         )?;
+        if id.info.dns_names.is_empty() && c.server_names.is_empty() {
+            tracing::warn!(
+                key = %at_c.key("cert_file").dotted(),
+                "the certificate has no DNS names (subjectAltName); TLS clients ignore the common \
+                 name, so they can verify it only when connecting by an IP address it lists"
+            );
+        }
         let covered = id.info.names();
         for (j, name) in c.server_names.iter().enumerate() {
             let at_n = at_c.key("server_names").index(j);
@@ -116,22 +123,27 @@ pub(super) fn upstream(
     at: &Scope<'_>,
     f: &UpstreamTlsFile,
     host: &str,
+    at_url: &Scope<'_>,
 ) -> Result<UpstreamTls, ConfigError> {
     let mut files = Vec::new();
-    let server_name = match &f.server_name {
-        Some(n) => {
-            if portcullis_tls::rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
-                return Err(at
-                    .key("server_name")
-                    .err(format!("`{n}` is not a DNS name or IP address")));
-            }
-            n.clone()
-        }
-        None => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
+    let (server_name, at_name) = match &f.server_name {
+        Some(n) => (n.clone(), at.key("server_name")),
+        None => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            at_url.clone(),
+        ),
     };
+    // pingora rewrites an underscore in the first label before verifying, so a name
+    // with one would be checked against another name: refused rather than surprising.
+    if server_name.contains('_')
+        || portcullis_tls::rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err()
+    {
+        return Err(at_name.err(format!(
+            "`{server_name}` is not a DNS name (letters, digits, hyphens) or IP address to verify the upstream's certificate against"
+        )));
+    }
     let ca = match &f.ca_file {
         Some(p) => {
             let at_ca = at.key("ca_file");

@@ -44,6 +44,7 @@ pub(super) fn upstream(
             &at.key("tls"),
             &f.clone().unwrap_or_default(),
             authority.host(),
+            &at_url,
         )?),
         (false, Some(_)) => return Err(at.key("tls").err("tls settings need an https:// url")),
         (false, None) => None,

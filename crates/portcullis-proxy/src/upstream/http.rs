@@ -194,6 +194,11 @@ fn peer(config: &portcullis_config::Upstream, addr: std::net::SocketAddr) -> Htt
         (true, Http2::Auto) => ALPN::H2H1,
         (_, Http2::Always) => ALPN::H2,
     };
+    // pingora's pool key covers the address, SNI, verify flags and client certificate
+    // serial, not the CAs or ALPN: connections checked under other trust settings (a
+    // CA removed on reload, another upstream on the same address) must not be reused.
+    peer.group_key = trust_key(config);
+    let o = &mut peer.options;
     if let Some(tls) = &config.tls {
         o.verify_cert = tls.verify;
         o.verify_hostname = tls.verify;
@@ -213,6 +218,23 @@ fn peer(config: &portcullis_config::Upstream, addr: std::net::SocketAddr) -> Htt
         }
     }
     peer
+}
+
+/// A digest of everything that decides whether a pooled connection may serve `config`.
+fn trust_key(config: &portcullis_config::Upstream) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    config.http2.hash(&mut h);
+    if let Some(tls) = &config.tls {
+        tls.server_name.hash(&mut h);
+        tls.verify.hash(&mut h);
+        tls.ca.hash(&mut h);
+        if let Some(id) = &tls.client {
+            id.chain_der.hash(&mut h);
+            id.key_der.hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// An answer arriving on a pooled HTTP/1 connection or an HTTP/2 stream.
