@@ -248,6 +248,60 @@ async fn an_upstream_without_a_get_stream_answers_405_through_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_of_three_endpoints_refusing_connections_no_new_session_or_call_fails() {
+    let a = Upstream::demo().await;
+    let b = Upstream::demo().await;
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let yaml = config_for(&a.url, "").replace(
+        "connect_timeout: 1s",
+        &format!(
+            "connect_timeout: 1s\n    endpoints: [\"{}\", \"{dead}\", \"{}\"]",
+            a.addr, b.addr
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    // Round-robin hands every third new session to the dead endpoint; each moves on.
+    for i in 0..6 {
+        let c = connect_session(&gw.url).await;
+        let r = c
+            .service
+            .call_tool(
+                CallToolRequestParams::new("echo")
+                    .with_arguments(args(serde_json::json!({"text": format!("s{i}")}))),
+            )
+            .await
+            .expect("a call in a session that began while an endpoint was down");
+        assert_eq!(text(&r), format!("s{i}"));
+    }
+    for i in 0..6 {
+        let r = stateless_call(
+            &http_client(),
+            &gw.url,
+            "echo",
+            serde_json::json!({"text": format!("c{i}")}),
+        )
+        .send()
+        .await
+        .expect("answer");
+        assert_eq!(r.status(), 200, "stateless call {i}");
+    }
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("portcullis_upstream_errors_total{kind=\"connect_refused\",upstream=\"main\"}"),
+        "the dead endpoint was tried and passed over: {m}"
+    );
+    assert!(gw
+        .access_lines()
+        .iter()
+        .all(|l| l["endpoint"] != dead.to_string().as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_stay_on_the_replica_that_created_them() {
     let a = Upstream::demo().await;
     let b = Upstream::demo().await;

@@ -818,14 +818,11 @@ async fn an_open_breaker_sends_new_calls_to_the_other_endpoint() {
     for _ in 0..12 {
         statuses.push(outcome(call(&gw.url, "quick")).await.0);
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 502).count(),
-        2,
-        "two failures on the dead endpoint opened its breaker: {statuses:?}"
-    );
+    // A call that could not connect to the dead endpoint moved on to the live one (it
+    // was never sent), so no call failed; the two connect failures opened the breaker.
     assert!(
-        statuses[4..].iter().all(|s| *s == 200),
-        "then every call went to the live one: {statuses:?}"
+        statuses.iter().all(|s| *s == 200),
+        "every call answered: {statuses:?}"
     );
     let m = gw.metrics().await;
     let series = |name: &str| format!(r#"{name}{{endpoint="{dead}",upstream="main"}}"#);

@@ -6,8 +6,10 @@
 //!
 //! A call is delivered at most once. A request is written again on a fresh connection
 //! only when it provably did not reach the upstream: writing its head on a pooled
-//! connection failed (pingora's pool has already dropped connections it found closed).
-//! Once the head is written, any failure is the client's error to see, never a retry.
+//! connection failed (pingora's pool has already dropped connections it found closed),
+//! or, for a new session or a stateless call, no connection to the chosen endpoint could
+//! be made (it then goes to the next endpoint). Once the head is written, any failure is
+//! the client's error to see, never a retry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,52 +87,82 @@ impl HttpUpstream {
         out: Outbound<'_>,
         body: Option<Bytes>,
     ) -> Result<Inbound, Failure> {
-        let idx = match out.session {
-            Some(pin) => self
-                .endpoints
-                .find(pin.replica)
-                .ok_or(Failure::UnknownSession)?,
-            None => self.endpoints.pick(),
+        let pinned = match out.session {
+            Some(pin) => Some(
+                self.endpoints
+                    .find(pin.replica)
+                    .ok_or(Failure::UnknownSession)?,
+            ),
+            None => None,
         };
-        let ticket = self
-            .endpoints
-            .admit(idx, method == Method::GET)
-            .map_err(|retry_after| Failure::CircuitOpen { retry_after })?;
         let build =
             || super::request::head(&self.config, &method, &out, body.as_ref().map(Bytes::len));
-        let req = build().map_err(|e| Failure::BadRequest(e.to_string()))?;
         let read_timeout = match out.wait {
             Wait::Answer => Some(self.config.read_timeout),
             Wait::Stream => None,
         };
-        let peer = &self.peers[idx];
+        let stream = method == Method::GET;
+        // A pinned session stays with its endpoint. A new session or a stateless call
+        // moves on from an endpoint it could not connect to (nothing was sent, so it
+        // cannot arrive twice) or whose breaker is open, trying each endpoint once.
+        let n = self.endpoints.addrs().len();
+        let tries = if pinned.is_some() { 1 } else { n.max(1) };
+        let mut idx = pinned.unwrap_or_else(|| self.endpoints.pick());
         let sent = Instant::now();
-        let sending = send(
-            &self.connector,
-            peer,
-            (req, &build),
-            body.as_ref(),
-            read_timeout,
-            self.config.write_timeout,
-        );
-        let result = match out.answer_by {
-            None => sending.await,
-            Some(at) => tokio::select! {
-                r = sending => r,
-                _ = tokio::time::sleep_until(at) => {
-                    // An endpoint that never answered in time is failing.
-                    self.endpoints.judge(idx, ticket, false);
-                    return Err(Failure::Deadline { after: sent.elapsed() });
+        let mut attempt = 0;
+        let (idx, ticket, us) = loop {
+            attempt += 1;
+            let last = attempt >= tries;
+            let ticket = match self.endpoints.admit(idx, stream) {
+                Ok(t) => t,
+                Err(retry_after) if last => return Err(Failure::CircuitOpen { retry_after }),
+                Err(_) => {
+                    idx = (idx + 1) % n;
+                    continue;
                 }
-            },
-        };
-        let us = match result {
-            Ok(us) => us,
-            Err(e) => {
-                self.endpoints.judge(idx, ticket, false);
-                return Err(classify(&e));
+            };
+            let req = build().map_err(|e| Failure::BadRequest(e.to_string()))?;
+            let sending = send(
+                &self.connector,
+                &self.peers[idx],
+                (req, &build),
+                body.as_ref(),
+                read_timeout,
+                self.config.write_timeout,
+            );
+            let result = match out.answer_by {
+                None => sending.await,
+                Some(at) => tokio::select! {
+                    r = sending => r,
+                    _ = tokio::time::sleep_until(at) => {
+                        // An endpoint that never answered in time is failing.
+                        self.endpoints.judge(idx, ticket, false);
+                        return Err(Failure::Deadline { after: sent.elapsed() });
+                    }
+                },
+            };
+            match result {
+                Ok(us) => break (idx, ticket, us),
+                Err(Unsent::NotConnected(e)) if !last => {
+                    self.endpoints.judge(idx, ticket, false);
+                    let failure = classify(&e);
+                    if let Some(kind) = failure.kind() {
+                        self.metrics
+                            .upstream_errors
+                            .with_label_values(&[self.config.name.as_str(), kind])
+                            .inc();
+                    }
+                    tracing::debug!(upstream = %self.config.name, endpoint = %self.endpoints.addrs()[idx],
+                        error = %e, "endpoint unreachable; trying the next one");
+                    idx = (idx + 1) % n;
+                }
+                Err(Unsent::NotConnected(e) | Unsent::Failed(e)) => {
+                    self.endpoints.judge(idx, ticket, false);
+                    return Err(classify(&e));
+                }
             }
         };
+        let peer = &self.peers[idx];
         self.metrics
             .upstream_latency
             .with_label_values(&[self.config.name.as_str()])
@@ -278,7 +310,45 @@ impl Answer for HttpAnswer {
 /// Dials (or reuses) a connection and sends the request. The head is written again on
 /// a fresh connection (built again by `rebuild`) only when writing it on a pooled one
 /// failed (see the module docs).
+/// Why [`send`] failed: before a connection was made (connect or TLS handshake: the
+/// request went nowhere), or after.
+enum Unsent {
+    NotConnected(Box<Error>),
+    Failed(Box<Error>),
+}
+
 async fn send(
+    connector: &Connector,
+    peer: &HttpPeer,
+    request: (
+        RequestHeader,
+        &(dyn Fn() -> pingora_error::Result<RequestHeader> + Sync),
+    ),
+    body: Option<&Bytes>,
+    read_timeout: Option<Duration>,
+    write_timeout: Duration,
+) -> Result<HttpSession, Unsent> {
+    let mut reached = false;
+    exchange_on(
+        connector,
+        peer,
+        request,
+        body,
+        (read_timeout, write_timeout),
+        &mut reached,
+    )
+    .await
+    .map_err(|e| {
+        if reached {
+            Unsent::Failed(e)
+        } else {
+            Unsent::NotConnected(e)
+        }
+    })
+}
+
+/// `send`'s work; `reached` is set once a connection to the upstream exists.
+async fn exchange_on(
     connector: &Connector,
     peer: &HttpPeer,
     (req, rebuild): (
@@ -286,12 +356,14 @@ async fn send(
         &(dyn Fn() -> pingora_error::Result<RequestHeader> + Sync),
     ),
     body: Option<&Bytes>,
-    read_timeout: Option<Duration>,
-    write_timeout: Duration,
+    (read_timeout, write_timeout): (Option<Duration>, Duration),
+    reached: &mut bool,
 ) -> Result<HttpSession, Box<Error>> {
     let mut req = Some(Box::new(req));
     loop {
+        *reached = false;
         let (mut us, reused) = connector.get_http_session(peer).await?;
+        *reached = true;
         us.set_read_timeout(read_timeout);
         us.set_write_timeout(Some(write_timeout));
         let Some(head) = req.take() else {
