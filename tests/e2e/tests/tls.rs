@@ -275,6 +275,21 @@ async fn h2c_with_prior_knowledge_and_http1_share_the_plain_listener() {
     for t in all {
         t.await.expect("task");
     }
+    // The cap is what the gateway announces in its SETTINGS.
+    let addr = gw
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::get(format!("{}/healthz-nowhere", gw.base))
+        .body(())
+        .expect("request");
+    let (answer, _) = client.send_request(req, true).expect("send");
+    let _ = answer.await.expect("an answer (the SETTINGS came first)");
+    assert_eq!(client.current_max_send_streams(), 8);
 }
 
 /// The DER of the certificate a TLS server presents to a client trusting `ca_pem`,
