@@ -32,6 +32,7 @@ bench: deps
 	$(CARGO) build --release -p portcullis -p portcullis-bench
 	target/release/portcullis-bench run --portcullis target/release/portcullis $(BENCH_ARGS)
 	$(CARGO) bench -p portcullis-policy --bench decide
+	$(CARGO) bench -p portcullis-proxy --bench sessions
 
 # cmake builds pingora's vendored C dependencies.
 deps:

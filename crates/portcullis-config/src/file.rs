@@ -115,7 +115,7 @@ fn default_max_streams() -> usize {
 }
 
 /// `sessions:`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsFile {
     /// A file holding the key (at least 32 bytes) that seals session ids: a Secret
@@ -132,6 +132,26 @@ pub struct SessionsFile {
     /// The same, from an environment variable.
     #[serde(default)]
     pub previous_key_env: Option<String>,
+    /// How long a session id the gateway issues opens; past it the session is unknown
+    /// (404) and the client starts a new one. Default 24h.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for SessionsFile {
+    fn default() -> Self {
+        SessionsFile {
+            key_file: None,
+            key_env: None,
+            previous_key_file: None,
+            previous_key_env: None,
+            ttl: default_session_ttl(),
+        }
+    }
 }
 
 /// `listeners:`

@@ -45,6 +45,8 @@ pub struct Config {
     pub session_key: Option<SessionKey>,
     /// A key being rotated out: ids it sealed still open (`sessions.previous_key_*`).
     pub previous_session_key: Option<SessionKey>,
+    /// How long an issued session id opens (`sessions.ttl`).
+    pub session_ttl: Duration,
     /// Replica-wide caps on connections, requests and streams.
     pub admission: Admission,
     /// Where global rate limits are kept, if configured.

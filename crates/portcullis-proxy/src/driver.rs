@@ -41,7 +41,7 @@ use crate::respond::filters::policy::{PolicyFilter, MAX_LIST_BYTES};
 use crate::respond::filters::{Chain, Filter, Transform};
 use crate::respond::head::Sealing;
 use crate::respond::{cors, head, refusal};
-use crate::sessions::owner_of;
+use crate::sessions::{owner_of, Bound};
 use crate::snapshot::{Live, Snapshot};
 use crate::stages::admit::{self, Rules};
 use crate::stages::dispatch::{self, Sending, Verb, MCP_SESSION_ID_H};
@@ -428,7 +428,10 @@ impl Gateway {
         let sealing = Sealing {
             seal: &snap.sessions,
             owner: owner_of(principal.as_deref()),
-            upstream: name,
+            bound: Bound {
+                upstream: name,
+                route: snap.config.routes[route].path.as_str(),
+            },
             replica: &served.replica,
         };
         let http10 = req.version == Version::HTTP_10;

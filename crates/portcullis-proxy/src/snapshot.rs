@@ -55,7 +55,8 @@ impl Snapshot {
                 None => SessionSeal::new(key.bytes()),
             },
             None => SessionSeal::per_process()?,
-        };
+        }
+        .with_ttl(config.session_ttl);
         let upstreams = config
             .upstreams
             .iter()

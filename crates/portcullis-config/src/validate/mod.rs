@@ -60,6 +60,12 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
     }
     let (session_key, previous_session_key) =
         sessions::keys(&root.key("sessions"), &file.sessions)?;
+    if file.sessions.ttl < std::time::Duration::from_secs(60) {
+        return Err(root
+            .key("sessions")
+            .key("ttl")
+            .err("ttl must be at least 1m (sessions would expire under their clients)"));
+    }
     let admission = traffic::admission(&root.key("admission"), &file.admission)?;
     let redis = match &file.redis {
         Some(r) => Some(traffic::redis(&root.key("redis"), r)?),
@@ -81,6 +87,7 @@ pub(crate) fn validate(path: &Path, text: &str, file: ConfigFile) -> Result<Conf
         upstreams,
         session_key,
         previous_session_key,
+        session_ttl: file.sessions.ttl,
         admission,
         redis,
     };
@@ -152,6 +159,13 @@ upstreams:
         assert_eq!(c.http.header_timeout, Duration::from_secs(10));
         assert_eq!(c.http.stream_keepalive, Duration::from_secs(15));
         assert_eq!(c.admission.max_connections, 10_000);
+        assert_eq!(c.session_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.http.h2_max_streams, 100);
+        assert!(!c.http.h2c);
+        assert_eq!(c.public_addr.map(|a| a.port()), Some(0));
+        assert!(c.tls.is_none());
+        let e = load(&format!("{GOOD}sessions:\n  ttl: 30s\n")).expect_err("too short");
+        assert_eq!(e.key.as_deref(), Some("sessions.ttl"), "{e}");
         assert_eq!(c.version.len(), 12);
         assert!(c.route("/mcp").is_some() && c.route("/other").is_none());
     }

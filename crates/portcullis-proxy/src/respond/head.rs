@@ -10,7 +10,7 @@ use portcullis_mcp::headers::{self, MCP_SESSION_ID};
 
 use super::cors;
 use crate::ctx::{Ctx, Op};
-use crate::sessions::SessionSeal;
+use crate::sessions::{Bound, SessionSeal};
 use crate::upstream::request::connection_listed;
 
 /// What an upstream session id is sealed with on its way to the client.
@@ -19,8 +19,8 @@ pub struct Sealing<'a> {
     pub seal: &'a SessionSeal,
     /// Who the session belongs to (issuer, subject).
     pub owner: (&'a str, &'a str),
-    /// The upstream's name.
-    pub upstream: &'a str,
+    /// The upstream and route the session is bound to.
+    pub bound: Bound<'a>,
     /// The replica token of the endpoint that answered.
     pub replica: &'a str,
 }
@@ -65,7 +65,7 @@ pub fn build(
                 .seal
                 .seal(
                     sealing.owner,
-                    sealing.upstream,
+                    sealing.bound,
                     sealing.replica,
                     value.as_bytes(),
                 )
@@ -142,7 +142,10 @@ mod tests {
         let sealing = Sealing {
             seal: &seal,
             owner: ("", ""),
-            upstream: "u",
+            bound: Bound {
+                upstream: "u",
+                route: "/mcp",
+            },
             replica: "0a0b0c0d",
         };
         build(up, &sealing, rewritten, http10, cx).expect("built")
@@ -171,7 +174,21 @@ mod tests {
         assert_eq!(h.headers["x-accel-buffering"], "no");
         assert_eq!(h.headers["cache-control"], "no-cache");
         let sid = h.headers["mcp-session-id"].to_str().expect("ascii");
-        assert!(sid.ends_with(".0a0b0c0d.upstream-sid"), "{sid}");
+        assert!(!sid.contains("upstream-sid"), "sealed, not readable: {sid}");
+        let pin = SessionSeal::new(&[1u8; 32])
+            .open(
+                ("", ""),
+                Bound {
+                    upstream: "u",
+                    route: "/mcp",
+                },
+                sid.as_bytes(),
+            )
+            .expect("opens");
+        assert_eq!(
+            (&*pin.replica, pin.id.as_slice()),
+            ("0a0b0c0d", &b"upstream-sid"[..])
+        );
     }
 
     #[test]
@@ -223,7 +240,10 @@ mod tests {
         let sealing = Sealing {
             seal: &seal,
             owner: ("", ""),
-            upstream: "u",
+            bound: Bound {
+                upstream: "u",
+                route: "/mcp",
+            },
             replica: "0a0b0c0d",
         };
         assert!(build(&u, &sealing, false, false, &mut Ctx::new(None)).is_err());

@@ -5,8 +5,6 @@
 //! unknown session). An upstream's own 401 challenge never reaches the client as if it
 //! were the gateway's (it would send the client's OAuth discovery to the wrong place).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora_http::RequestHeader;
@@ -15,7 +13,7 @@ use portcullis_mcp::Refusal;
 
 use crate::ctx::Ctx;
 use crate::metrics::Metrics;
-use crate::sessions::owner_of;
+use crate::sessions::{owner_of, Bound};
 use crate::snapshot::Snapshot;
 use crate::upstream::{ClientRequest, Inbound, Outbound, OwnedPin, Sender, Upstream, Wait};
 
@@ -59,18 +57,19 @@ pub fn session(
     else {
         return Ok(None);
     };
+    let route = cx.route.map_or("", |r| snap.config.routes[r].path.as_str());
     let pin = snap
         .sessions
         .open(
             owner_of(cx.principal.as_deref()),
-            snap.upstreams[idx].name(),
+            Bound {
+                upstream: snap.upstreams[idx].name(),
+                route,
+            },
             sid.as_bytes(),
         )
         .ok_or(Refusal::SessionNotFound)?;
-    Ok(Some(OwnedPin {
-        replica: Arc::from(pin.replica),
-        id: pin.id.to_vec(),
-    }))
+    Ok(Some(pin))
 }
 
 /// Sends the request to upstream `idx` of the snapshot, in `session`.
