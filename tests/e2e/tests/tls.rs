@@ -419,35 +419,54 @@ async fn certificates_are_chosen_by_sni_and_rotate_without_dropping_open_streams
     );
 }
 
+/// A gateway whose TLS listener (a certificate for 127.0.0.1 from `ca`) verifies client
+/// certificates from `clients` (`required` or not), with `route_extra` under its route
+/// and `files` beside its config.
+struct Mtls {
+    gw: Gateway,
+    ca: TestCa,
+    clients: TestCa,
+    url: String,
+    _up: Upstream,
+}
+
+async fn mtls_gateway(required: bool, route_extra: &str, files: &[(&str, &str)]) -> Mtls {
+    let up = Upstream::demo().await;
+    let (ca, clients) = (TestCa::new("test ca"), TestCa::new("client ca"));
+    let listener = format!(
+        "    client_certificates:\n      ca_file: clients.pem\n      required: {required}\n"
+    );
+    let yaml = with_tls(&up.url, &listener, "").replacen(
+        "    upstream: main\n",
+        &format!("    upstream: main\n{route_extra}"),
+        1,
+    );
+    let mut all = vec![("clients.pem", clients.pem.as_str())];
+    all.extend_from_slice(files);
+    let gw = tls_gateway(&yaml, &ca.server(&["127.0.0.1"]), &all).await;
+    let url = https_url(&gw);
+    Mtls {
+        gw,
+        ca,
+        clients,
+        url,
+        _up: up,
+    }
+}
+
 /// A policy allowing `echo` to the certificate principal `ci-bot` only.
 const BOT_POLICY: &str = "default: deny\nrules:\n  - name: bot-echo\n    effect: allow\n    subjects: [{subject: ci-bot, issuer: mtls}]\n    targets:\n      - tool: echo\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_client_certificate_is_the_principal_a_policy_names() {
-    let up = Upstream::demo().await;
-    let ca = TestCa::new("test ca");
-    let clients = TestCa::new("client ca");
-    let cert = ca.server(&["127.0.0.1"]);
-    let yaml = with_tls(
-        &up.url,
-        "    client_certificates:\n      ca_file: clients.pem\n",
-        "",
-    )
-    .replacen(
-        "    upstream: main\n",
-        "    upstream: main\n    policy: bot.yaml\n    auth:\n      client_certificate:\n        subject: common_name\n",
-        1,
-    );
-    let gw = tls_gateway(
-        &yaml,
-        &cert,
-        &[
-            ("clients.pem", clients.pem.as_str()),
-            ("bot.yaml", BOT_POLICY),
-        ],
-    )
-    .await;
-    let url = https_url(&gw);
+    let route = "    policy: bot.yaml\n    auth:\n      client_certificate:\n        subject: common_name\n";
+    let Mtls {
+        gw,
+        ca,
+        clients,
+        url,
+        _up: _upstream,
+    } = mtls_gateway(false, route, &[("bot.yaml", BOT_POLICY)]).await;
 
     // No certificate: the handshake passes (certificates are optional on this
     // listener) and the route refuses with 401.
@@ -488,26 +507,14 @@ async fn a_verified_client_certificate_is_the_principal_a_policy_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_is_checked_again_when_the_cas_change() {
-    let up = Upstream::demo().await;
-    let ca = TestCa::new("test ca");
-    let clients = TestCa::new("client ca");
-    let yaml = with_tls(
-        &up.url,
-        "    client_certificates:\n      ca_file: clients.pem\n",
-        "",
-    )
-    .replacen(
-        "    upstream: main\n",
-        "    upstream: main\n    auth:\n      client_certificate: {}\n",
-        1,
-    );
-    let gw = tls_gateway(
-        &yaml,
-        &ca.server(&["127.0.0.1"]),
-        &[("clients.pem", clients.pem.as_str())],
-    )
-    .await;
-    let url = https_url(&gw);
+    let route = "    auth:\n      client_certificate: {}\n";
+    let Mtls {
+        gw,
+        ca,
+        clients,
+        url,
+        _up: _upstream,
+    } = mtls_gateway(false, route, &[]).await;
     // One client, one kept-alive HTTP/2 connection.
     let bot = tls_client(&ca.pem, Some(&clients.client("ci-bot", None)));
     assert_eq!(echo(&bot, &url, "before").await.status(), 200);
@@ -528,17 +535,13 @@ async fn a_client_certificate_is_checked_again_when_the_cas_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_client_certificates_from_a_reload_on_admit_no_new_connection_without_one() {
-    let up = Upstream::demo().await;
-    let ca = TestCa::new("test ca");
-    let clients = TestCa::new("client ca");
-    let optional = "    client_certificates:\n      ca_file: clients.pem\n";
-    let gw = tls_gateway(
-        &with_tls(&up.url, optional, ""),
-        &ca.server(&["127.0.0.1"]),
-        &[("clients.pem", clients.pem.as_str())],
-    )
-    .await;
-    let url = https_url(&gw);
+    let Mtls {
+        gw,
+        ca,
+        url,
+        clients: _clients,
+        _up: _upstream,
+    } = mtls_gateway(false, "", &[]).await;
     // A client without a certificate, whose TLS sessions rustls would resume.
     let anonymous = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("ca")])
@@ -550,11 +553,7 @@ async fn required_client_certificates_from_a_reload_on_admit_no_new_connection_w
     let text = std::fs::read_to_string(&gw.config_path).expect("config");
     gw.write_file(
         "portcullis.yaml",
-        &text.replacen(
-            "      ca_file: clients.pem\n",
-            "      ca_file: clients.pem\n      required: true\n",
-            1,
-        ),
+        &text.replacen("      required: false\n", "      required: true\n", 1),
     );
     gw.wait_metrics("the reload", |m| {
         m.contains("portcullis_config_reloads_total{result=\"success\"} 1")
@@ -572,21 +571,13 @@ async fn required_client_certificates_from_a_reload_on_admit_no_new_connection_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_requires_client_certificates_refuses_handshakes_without_one() {
-    let up = Upstream::demo().await;
-    let ca = TestCa::new("test ca");
-    let clients = TestCa::new("client ca");
-    let yaml = with_tls(
-        &up.url,
-        "    client_certificates:\n      ca_file: clients.pem\n      required: true\n",
-        "",
-    );
-    let gw = tls_gateway(
-        &yaml,
-        &ca.server(&["127.0.0.1"]),
-        &[("clients.pem", clients.pem.as_str())],
-    )
-    .await;
-    let url = https_url(&gw);
+    let Mtls {
+        ca,
+        clients,
+        url,
+        gw: _gw,
+        _up: _upstream,
+    } = mtls_gateway(true, "", &[]).await;
     assert!(stateless_call(
         &tls_client(&ca.pem, None),
         &url,
