@@ -634,16 +634,30 @@ pub fn messages(body: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// An upstream that answers every POST with the request headers it received.
-pub async fn header_mirror() -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// A raw-socket upstream on loopback for what an MCP SDK will not send: `serve`
+/// handles each accepted connection. Returns its `http://.../mcp` URL and the accept
+/// loop's task.
+pub async fn raw_upstream<F, Fut>(serve: F) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}/mcp", l.local_addr().expect("addr"));
     let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    (url, task)
+}
+
+/// An upstream that answers every POST with the request headers it received.
+pub async fn header_mirror() -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw_upstream(|mut s| async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
                 // Read the head and the whole body (Content-Length framed).
@@ -678,8 +692,6 @@ pub async fn header_mirror() -> (String, tokio::task::JoinHandle<()>) {
                         }
                     }
                 }
-            });
-        }
-    });
-    (url, task)
+    })
+    .await
 }

@@ -579,13 +579,7 @@ async fn a_trusted_proxy_names_the_client_and_an_untrusted_one_does_not() {
 /// An upstream that starts an SSE answer (one progress event), then drops the
 /// connection mid-stream.
 async fn breaking_upstream() -> (String, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/mcp", l.local_addr().expect("addr"));
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
+    raw_upstream(|mut s| async move {
                 let mut buf = [0u8; 8192];
                 if s.read(&mut buf).await.unwrap_or(0) == 0 {
                     return;
@@ -597,10 +591,8 @@ async fn breaking_upstream() -> (String, tokio::task::JoinHandle<()>) {
                 );
                 let _ = s.write_all(head.as_bytes()).await;
                 // Gone without the last chunk.
-            });
-        }
-    });
-    (url, task)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,13 +631,7 @@ async fn an_answer_the_upstream_breaks_mid_stream_never_looks_whole_to_the_clien
 
 /// An upstream that refuses every request with 401 and a challenge.
 async fn refusing_upstream() -> (String, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/mcp", l.local_addr().expect("addr"));
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
+    raw_upstream(|mut s| async move {
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
@@ -656,10 +642,8 @@ async fn refusing_upstream() -> (String, tokio::task::JoinHandle<()>) {
                         return;
                     }
                 }
-            });
-        }
-    });
-    (url, task)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
