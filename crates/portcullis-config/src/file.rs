@@ -379,8 +379,17 @@ impl Default for AccessLogFile {
 pub struct RouteFile {
     /// The public path, e.g. `/mcp` or `/github/mcp`. Matched exactly.
     pub path: String,
-    /// The name of an entry in `upstreams:`.
-    pub upstream: String,
+    /// The name of an entry in `upstreams:`. Give either this or `members`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Several upstreams behind this one route, their names prefixed (a federated
+    /// route, docs/federation.md). Give either this or `upstream`.
+    #[serde(default)]
+    pub members: Vec<MemberFile>,
+    /// How a federated route names, merges and caches (docs/federation.md). Only with
+    /// `members`.
+    #[serde(default)]
+    pub federation: Option<FederationFile>,
     /// A name for logs and metrics. Default: the path.
     #[serde(default)]
     pub name: Option<String>,
@@ -394,6 +403,83 @@ pub struct RouteFile {
     /// Rate limits, checked in order (docs/traffic.md). Default: none.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitFile>,
+}
+
+/// One entry of `routes[].members`: an upstream's name, or the upstream with how it is
+/// mounted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MemberFile {
+    /// `- github`: mounted with its name as the prefix.
+    Name(String),
+    /// `- {upstream: github, prefix: gh}`.
+    Mounted(MountedFile),
+}
+
+/// A member with its mount settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountedFile {
+    /// The name of an entry in `upstreams:`.
+    pub upstream: String,
+    /// What its tool and prompt names are prefixed with (then the separator). Default:
+    /// the upstream's name. `""` mounts it without a prefix, which needs `expose`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The only tool and prompt names an unprefixed member shows, so the config proves
+    /// they collide with no other member's. Default: every name (prefixed members only).
+    #[serde(default)]
+    pub expose: Option<Vec<String>>,
+}
+
+/// `routes[].federation`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationFile {
+    /// Between a member's prefix and its own name: one to four of `_`, `-`, `.` (the
+    /// characters tool names allow besides letters and digits). Default `__`.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// The longest the gateway waits for any one member while fanning out; a member
+    /// slower than this is left out of that answer. Default 5s.
+    #[serde(default = "default_fanout_timeout", with = "humantime_serde")]
+    pub fanout_timeout: Duration,
+    /// How long a member's list page is served from the gateway's cache before it is
+    /// asked again (a `list_changed` from the member clears it sooner). Default 30s;
+    /// `0s` turns the cache off.
+    #[serde(default = "default_list_cache_ttl", with = "humantime_serde")]
+    pub list_cache_ttl: Duration,
+    /// How long a member that stopped answering keeps its last good list in merged
+    /// answers, before its names drop out. Default 5m.
+    #[serde(default = "default_member_grace", with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for FederationFile {
+    fn default() -> Self {
+        FederationFile {
+            separator: default_separator(),
+            fanout_timeout: default_fanout_timeout(),
+            list_cache_ttl: default_list_cache_ttl(),
+            grace: default_member_grace(),
+        }
+    }
+}
+
+fn default_separator() -> String {
+    "__".to_owned()
+}
+
+fn default_fanout_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_list_cache_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_member_grace() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// One entry of `routes[].rate_limits`.

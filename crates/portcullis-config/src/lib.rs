@@ -18,11 +18,11 @@ pub use file::{
     AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, CertificateFile,
     CertificateNameFile, ClientCertificateAuthFile, ClientCertificatesFile, ConfigFile, GateFile,
     Http2File, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile,
-    RedisFile, RouteFile, ServerFile, SessionsFile, TlsListenerFile, ToolTrafficFile, UpstreamFile,
+    FederationFile, MemberFile, MountedFile, RedisFile, RouteFile, ServerFile, SessionsFile, TlsListenerFile, ToolTrafficFile, UpstreamFile,
     UpstreamTlsFile,
 };
 pub use model::{
-    canonical_ip, Admission, Config, Deadline, Http, Http2, IdentityHeaders, OriginRule, Redis,
+    canonical_ip, Admission, Config, Deadline, Federation, Http, Member, Http2, IdentityHeaders, OriginRule, Redis,
     Route, SessionKey, TlsListener, ToolTraffic, Upstream, UpstreamTls, MIN_SESSION_KEY_LEN,
 };
 pub use policy::{load_policy, policy_from_str};

@@ -180,8 +180,12 @@ pub struct Route {
     pub name: String,
     /// Exact public path.
     pub path: String,
-    /// Index into [`Config::upstreams`].
+    /// Index into [`Config::upstreams`]: the route's upstream, or a federated route's
+    /// first member (where no member is named, as for gates, the members are looked up
+    /// in [`Route::federation`]).
     pub upstream: usize,
+    /// Several upstreams behind this route, if it is federated.
+    pub federation: Option<Arc<Federation>>,
     /// How callers authenticate; `None` is anonymous.
     pub auth: Option<Arc<portcullis_auth::RouteAuth>>,
     /// The route's policy, if it has one.
@@ -190,6 +194,34 @@ pub struct Route {
     pub policy_path: Option<PathBuf>,
     /// Rate limits, in the order they are checked.
     pub rate_limits: Vec<portcullis_traffic::LimitSpec>,
+}
+
+/// A federated route's members and how it merges them (docs/federation.md).
+#[derive(Debug, Clone)]
+pub struct Federation {
+    /// The members, in config order (merged lists keep this order).
+    pub members: Vec<Member>,
+    /// Between a prefix and a member's own name.
+    pub separator: String,
+    /// The longest wait for any one member while fanning out.
+    pub fanout_timeout: Duration,
+    /// How long a member's list page is served from the cache.
+    pub list_cache_ttl: Duration,
+    /// How long a silent member's last good list stays in merged answers.
+    pub grace: Duration,
+}
+
+/// One member of a federated route.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// The upstream's name (sealed sessions and resource URIs name the member by it).
+    pub name: String,
+    /// What its names are prefixed with; `None` when mounted without a prefix.
+    pub prefix: Option<String>,
+    /// For an unprefixed member, the only tool and prompt names it shows.
+    pub expose: Option<Vec<String>>,
 }
 
 /// An upstream MCP server, ready to connect to.

@@ -84,6 +84,13 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `portcullis_breaker_transitions_total{upstream, endpoint, state}`.
     pub breaker_transitions: IntCounterVec,
+    /// `portcullis_federation_member_failures_total{route, member, kind}`: a member left
+    /// out of a fanned-out answer (kind: timeout, error, refused).
+    pub member_failures: IntCounterVec,
+    /// `portcullis_federation_list_pages_total{route, source}`: member list pages merged,
+    /// by where they came from (cache, upstream, stale: a last good copy in the grace
+    /// period).
+    pub list_pages: IntCounterVec,
 }
 
 /// A gauge raised while this guard lives, lowered on every path that drops it.
@@ -255,6 +262,18 @@ impl Metrics {
                 "portcullis_breaker_transitions_total",
                 "Circuit breaker state changes, by the state entered",
                 &["upstream", "endpoint", "state"],
+            ),
+            member_failures: counter(
+                &r,
+                "portcullis_federation_member_failures_total",
+                "Members of a federated route left out of a fanned-out answer, by why",
+                &["route", "member", "kind"],
+            ),
+            list_pages: counter(
+                &r,
+                "portcullis_federation_list_pages_total",
+                "Member list pages merged into a federated route's lists, by where they came from",
+                &["route", "source"],
             ),
             requests: counter(
                 &r,

@@ -32,10 +32,14 @@ const REPLICA_LEN: usize = 8;
 const HEADER_LEN: usize = 2 + 12;
 /// The Poly1305 tag.
 const TAG_LEN: usize = 16;
-/// The longest client session id opened (a token for a 1 KiB upstream id fits).
-const MAX_ID_LEN: usize = 2048;
-/// The longest upstream session id sealed.
-const MAX_UPSTREAM_ID_LEN: usize = 1024;
+/// The longest client session id opened (a token for the longest upstream id fits).
+const MAX_ID_LEN: usize = 6 * 1024;
+/// The longest upstream session id sealed (a federated route's holds every member's).
+const MAX_UPSTREAM_ID_LEN: usize = 4 * 1024;
+/// The token layout of a list cursor (tokens of another layout never open as one).
+const CURSOR_VERSION: u8 = 2;
+/// The longest cursor opened.
+const MAX_CURSOR_LEN: usize = 8 * 1024;
 /// How long a sealed id opens when the config does not say (`sessions.ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -265,6 +269,71 @@ impl SessionSeal {
     }
 }
 
+impl SessionSeal {
+    /// A gateway-minted list cursor for `route`: `plain` (each member's position)
+    /// sealed so a client can neither read nor alter it. `None` without randomness.
+    pub fn seal_cursor(&self, route: &str, plain: &[u8]) -> Option<String> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).ok()?;
+        let aad = cursor_associated(route);
+        let sealed = self
+            .current
+            .aead
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        let mut token = Vec::with_capacity(HEADER_LEN + sealed.len());
+        token.push(CURSOR_VERSION);
+        token.push(self.current.id);
+        token.extend_from_slice(&nonce);
+        token.extend_from_slice(&sealed);
+        Some(URL_SAFE_NO_PAD.encode(token))
+    }
+
+    /// What a cursor from [`SessionSeal::seal_cursor`] holds, if it was sealed for
+    /// `route` with this key (or the previous one) and not altered.
+    pub fn open_cursor(&self, route: &str, cursor: &str) -> Option<Vec<u8>> {
+        if cursor.len() > MAX_CURSOR_LEN {
+            return None;
+        }
+        let token = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+        if token.len() < HEADER_LEN + TAG_LEN || token[0] != CURSOR_VERSION {
+            return None;
+        }
+        let aad = cursor_associated(route);
+        [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|k| k.id == token[1])
+            .find_map(|k| {
+                k.aead
+                    .decrypt(
+                        Nonce::from_slice(&token[2..HEADER_LEN]),
+                        Payload {
+                            msg: &token[HEADER_LEN..],
+                            aad: &aad,
+                        },
+                    )
+                    .ok()
+            })
+    }
+}
+
+/// A cursor's associated data: the route, in a domain of its own.
+fn cursor_associated(route: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + route.len());
+    out.extend_from_slice(DOMAIN);
+    out.extend_from_slice(b"/cursor");
+    out.extend_from_slice(&(route.len() as u64).to_be_bytes());
+    out.extend_from_slice(route.as_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +501,24 @@ mod tests {
             again.open(ALICE, TOOLS, id.as_bytes()).is_some(),
             "one key per process"
         );
+    }
+
+    #[test]
+    fn cursors_open_only_unaltered_and_on_their_route() {
+        let s = seal();
+        let c = s.seal_cursor("/mcp", b"positions").expect("sealed");
+        assert_eq!(s.open_cursor("/mcp", &c).as_deref(), Some(&b"positions"[..]));
+        assert_eq!(s.open_cursor("/other", &c), None, "another route");
+        let mut bytes = c.clone().into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(bytes).expect("ascii");
+        assert_eq!(s.open_cursor("/mcp", &altered), None, "altered");
+        assert_eq!(s.open_cursor("/mcp", "not-a-cursor!"), None);
+        assert_eq!(s.open_cursor("/mcp", ""), None, "truncated");
+        assert_eq!(s.open_cursor("/mcp", &"A".repeat(MAX_CURSOR_LEN + 1)), None);
+        // A session id never opens as a cursor.
+        let sid = s.seal(ALICE, TOOLS, "0a0b0c0d", b"sid").expect("sealed");
+        assert_eq!(s.open_cursor("/mcp", &sid), None);
     }
 }

@@ -4,6 +4,7 @@
 //! or is refused with the first error found.
 
 mod auth;
+mod federation;
 mod http;
 mod listeners;
 mod routes;

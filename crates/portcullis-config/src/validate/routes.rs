@@ -1,4 +1,4 @@
-//! `routes:`: public paths, the upstream each forwards to, and what applies on the way
+//! `routes:`: public paths, the upstream (or federated members) each forwards to, and what applies on the way
 //! (authentication, a policy file, rate limits).
 
 use std::collections::HashSet;
@@ -45,11 +45,35 @@ pub(super) fn routes(
         if !seen.insert(r.path.as_str()) {
             return Err(at_path.err(format!("`{}` is routed twice", r.path)));
         }
-        let Some(upstream) = upstreams.iter().position(|u| u.name == r.upstream) else {
-            return Err(at.key("upstream").err(format!(
-                "no upstream named `{}` under `upstreams:`",
-                r.upstream
-            )));
+        let (upstream, federation) = match (&r.upstream, r.members.is_empty()) {
+            (Some(name), true) => {
+                if r.federation.is_some() {
+                    return Err(at
+                        .key("federation")
+                        .err("`federation` is for routes with `members`"));
+                }
+                let Some(i) = upstreams.iter().position(|u| &u.name == name) else {
+                    return Err(at
+                        .key("upstream")
+                        .err(format!("no upstream named `{name}` under `upstreams:`")));
+                };
+                (i, None)
+            }
+            (None, false) => {
+                let f =
+                    super::federation::federation(&at, &r.members, r.federation.as_ref(), upstreams)?;
+                (f.members[0].upstream, Some(Arc::new(f)))
+            }
+            (Some(_), false) => {
+                return Err(at.key("members").err(
+                    "give either `upstream` (one server) or `members` (several, federated), not both",
+                ))
+            }
+            (None, true) => {
+                return Err(at.err(
+                    "no upstream: give `upstream` (one server) or `members` (several, federated)",
+                ))
+            }
         };
         let auth = match &r.auth {
             Some(a) => Some(Arc::new(super::auth::compile(
@@ -76,6 +100,7 @@ pub(super) fn routes(
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
             upstream,
+            federation,
             auth,
             policy,
             policy_path,

@@ -118,7 +118,7 @@ pub async fn send(
             return Err(failure.refusal(name));
         }
     };
-    cx.endpoint = Some(inbound.served.endpoint);
+    cx.endpoint = inbound.served.endpoint;
     let head = inbound.answer.head();
     let status = head.status.as_u16();
     if status == 401 || (status == 403 && head.headers.contains_key(header::WWW_AUTHENTICATE)) {

@@ -184,7 +184,7 @@ impl HttpUpstream {
                 idle_timeout: self.config.idle_timeout,
             }),
             served: Served {
-                endpoint: self.endpoints.addrs()[idx],
+                endpoint: Some(self.endpoints.addrs()[idx]),
                 replica: self.endpoints.token(idx).clone(),
             },
         })

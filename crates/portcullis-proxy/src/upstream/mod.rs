@@ -11,7 +11,9 @@
 //! stages only ever see `dyn Upstream` (docs/architecture.md says how each fits).
 
 pub mod endpoints;
+pub mod federated;
 pub mod http;
+pub mod made;
 pub mod own;
 pub(crate) mod request;
 
@@ -115,8 +117,9 @@ pub struct Outbound<'a> {
 /// Where an answer came from.
 #[derive(Debug, Clone)]
 pub struct Served {
-    /// The endpoint's address.
-    pub endpoint: SocketAddr,
+    /// The endpoint's address (`None` for an answer the gateway made itself, such as a
+    /// federated route's merged list).
+    pub endpoint: Option<SocketAddr>,
     /// The endpoint's replica token (sealed into session ids it creates).
     pub replica: Arc<str>,
 }

@@ -87,8 +87,21 @@ pub async fn call(
         wait: Wait::Answer,
         answer_by: None,
     };
+    exchange(upstream, out, Bytes::from(body.to_string()), method).await
+}
+
+/// Sends `body` as `out` says (a request named `what` in errors) and reads its
+/// JSON-RPC answer: the federated route's fan-out sends the client's requests this way.
+pub async fn exchange(
+    upstream: &dyn Upstream,
+    out: Outbound<'_>,
+    body: Bytes,
+    what: &str,
+) -> Result<Answered, String> {
+    let method = what;
+    let session = out.session;
     let mut inbound = upstream
-        .send(out, Bytes::from(body.to_string()))
+        .send(out, body)
         .await
         .map_err(|e| format!("{method}: {e:?}"))?;
     let head = inbound.answer.head();
@@ -103,7 +116,12 @@ pub async fn call(
             replica: inbound.served.replica.clone(),
             id: v.as_bytes().to_vec(),
         })
-        .or_else(|| session.cloned());
+        .or_else(|| {
+            session.map(|p| OwnedPin {
+                replica: p.replica.into(),
+                id: p.id.to_vec(),
+            })
+        });
     let sse = head
         .headers
         .get(http::header::CONTENT_TYPE)

@@ -1,0 +1,546 @@
+//! A federated route's upstream: several members (each an [`HttpUpstream`]) behind
+//! one route, presented to clients as one server. `initialize` and `server/discover`
+//! fan out in parallel and merge; the four `*/list` methods fan out (or come from the
+//! cache), each member's names prefixed ([`names`]), pages walked through the gateway's
+//! own sealed cursors that hold every member's position; notifications go to every
+//! member; a session ends at every member. A member that fails or is slower than the
+//! fan-out timeout is left out of that answer (its last good list stays for the grace
+//! period). Messages that name one target (`tools/call`, `prompts/get`,
+//! `resources/read`...) do not come here: the federate stage routes them to their
+//! member, so its gates, breakers and catalog apply as on a single-upstream route.
+
+pub mod cache;
+pub mod members;
+pub mod merge;
+pub mod names;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::join_all;
+use portcullis_config::Federation;
+use portcullis_mcp::{Envelope, Kind};
+use serde_json::{json, Map, Value};
+
+use self::cache::{ListCache, Page, PageKey};
+use self::members::MemberSession;
+use self::merge::Listing;
+use self::names::Names;
+use super::http::HttpUpstream;
+use super::own::{self, Answered};
+use super::{made, ClientRequest, Failure, Inbound, Outbound, OwnedPin, Pin, Sender, Upstream, Wait};
+use crate::metrics::Metrics;
+use crate::sessions::SessionSeal;
+
+/// The replica token a federated session is sealed under (each member's own endpoint
+/// is inside the session).
+pub const FEDERATED_REPLICA: &str = "federate";
+
+/// Member pages one gateway cursor may hold positions for (one per member).
+const MAX_POSITIONS: usize = 256;
+
+/// A federated route as one upstream.
+pub struct FederatedUpstream {
+    /// The route's name (logs, metrics, the session binding).
+    name: String,
+    /// The route's path (cursors are bound to it).
+    route: String,
+    spec: Arc<Federation>,
+    names: Names,
+    /// Same order as `spec.members`.
+    members: Vec<Arc<HttpUpstream>>,
+    seal: SessionSeal,
+    cache: Arc<ListCache>,
+    replica: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+/// A JSON-RPC outcome the gateway answers with.
+enum Reply {
+    Result(Value),
+    Error(i64, String),
+}
+
+impl FederatedUpstream {
+    /// The federated upstream of `route` (whose `federation` is `spec`), over its
+    /// members' upstreams, keeping the list cache of `previous` (the same route in the
+    /// config version before) so a reload loses no last good list.
+    pub fn new(
+        route: &portcullis_config::Route,
+        spec: Arc<Federation>,
+        members: Vec<Arc<HttpUpstream>>,
+        seal: SessionSeal,
+        previous: Option<&FederatedUpstream>,
+        metrics: Arc<Metrics>,
+    ) -> FederatedUpstream {
+        FederatedUpstream {
+            name: route.name.clone(),
+            route: route.path.clone(),
+            names: Names::new(&spec),
+            spec,
+            members,
+            seal,
+            cache: previous.map_or_else(Default::default, |p| p.cache.clone()),
+            replica: Arc::from(FEDERATED_REPLICA),
+            metrics,
+        }
+    }
+
+    /// How the members' names map.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The route's path.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Member `m`'s index into the config's upstreams.
+    pub fn upstream_index(&self, m: usize) -> usize {
+        self.spec.members[m].upstream
+    }
+
+    /// Member `m`'s own session inside the federated session `pin`, if it has one.
+    pub fn member_session(&self, pin: Option<Pin<'_>>, m: usize) -> Option<OwnedPin> {
+        let key = self.names.key(m);
+        members::decode(pin?.id)?
+            .into_iter()
+            .find(|s| s.member == key)
+            .map(|s| s.pin())
+    }
+
+    /// Forgets member `m`'s cached lists (it said they changed).
+    pub fn forget(&self, m: usize) {
+        self.cache.forget(self.names.key(m));
+    }
+
+    /// Every member's session inside `pin`, by member.
+    fn sessions(&self, pin: Option<Pin<'_>>) -> Vec<Option<OwnedPin>> {
+        let all = pin.and_then(|p| members::decode(p.id)).unwrap_or_default();
+        (0..self.members.len())
+            .map(|m| {
+                let key = self.names.key(m);
+                all.iter().find(|s| s.member == key).map(MemberSession::pin)
+            })
+            .collect()
+    }
+
+    /// `out` as sent to one member: in its session, answered within the fan-out
+    /// timeout, uncompressed (the gateway reads it).
+    fn member_out<'a>(&self, out: &Outbound<'a>, pin: Option<Pin<'a>>) -> Outbound<'a> {
+        let by = tokio::time::Instant::now() + self.spec.fanout_timeout;
+        Outbound {
+            sender: match out.sender {
+                Sender::Client(c) => Sender::Client(ClientRequest {
+                    renamed: None,
+                    uncompressed: true,
+                    ..c
+                }),
+                gateway => gateway,
+            },
+            session: pin,
+            wait: Wait::Answer,
+            answer_by: Some(out.answer_by.map_or(by, |a| a.min(by))),
+        }
+    }
+
+    /// Sends `body` to member `m` and reads its answer within the fan-out timeout;
+    /// `None` (counted, logged) when it failed, timed out or answered an error.
+    async fn ask(
+        &self,
+        m: usize,
+        out: &Outbound<'_>,
+        pin: Option<&OwnedPin>,
+        body: Bytes,
+        what: &str,
+    ) -> Option<Answered> {
+        let member_out = self.member_out(out, pin.map(OwnedPin::pin));
+        let asked = tokio::time::timeout(
+            self.spec.fanout_timeout,
+            own::exchange(&*self.members[m], member_out, body, what),
+        )
+        .await;
+        let failed = |kind: &str, why: &str| {
+            self.metrics
+                .member_failures
+                .with_label_values(&[self.name.as_str(), self.names.key(m), kind])
+                .inc();
+            tracing::debug!(route = %self.name, member = self.names.key(m), what, why,
+                "a member was left out of a fanned-out answer");
+        };
+        match asked {
+            Err(_) => {
+                failed("timeout", "no answer within federation.fanout_timeout");
+                None
+            }
+            Ok(Err(e)) => {
+                failed("error", &e);
+                None
+            }
+            Ok(Ok(a)) if a.message.as_ref().is_some_and(|v| v.get("error").is_some()) => {
+                failed("refused", "answered a JSON-RPC error");
+                None
+            }
+            Ok(Ok(a)) => Some(a),
+        }
+    }
+
+    /// `initialize`: every member's handshake, merged; their sessions go into one.
+    async fn initialize(
+        &self,
+        out: &Outbound<'_>,
+        id: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Inbound, Failure> {
+        let answers = join_all(
+            (0..self.members.len()).map(|m| self.ask(m, out, None, body.clone(), "initialize")),
+        )
+        .await;
+        let mut results = Vec::new();
+        let mut sessions = Vec::new();
+        for (m, answered) in answers.into_iter().enumerate() {
+            let Some(answered) = answered else { continue };
+            let Some(result) = answered.message.and_then(|mut v| v.get_mut("result").map(Value::take))
+            else {
+                continue;
+            };
+            if let Some(pin) = answered.session {
+                sessions.push(MemberSession {
+                    member: self.names.key(m).to_owned(),
+                    replica: pin.replica,
+                    id: pin.id,
+                });
+            }
+            results.push((self.names.key(m), result));
+        }
+        if results.is_empty() {
+            return Err(Failure::Broken {
+                kind: "federation",
+                detail: "no member of the federated route answered",
+                timeout: false,
+            });
+        }
+        let borrowed: Vec<(&str, &Value)> = results.iter().map(|(k, v)| (*k, v)).collect();
+        let merged = merge::initialize(&self.name, &borrowed);
+        let sid = members::encode(&sessions);
+        let mut headers: Vec<(&'static str, &[u8])> = vec![("content-type", b"application/json")];
+        if !sid.is_empty() {
+            headers.push((portcullis_mcp::headers::MCP_SESSION_ID, &sid));
+        }
+        made::answer(200, &headers, rpc_body(id, Reply::Result(merged)), &self.replica)
+    }
+
+    /// `server/discover` (2026-07-28): every member's, merged.
+    async fn discover(&self, out: &Outbound<'_>, body: &Bytes) -> Reply {
+        let answers = join_all(
+            (0..self.members.len())
+                .map(|m| self.ask(m, out, None, body.clone(), "server/discover")),
+        )
+        .await;
+        let results: Vec<(&str, Value)> = answers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(m, a)| {
+                let result = a?.message?.get_mut("result").map(Value::take)?;
+                Some((self.names.key(m), result))
+            })
+            .collect();
+        if results.is_empty() {
+            return Reply::Error(-32603, "no member of the federated route answered".into());
+        }
+        let borrowed: Vec<(&str, &Value)> = results.iter().map(|(k, v)| (*k, v)).collect();
+        Reply::Result(merge::discover(&self.name, &borrowed))
+    }
+
+    /// One page of a merged list: the next page of every member the cursor says has
+    /// more (all of them without a cursor), names mapped, and a cursor for the rest.
+    async fn list(
+        &self,
+        out: &Outbound<'_>,
+        env: &Envelope<'_>,
+        listing: Listing,
+    ) -> Reply {
+        let mut params: Map<String, Value> = env
+            .params
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or_default();
+        let positions = match params.remove("cursor") {
+            None | Some(Value::Null) => (0..self.members.len()).map(|m| (m, None)).collect(),
+            Some(Value::String(c)) => match self.open_cursor(listing.method, &c) {
+                Some(p) => p,
+                None => return Reply::Error(-32602, "Invalid cursor".into()),
+            },
+            Some(_) => return Reply::Error(-32602, "Invalid cursor".into()),
+        };
+        let sessions = self.sessions(out.session);
+        let id = env.id.map(|r| r.get()).unwrap_or("0");
+        let pages = join_all(positions.iter().map(|(m, cursor)| {
+            self.page(out, sessions[*m].as_ref(), *m, listing, cursor.clone(), &params, id)
+        }))
+        .await;
+        let mut items = Vec::new();
+        let mut next = Vec::new();
+        let mut rest: Option<Map<String, Value>> = None;
+        for ((m, _), page) in positions.iter().zip(pages) {
+            let Some(page) = page else { continue };
+            if rest.is_none() {
+                rest = Some(page.rest.clone());
+            }
+            for item in &page.items {
+                if let Some(mapped) = self.outward_item(*m, listing, item) {
+                    items.push(mapped);
+                }
+            }
+            if let Some(c) = &page.next {
+                next.push((*m, c.clone()));
+            }
+        }
+        let mut result = rest.unwrap_or_default();
+        result.insert(listing.items.into(), Value::Array(items));
+        if !next.is_empty() {
+            if let Some(c) = self.seal_cursor(listing.method, &next) {
+                result.insert("nextCursor".into(), Value::String(c));
+            }
+        }
+        Reply::Result(Value::Object(result))
+    }
+
+    /// Member `m`'s item as clients see it: named with its prefix (or its URI wrapped);
+    /// `None` when it is not shown.
+    fn outward_item(&self, m: usize, listing: Listing, item: &Value) -> Option<Value> {
+        let mut item = item.as_object()?.clone();
+        let own = item.get(listing.key)?.as_str()?;
+        let mapped = if listing.uri {
+            self.names.outward_uri(m, own)?
+        } else {
+            self.names.outward(m, own)?
+        };
+        item.insert(listing.key.into(), Value::String(mapped));
+        Some(Value::Object(item))
+    }
+
+    /// One page of member `m`'s list: fresh from the cache, else asked for (and kept),
+    /// else its last good copy within the grace period, else nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn page(
+        &self,
+        out: &Outbound<'_>,
+        pin: Option<&OwnedPin>,
+        m: usize,
+        listing: Listing,
+        cursor: Option<String>,
+        params: &Map<String, Value>,
+        id: &str,
+    ) -> Option<Arc<Page>> {
+        let key = PageKey {
+            member: self.names.key(m).to_owned(),
+            method: listing.method,
+            cursor,
+            caller: self.caller(m, out),
+        };
+        let count = |source: &str| {
+            self.metrics
+                .list_pages
+                .with_label_values(&[self.name.as_str(), source])
+                .inc();
+        };
+        if let Some(page) = self.cache.fresh(&key, self.spec.list_cache_ttl) {
+            count("cache");
+            return Some(page);
+        }
+        let mut params = params.clone();
+        if let Some(c) = &key.cursor {
+            params.insert("cursor".into(), Value::String(c.clone()));
+        }
+        let id: Value = serde_json::from_str(id).unwrap_or(Value::from(0));
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": listing.method, "params": params});
+        let fetched = self
+            .ask(m, out, pin, Bytes::from(body.to_string()), listing.method)
+            .await
+            .and_then(|a| a.message)
+            .and_then(|mut v| v.get_mut("result").map(Value::take))
+            .and_then(|r| page_of(r, listing));
+        match fetched {
+            Some(page) => {
+                let page = Arc::new(page);
+                self.cache.put(key, page.clone());
+                count("upstream");
+                Some(page)
+            }
+            None => {
+                let kept = self.cache.last_good(&key, self.spec.grace);
+                if kept.is_some() {
+                    count("stale");
+                }
+                kept
+            }
+        }
+    }
+
+    /// Whose list this is, for a member whose answers depend on the caller (it is sent
+    /// the caller's identity).
+    fn caller(&self, m: usize, out: &Outbound<'_>) -> Option<(String, String)> {
+        let personal = self.members[m]
+            .config()
+            .identity_headers
+            .names()
+            .next()
+            .is_some();
+        match out.sender {
+            Sender::Client(c) if personal => {
+                let (iss, sub) = crate::sessions::owner_of(c.principal);
+                Some((iss.to_owned(), sub.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A cursor holding each member's next position.
+    fn seal_cursor(&self, method: &str, next: &[(usize, String)]) -> Option<String> {
+        let positions: Vec<Value> = next
+            .iter()
+            .map(|(m, c)| json!([self.names.key(*m), c]))
+            .collect();
+        let plain = json!({"m": method, "p": positions}).to_string();
+        self.seal.seal_cursor(&self.route, plain.as_bytes())
+    }
+
+    /// The member positions in a cursor the gateway minted for `method` on this route;
+    /// `None` for anything else (altered, another route's or list's, not ours).
+    fn open_cursor(&self, method: &str, cursor: &str) -> Option<Vec<(usize, Option<String>)>> {
+        let plain = self.seal.open_cursor(&self.route, cursor)?;
+        let v: Value = serde_json::from_slice(&plain).ok()?;
+        if v.get("m")?.as_str()? != method {
+            return None;
+        }
+        let positions = v.get("p")?.as_array()?;
+        if positions.len() > MAX_POSITIONS {
+            return None;
+        }
+        // A member removed since the cursor was minted is passed over.
+        Some(
+            positions
+                .iter()
+                .filter_map(|p| {
+                    let m = self.names.member(p.get(0)?.as_str()?)?;
+                    Some((m, Some(p.get(1)?.as_str()?.to_owned())))
+                })
+                .collect(),
+        )
+    }
+
+    /// Sends a message to every member (in its session, when the client has one) and
+    /// waits for each to take it, within the fan-out timeout.
+    async fn broadcast(&self, out: &Outbound<'_>, body: &Bytes, what: &str) {
+        let sessions = self.sessions(out.session);
+        join_all(sessions.iter().enumerate().filter_map(|(m, pin)| {
+            // In a session, only members that joined it hear of it.
+            if out.session.is_some() && pin.is_none() {
+                return None;
+            }
+            Some(self.ask(m, out, pin.as_ref(), body.clone(), what))
+        }))
+        .await;
+    }
+}
+
+/// A member's list result as a page; `None` when it is not one.
+fn page_of(mut result: Value, listing: Listing) -> Option<Page> {
+    let obj = result.as_object_mut()?;
+    let items = match obj.remove(listing.items) {
+        Some(Value::Array(a)) => a,
+        None => Vec::new(),
+        Some(_) => return None,
+    };
+    let next = match obj.remove("nextCursor") {
+        Some(Value::String(c)) if !c.is_empty() => Some(c),
+        _ => None,
+    };
+    Some(Page {
+        items,
+        next,
+        rest: std::mem::take(obj),
+    })
+}
+
+/// A JSON-RPC response body with the request's id text.
+fn rpc_body(id: Option<&str>, reply: Reply) -> Bytes {
+    let id = id.unwrap_or("null");
+    let text = match reply {
+        Reply::Result(r) => format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{r}}}"#),
+        Reply::Error(code, message) => format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{}}}}}"#,
+            Value::String(message)
+        ),
+    };
+    Bytes::from(text)
+}
+
+#[async_trait]
+impl Upstream for FederatedUpstream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, out: Outbound<'_>, body: Bytes) -> Result<Inbound, Failure> {
+        let env = Envelope::parse(&body).map_err(|e| Failure::BadRequest(e.to_string()))?;
+        let id = env.id.map(|r| r.get());
+        let method = env.method.as_deref().unwrap_or("");
+        if env.kind != Kind::Request {
+            // Notifications (and answers to server requests) go to every member.
+            self.broadcast(&out, &body, method).await;
+            return made::answer(202, &[], Bytes::new(), &self.replica);
+        }
+        let reply = match method {
+            "initialize" => return self.initialize(&out, id, &body).await,
+            "server/discover" => self.discover(&out, &body).await,
+            "ping" => Reply::Result(json!({})),
+            "logging/setLevel" => {
+                self.broadcast(&out, &body, method).await;
+                Reply::Result(json!({}))
+            }
+            m => match merge::listing(m) {
+                Some(listing) => self.list(&out, &env, listing).await,
+                None => Reply::Error(-32601, format!("Method not found: {m}")),
+            },
+        };
+        made::answer(
+            200,
+            &[("content-type", b"application/json")],
+            rpc_body(id, reply),
+            &self.replica,
+        )
+    }
+
+    /// A federated route offers no GET stream yet: 405, which the spec gives a server
+    /// that does not (clients then go on without one).
+    async fn open_stream(&self, _out: Outbound<'_>) -> Result<Inbound, Failure> {
+        made::answer(405, &[("allow", b"POST, DELETE")], Bytes::new(), &self.replica)
+    }
+
+    /// Ends every member's session.
+    async fn end_session(&self, out: Outbound<'_>) -> Result<Inbound, Failure> {
+        let sessions = self.sessions(out.session);
+        join_all(sessions.iter().enumerate().filter_map(|(m, pin)| {
+            let pin = pin.as_ref()?;
+            let member_out = self.member_out(&out, Some(pin.pin()));
+            let member = &self.members[m];
+            Some(async move {
+                let ended = tokio::time::timeout(self.spec.fanout_timeout, async {
+                    if let Ok(mut inbound) = member.end_session(member_out).await {
+                        while let Ok(Some(_)) = inbound.answer.chunk().await {}
+                        inbound.answer.release().await;
+                    }
+                })
+                .await;
+                if ended.is_err() {
+                    tracing::debug!(member = member.name(), "ending a member's session timed out");
+                }
+            })
+        }))
+        .await;
+        made::answer(204, &[], Bytes::new(), &self.replica)
+    }
+}
