@@ -16,14 +16,15 @@ pub mod watch;
 pub use error::ConfigError;
 pub use file::{
     AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, CertificateFile,
-    CertificateNameFile, ClientCertificateAuthFile, ClientCertificatesFile, ConfigFile, GateFile,
-    Http2File, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, RateLimitFile,
-    FederationFile, MemberFile, MountedFile, RedisFile, RouteFile, ServerFile, SessionsFile, TlsListenerFile, ToolTrafficFile, UpstreamFile,
-    UpstreamTlsFile,
+    CertificateNameFile, ClientCertificateAuthFile, ClientCertificatesFile, ConfigFile,
+    FederationFile, GateFile, Http2File, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile,
+    ListenersFile, MemberFile, MountedFile, RateLimitFile, RedisFile, RouteFile, ServerFile,
+    SessionsFile, TlsListenerFile, ToolTrafficFile, UpstreamFile, UpstreamTlsFile,
 };
 pub use model::{
-    canonical_ip, Admission, Config, Deadline, Federation, Http, Member, Http2, IdentityHeaders, OriginRule, Redis,
-    Route, SessionKey, TlsListener, ToolTraffic, Upstream, UpstreamTls, MIN_SESSION_KEY_LEN,
+    canonical_ip, Admission, Config, Deadline, Federation, Http, Http2, IdentityHeaders, Member,
+    OriginRule, Redis, Route, SessionKey, TlsListener, ToolTraffic, Upstream, UpstreamTls,
+    MIN_SESSION_KEY_LEN,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;

@@ -125,6 +125,8 @@ pub struct Ctx {
     pub audit_args: Option<ArgsDigest>,
     /// The upstream the request went to, by index.
     pub upstream: Option<usize>,
+    /// It went to every member of its federated route (logged under the route's name).
+    pub fanned_out: bool,
     /// The endpoint that answered.
     pub endpoint: Option<SocketAddr>,
     /// The HTTP status sent.
@@ -165,6 +167,7 @@ impl Ctx {
             list: None,
             audit_args: None,
             upstream: None,
+            fanned_out: false,
             endpoint: None,
             status: 0,
             bytes_in: 0,

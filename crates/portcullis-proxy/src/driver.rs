@@ -46,6 +46,7 @@ use crate::snapshot::{Live, Snapshot};
 use crate::stages::admit::{self, Rules};
 use crate::stages::dispatch::{self, Sending, Verb, MCP_SESSION_ID_H};
 use crate::stages::edge::{self, Target};
+use crate::stages::federate::{self, Destination, SessionIds};
 use crate::stages::{identity, limits, policy};
 use crate::tls::ClientCert;
 use crate::traffic::Slots;
@@ -192,14 +193,14 @@ impl Gateway {
         };
         limits::rate(snap, &self.metrics, route, admitted.counted, cx).await?;
         drop(parsed);
-        let up = config.routes[route].upstream;
-        let session = dispatch::session(snap, up, req, cx)?;
+        let session = dispatch::session(snap, route, req, cx)?;
         let client_sid = req
             .headers
             .get(&MCP_SESSION_ID_H)
             .filter(|_| session.is_some())
             .map(|v| v.as_bytes());
-        let owner = owner_of(cx.principal.as_deref());
+        let principal = cx.principal.clone();
+        let owner = owner_of(principal.as_deref());
         // A client's notifications/cancelled ends that request's relay here, and goes on
         // to the upstream.
         if let (Some(sid), Some(id)) = (client_sid, &admitted.cancels) {
@@ -214,6 +215,7 @@ impl Gateway {
             )?),
             None => body,
         };
+        let dest = federate::message(snap, route, session, body, cx)?;
         // Registered before the gates, so a cancellation reaches a queued call too.
         let registered = match (client_sid, &cx.rpc_id) {
             (Some(sid), Some(id)) if admitted.request => Some(self.calls.register(sid, owner, id)),
@@ -229,13 +231,13 @@ impl Gateway {
         let slots = if admitted.listen {
             Slots::default()
         } else {
-            self.enter_gates(snap, ds, up, admitted.request, cancelled, cx)
+            self.enter_gates(snap, ds, dest.gated_by, admitted.request, cancelled, cx)
                 .await?
         };
-        let keep_on = session.is_some() && admitted.request && cx.rpc_id.is_some();
+        let keep_on = client_sid.is_some() && admitted.request && cx.rpc_id.is_some();
         let sent = tokio::time::Instant::now();
         let sending = Sending {
-            verb: Verb::Post(body),
+            verb: Verb::Post,
             wait: if admitted.listen {
                 Wait::Stream
             } else {
@@ -246,23 +248,13 @@ impl Gateway {
         };
         let watch_client = slots.holds_gate() && !keep_on;
         let inbound = match self
-            .dispatch(
-                snap,
-                ds,
-                req,
-                up,
-                session.as_ref(),
-                sending,
-                cancelled,
-                watch_client,
-                cx,
-            )
+            .dispatch(ds, req, &dest, sending, cancelled, watch_client, cx)
             .await
         {
             Ok(inbound) => inbound,
             Err(halt) => {
                 if matches!(halt, Halt::Refused(Refusal::DeadlineExceeded { .. })) {
-                    self.cancel_in_session(snap, up, session.as_ref(), cx);
+                    self.cancel_in_session(&dest, cx);
                 }
                 return Err(halt);
             }
@@ -274,7 +266,7 @@ impl Gateway {
             keep_on,
         };
         let result = self
-            .relay(snap, ds, req, route, inbound, session, watches, cx)
+            .relay(snap, ds, req, route, dest, inbound, watches, cx)
             .await;
         drop(slots);
         result
@@ -298,8 +290,8 @@ impl Gateway {
             None
         };
         limits::rate(snap, &self.metrics, route, true, cx).await?;
-        let up = snap.config.routes[route].upstream;
-        let session = dispatch::session(snap, up, req, cx)?;
+        let session = dispatch::session(snap, route, req, cx)?;
+        let dest = federate::session(snap, route, session);
         let sending = Sending {
             verb: if get { Verb::Stream } else { Verb::EndSession },
             wait: if get { Wait::Stream } else { Wait::Answer },
@@ -307,17 +299,7 @@ impl Gateway {
             rewritten: snap.config.routes[route].policy.is_some(),
         };
         let inbound = self
-            .dispatch(
-                snap,
-                ds,
-                req,
-                up,
-                session.as_ref(),
-                sending,
-                None,
-                false,
-                cx,
-            )
+            .dispatch(ds, req, &dest, sending, None, false, cx)
             .await?;
         let watches = Watches {
             cancelled: None,
@@ -325,21 +307,24 @@ impl Gateway {
             sent: tokio::time::Instant::now(),
             keep_on: false,
         };
-        self.relay(snap, ds, req, route, inbound, session, watches, cx)
+        self.relay(snap, ds, req, route, dest, inbound, watches, cx)
             .await
     }
 
-    /// Waits at the request's gates; a client that leaves or cancels while queued gives
-    /// its place up.
+    /// Waits at the gates of upstream `gated_by` (none for a federated fan-out); a
+    /// client that leaves or cancels while queued gives its place up.
     async fn enter_gates(
         &self,
         snap: &Snapshot,
         ds: &mut ServerSession,
-        up: usize,
+        gated_by: Option<usize>,
         request: bool,
         cancelled: Option<&tokio::sync::Notify>,
         cx: &mut Ctx,
     ) -> Result<Slots, Halt> {
+        let Some(up) = gated_by else {
+            return Ok(Slots::default());
+        };
         enum Gated {
             Entered(Result<Slots, Refusal>),
             ClientLeft,
@@ -368,11 +353,9 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
-        snap: &Snapshot,
         ds: &mut ServerSession,
         req: &RequestHeader,
-        up: usize,
-        session: Option<&OwnedPin>,
+        dest: &Destination,
         sending: Sending,
         cancelled: Option<&tokio::sync::Notify>,
         watch_client: bool,
@@ -384,7 +367,7 @@ impl Gateway {
             ClientLeft,
         }
         let sent = tokio::select! {
-            r = dispatch::send(snap, up, req, session, sending, &self.metrics, cx) => Sent::Answer(r),
+            r = dispatch::send(dest, req, sending, &self.metrics, cx) => Sent::Answer(r),
             _ = notified(cancelled) => Sent::Cancelled,
             // Nobody waits for the answer any more: the upstream exchange is dropped,
             // and the gate slot it held comes back.
@@ -408,15 +391,13 @@ impl Gateway {
         ds: &mut ServerSession,
         req: &RequestHeader,
         route: usize,
+        dest: Destination,
         inbound: Inbound,
-        session: Option<OwnedPin>,
         watches: Watches<'_>,
         cx: &mut Ctx,
     ) -> Result<(), Halt> {
         let Inbound { answer, served } = inbound;
-        let up = snap.config.routes[route].upstream;
-        let upstream = &snap.upstreams[up];
-        let name = upstream.config().name.as_str();
+        let name = dest.upstream.name();
         let up_head = answer.head();
         let status = up_head.status.as_u16();
         let sse = up_head
@@ -429,13 +410,14 @@ impl Gateway {
             seal: &snap.sessions,
             owner: owner_of(principal.as_deref()),
             bound: Bound {
-                upstream: name,
+                upstream: snap.route_upstream_name(route),
                 route: snap.config.routes[route].path.as_str(),
             },
             replica: &served.replica,
         };
+        let sealing = (dest.session_ids == SessionIds::Seal).then_some(&sealing);
         let http10 = req.version == Version::HTTP_10;
-        let (head, framing) = head::build(up_head, &sealing, transform.rewrites(), http10, cx)
+        let (head, framing) = head::build(up_head, sealing, transform.rewrites(), http10, cx)
             .map_err(|e| {
                 self.metrics
                     .upstream_errors
@@ -463,8 +445,8 @@ impl Gateway {
         // requests the policy refused, and a cancellation when the deadline passes.
         let on_behalf = (snap.config.routes[route].policy.is_some() || watches.deadline.is_some())
             .then(|| OnBehalf {
-                upstream: snap.upstream(up),
-                session: session.map(|s| OwnedPin {
+                upstream: dest.upstream.clone(),
+                session: dest.session.map(|s| OwnedPin {
                     replica: served.replica.clone(),
                     id: s.id,
                 }),
@@ -517,15 +499,14 @@ impl Gateway {
             filters.push(Box::new(DeadlineFilter::new()));
         }
         if let (Some(policy), 200) = (&r.policy, status) {
-            let up = snap.upstreams[r.upstream].config();
             let filter = PolicyFilter {
                 policy: policy.clone(),
                 kind: cx.list,
                 // On a GET stream any list answer (a resumed one, say) is recognised.
                 lists: cx.list.is_some() || cx.op == Op::Stream,
                 who: cx.principal.clone(),
-                upstream: up.name.clone(),
-                trust_annotations: up.trust_annotations,
+                upstream: snap.route_upstream_name(route).to_owned(),
+                trust_annotations: snap.route_trusts_annotations(route),
                 cache: self.catalogs.clone(),
                 rpc_id: cx.rpc_id.clone(),
             };
@@ -556,10 +537,10 @@ impl Gateway {
     }
 
     /// A deadline passed before any answer: the upstream is told, in a session.
-    fn cancel_in_session(&self, snap: &Snapshot, up: usize, session: Option<&OwnedPin>, cx: &Ctx) {
-        if let (Some(session), Some(id)) = (session, &cx.rpc_id) {
+    fn cancel_in_session(&self, dest: &Destination, cx: &Ctx) {
+        if let (Some(session), Some(id)) = (&dest.session, &cx.rpc_id) {
             crate::upstream::own::post_in_background(
-                snap.upstream(up),
+                dest.upstream.clone(),
                 Some(session.clone()),
                 self.version(cx).to_owned(),
                 crate::relay::cancelled_notification(id),

@@ -26,7 +26,12 @@ impl Recorder<'_> {
         let route = cx.route.map(|i| snap.config.routes[i].name.as_str());
         let upstream = cx
             .upstream
-            .map(|i| snap.upstreams[i].config().name.as_str());
+            .map(|i| snap.upstreams[i].config().name.as_str())
+            .or_else(|| {
+                cx.route
+                    .filter(|_| cx.fanned_out)
+                    .map(|r| snap.route_upstream_name(r))
+            });
         let duration = cx.started.elapsed();
         let http_method = req.method.as_str();
         let label = cx.op.label();

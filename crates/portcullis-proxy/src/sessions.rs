@@ -507,7 +507,10 @@ mod tests {
     fn cursors_open_only_unaltered_and_on_their_route() {
         let s = seal();
         let c = s.seal_cursor("/mcp", b"positions").expect("sealed");
-        assert_eq!(s.open_cursor("/mcp", &c).as_deref(), Some(&b"positions"[..]));
+        assert_eq!(
+            s.open_cursor("/mcp", &c).as_deref(),
+            Some(&b"positions"[..])
+        );
         assert_eq!(s.open_cursor("/other", &c), None, "another route");
         let mut bytes = c.clone().into_bytes();
         let last = bytes.len() - 1;

@@ -12,6 +12,7 @@ use portcullis_config::Config;
 use crate::metrics::Metrics;
 use crate::sessions::SessionSeal;
 use crate::traffic::Traffic;
+use crate::upstream::federated::FederatedUpstream;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::Upstream;
 
@@ -33,6 +34,9 @@ pub struct Snapshot {
     pub config: Config,
     /// One per `config.upstreams`, same order.
     pub upstreams: Vec<Arc<HttpUpstream>>,
+    /// One per `config.routes`, same order: the route's federated upstream, if it has
+    /// members.
+    pub federations: Vec<Option<Arc<FederatedUpstream>>>,
     /// Seals the session ids handed to clients (`sessions.key_file|key_env`, else this
     /// process's random key).
     pub sessions: SessionSeal,
@@ -74,6 +78,33 @@ impl Snapshot {
                     shared.metrics.clone(),
                 ))
             })
+            .collect::<Vec<_>>();
+        let federations = config
+            .routes
+            .iter()
+            .map(|r| {
+                let spec = r.federation.clone()?;
+                let before = previous.and_then(|p| {
+                    p.federations
+                        .iter()
+                        .flatten()
+                        .find(|f| f.route() == r.path)
+                        .map(|f| &**f)
+                });
+                let members = spec
+                    .members
+                    .iter()
+                    .map(|m| upstreams[m.upstream].clone())
+                    .collect();
+                Some(Arc::new(FederatedUpstream::new(
+                    r,
+                    spec,
+                    members,
+                    sessions.clone(),
+                    before,
+                    shared.metrics.clone(),
+                )))
+            })
             .collect();
         let traffic = Traffic::build(
             &config,
@@ -83,6 +114,7 @@ impl Snapshot {
         Ok(Snapshot {
             config,
             upstreams,
+            federations,
             sessions,
             traffic,
         })
@@ -91,6 +123,36 @@ impl Snapshot {
     /// Upstream `i` as the stages see it.
     pub fn upstream(&self, i: usize) -> Arc<dyn Upstream> {
         self.upstreams[i].clone()
+    }
+
+    /// What route `r` sends to as a whole: its federated upstream, or its one upstream.
+    pub fn route_upstream(&self, r: usize) -> Arc<dyn Upstream> {
+        match &self.federations[r] {
+            Some(f) => f.clone(),
+            None => self.upstream(self.config.routes[r].upstream),
+        }
+    }
+
+    /// The name route `r`'s sessions, catalog and policy see its upstream by: its
+    /// federated upstream's (the route's name), or its one upstream's.
+    pub fn route_upstream_name(&self, r: usize) -> &str {
+        match &self.federations[r] {
+            Some(f) => f.name(),
+            None => &self.config.upstreams[self.config.routes[r].upstream].name,
+        }
+    }
+
+    /// Whether the annotations of route `r`'s tools are trusted: its upstream's
+    /// setting, or every member's on a federated route.
+    pub fn route_trusts_annotations(&self, r: usize) -> bool {
+        let route = &self.config.routes[r];
+        match &route.federation {
+            Some(f) => f
+                .members
+                .iter()
+                .all(|m| self.config.upstreams[m.upstream].trust_annotations),
+            None => self.config.upstreams[route.upstream].trust_annotations,
+        }
     }
 }
 

@@ -276,8 +276,16 @@ impl Traffic {
     /// every call must be counted and gated on its own, so batches (which would pass as
     /// one) and calls sent without an id (which would pass as notifications) are refused.
     pub(crate) fn governs(&self, config: &Config, route: usize) -> bool {
-        let up = &config.upstreams[config.routes[route].upstream];
-        !self.routes[route].is_empty() || up.concurrency.is_some() || !up.tools.is_empty()
+        let r = &config.routes[route];
+        let gated = |i: usize| {
+            let up = &config.upstreams[i];
+            up.concurrency.is_some() || !up.tools.is_empty()
+        };
+        !self.routes[route].is_empty()
+            || match &r.federation {
+                Some(f) => f.members.iter().any(|m| gated(m.upstream)),
+                None => gated(r.upstream),
+            }
     }
 }
 

@@ -87,7 +87,9 @@ pub(super) fn federation(
                     return Err(at.err(format!("`{p}` prefixes two members")));
                 }
                 if expose.is_some() {
-                    return Err(at.err("`expose` is for members mounted without a prefix (`prefix: \"\"`)"));
+                    return Err(
+                        at.err("`expose` is for members mounted without a prefix (`prefix: \"\"`)")
+                    );
                 }
             }
             None => {

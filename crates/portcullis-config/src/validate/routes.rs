@@ -60,15 +60,17 @@ pub(super) fn routes(
                 (i, None)
             }
             (None, false) => {
-                let f =
-                    super::federation::federation(&at, &r.members, r.federation.as_ref(), upstreams)?;
+                let f = super::federation::federation(
+                    &at,
+                    &r.members,
+                    r.federation.as_ref(),
+                    upstreams,
+                )?;
                 (f.members[0].upstream, Some(Arc::new(f)))
             }
-            (Some(_), false) => {
-                return Err(at.key("members").err(
-                    "give either `upstream` (one server) or `members` (several, federated), not both",
-                ))
-            }
+            (Some(_), false) => return Err(at.key("members").err(
+                "give either `upstream` (one server) or `members` (several, federated), not both",
+            )),
             (None, true) => {
                 return Err(at.err(
                     "no upstream: give `upstream` (one server) or `members` (several, federated)",

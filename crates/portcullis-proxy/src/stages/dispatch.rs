@@ -5,7 +5,6 @@
 //! unknown session). An upstream's own 401 challenge never reaches the client as if it
 //! were the gateway's (it would send the client's OAuth discovery to the wrong place).
 
-use bytes::Bytes;
 use http::header::{self, HeaderName};
 use pingora_http::RequestHeader;
 use portcullis_mcp::headers::MCP_SESSION_ID;
@@ -15,15 +14,16 @@ use crate::ctx::Ctx;
 use crate::metrics::Metrics;
 use crate::sessions::{owner_of, Bound};
 use crate::snapshot::Snapshot;
-use crate::upstream::{ClientRequest, Inbound, Outbound, OwnedPin, Sender, Upstream, Wait};
+use crate::stages::federate::Destination;
+use crate::upstream::{ClientRequest, Inbound, Outbound, OwnedPin, Sender, Wait};
 
 /// `Mcp-Session-Id`, parsed once.
 pub static MCP_SESSION_ID_H: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
 
 /// What to send.
 pub enum Verb {
-    /// A JSON-RPC message.
-    Post(Bytes),
+    /// The destination's JSON-RPC message.
+    Post,
     /// Open the session's stream.
     Stream,
     /// End the session.
@@ -42,11 +42,12 @@ pub struct Sending {
     pub rewritten: bool,
 }
 
-/// The upstream session the client's sealed `Mcp-Session-Id` names, if it sent one
-/// (none in the stateless revision, where a stray one is ignored and not forwarded).
+/// The upstream session the client's sealed `Mcp-Session-Id` names on `route`, if it
+/// sent one (none in the stateless revision, where a stray one is ignored and not
+/// forwarded). On a federated route it holds every member's session.
 pub fn session(
     snap: &Snapshot,
-    idx: usize,
+    route: usize,
     req: &RequestHeader,
     cx: &Ctx,
 ) -> Result<Option<OwnedPin>, Refusal> {
@@ -57,14 +58,13 @@ pub fn session(
     else {
         return Ok(None);
     };
-    let route = cx.route.map_or("", |r| snap.config.routes[r].path.as_str());
     let pin = snap
         .sessions
         .open(
             owner_of(cx.principal.as_deref()),
             Bound {
-                upstream: snap.upstreams[idx].name(),
-                route,
+                upstream: snap.route_upstream_name(route),
+                route: snap.config.routes[route].path.as_str(),
             },
             sid.as_bytes(),
         )
@@ -72,19 +72,19 @@ pub fn session(
     Ok(Some(pin))
 }
 
-/// Sends the request to upstream `idx` of the snapshot, in `session`.
+/// Sends the request to its destination, in the destination's session.
 pub async fn send(
-    snap: &Snapshot,
-    idx: usize,
+    dest: &Destination,
     req: &RequestHeader,
-    session: Option<&OwnedPin>,
     sending: Sending,
     metrics: &Metrics,
     cx: &mut Ctx,
 ) -> Result<Inbound, Refusal> {
-    cx.upstream = Some(idx);
-    let upstream = &*snap.upstreams[idx];
+    cx.upstream = dest.gated_by;
+    cx.fanned_out = dest.gated_by.is_none();
+    let upstream = &*dest.upstream;
     let name = upstream.name();
+    let session = dest.session.as_ref();
     let out = Outbound {
         sender: Sender::Client(ClientRequest {
             head: req,
@@ -99,7 +99,7 @@ pub async fn send(
         answer_by: sending.answer_by,
     };
     let sent = match sending.verb {
-        Verb::Post(body) => upstream.send(out, body).await,
+        Verb::Post => upstream.send(out, dest.body.clone()).await,
         Verb::Stream => upstream.open_stream(out).await,
         Verb::EndSession => upstream.end_session(out).await,
     };

@@ -47,8 +47,9 @@ pub async fn judge(
     let Some(asked) = judge::asked(method, env).map_err(Refusal::InvalidParams)? else {
         return Ok(None);
     };
-    let upstream = &snap.upstreams[route.upstream];
-    let cfg = upstream.config();
+    // On a federated route: the route's names, catalog and walk (docs/federation.md).
+    let upstream_name = snap.route_upstream_name(route_idx);
+    let trusted = snap.route_trusts_annotations(route_idx);
     let (decision, renamed, info) = match judge::upstream_tool(policy, &asked) {
         Err(()) => (judge::renamed_away(), None, ToolInfo::Unknown),
         Ok(renamed) => {
@@ -57,7 +58,7 @@ pub async fn judge(
             let decide = |info: ToolInfo| {
                 let annotations = match info {
                     // Trust is read now, so turning it off applies at once.
-                    ToolInfo::Listed(a) if cfg.trust_annotations => a,
+                    ToolInfo::Listed(a) if trusted => a,
                     _ => Annotations::SPEC_DEFAULTS,
                 };
                 judge::judge(
@@ -66,12 +67,12 @@ pub async fn judge(
                     method,
                     &asked,
                     &name,
-                    &cfg.name,
+                    upstream_name,
                     annotations,
                 )
             };
             let mut info = if is_tool {
-                catalogs.tool(&cfg.name, &name)
+                catalogs.tool(upstream_name, &name)
             } else {
                 ToolInfo::Unknown
             };
@@ -79,12 +80,7 @@ pub async fn judge(
             let needs_catalog = policy.uses_annotations() || decision.effect == Decided::Deny;
             if is_tool && info == ToolInfo::Unknown && needs_catalog {
                 info = catalogs
-                    .tool_after_walk(
-                        snap.upstream(route.upstream),
-                        cfg.trust_annotations,
-                        &name,
-                        WALK_WAIT,
-                    )
+                    .tool_after_walk(snap.route_upstream(route_idx), trusted, &name, WALK_WAIT)
                     .await;
                 decision = decide(info);
             }

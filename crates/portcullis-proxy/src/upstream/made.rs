@@ -38,16 +38,20 @@ pub fn answer(
     let bad = |_| Failure::BadRequest("the gateway could not build its answer".into());
     let mut head = ResponseHeader::build(status, Some(headers.len() + 1)).map_err(bad)?;
     for (k, v) in headers {
-        head.append_header(*k, http::HeaderValue::from_bytes(v).map_err(|_| {
-            Failure::BadRequest("the gateway could not build its answer".into())
-        })?)
+        head.append_header(
+            *k,
+            http::HeaderValue::from_bytes(v).map_err(|_| {
+                Failure::BadRequest("the gateway could not build its answer".into())
+            })?,
+        )
         .map_err(bad)?;
     }
     if !body.is_empty() {
         head.insert_header(http::header::CONTENT_LENGTH, body.len())
             .map_err(bad)?;
     } else if status != 204 && status != 304 {
-        head.insert_header(http::header::CONTENT_LENGTH, 0).map_err(bad)?;
+        head.insert_header(http::header::CONTENT_LENGTH, 0)
+            .map_err(bad)?;
     }
     Ok(Inbound {
         answer: Box::new(Made {

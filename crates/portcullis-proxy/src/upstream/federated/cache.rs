@@ -110,14 +110,28 @@ mod tests {
         let c = ListCache::default();
         c.put(key("a", None), Arc::new(Page::default()));
         assert!(c.fresh(&key("a", None), Duration::from_secs(60)).is_some());
-        assert!(c.fresh(&key("a", None), Duration::ZERO).is_none(), "ttl 0: never fresh");
-        assert!(c.last_good(&key("a", None), Duration::from_secs(60)).is_some());
-        assert!(c.last_good(&key("a", None), Duration::ZERO).is_none(), "past the grace");
-        assert!(c.fresh(&key("a", Some("2")), Duration::from_secs(60)).is_none());
+        assert!(
+            c.fresh(&key("a", None), Duration::ZERO).is_none(),
+            "ttl 0: never fresh"
+        );
+        assert!(c
+            .last_good(&key("a", None), Duration::from_secs(60))
+            .is_some());
+        assert!(
+            c.last_good(&key("a", None), Duration::ZERO).is_none(),
+            "past the grace"
+        );
+        assert!(c
+            .fresh(&key("a", Some("2")), Duration::from_secs(60))
+            .is_none());
         c.put(key("b", None), Arc::new(Page::default()));
         c.forget("a");
-        assert!(c.last_good(&key("a", None), Duration::from_secs(60)).is_none());
-        assert!(c.last_good(&key("b", None), Duration::from_secs(60)).is_some());
+        assert!(c
+            .last_good(&key("a", None), Duration::from_secs(60))
+            .is_none());
+        assert!(c
+            .last_good(&key("b", None), Duration::from_secs(60))
+            .is_some());
     }
 
     #[test]

@@ -131,7 +131,10 @@ pub fn discover(route: &str, answers: &[(&str, &Value)]) -> Value {
             })
             .unwrap_or_default()
     };
-    let mut common = answers.first().map(|(_, r)| versions(r)).unwrap_or_default();
+    let mut common = answers
+        .first()
+        .map(|(_, r)| versions(r))
+        .unwrap_or_default();
     for (_, r) in answers.iter().skip(1) {
         let theirs = versions(r);
         common.retain(|v| theirs.contains(v));
@@ -159,7 +162,10 @@ pub fn discover(route: &str, answers: &[(&str, &Value)]) -> Value {
         .entry("_meta")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(meta) = meta.as_object_mut() {
-        meta.insert("io.modelcontextprotocol/serverInfo".into(), server_info(route));
+        meta.insert(
+            "io.modelcontextprotocol/serverInfo".into(),
+            server_info(route),
+        );
     }
     Value::Object(out)
 }

@@ -29,7 +29,9 @@ use self::merge::Listing;
 use self::names::Names;
 use super::http::HttpUpstream;
 use super::own::{self, Answered};
-use super::{made, ClientRequest, Failure, Inbound, Outbound, OwnedPin, Pin, Sender, Upstream, Wait};
+use super::{
+    made, ClientRequest, Failure, Inbound, Outbound, OwnedPin, Pin, Sender, Upstream, Wait,
+};
 use crate::metrics::Metrics;
 use crate::sessions::SessionSeal;
 
@@ -202,7 +204,9 @@ impl FederatedUpstream {
         let mut sessions = Vec::new();
         for (m, answered) in answers.into_iter().enumerate() {
             let Some(answered) = answered else { continue };
-            let Some(result) = answered.message.and_then(|mut v| v.get_mut("result").map(Value::take))
+            let Some(result) = answered
+                .message
+                .and_then(|mut v| v.get_mut("result").map(Value::take))
             else {
                 continue;
             };
@@ -229,7 +233,12 @@ impl FederatedUpstream {
         if !sid.is_empty() {
             headers.push((portcullis_mcp::headers::MCP_SESSION_ID, &sid));
         }
-        made::answer(200, &headers, rpc_body(id, Reply::Result(merged)), &self.replica)
+        made::answer(
+            200,
+            &headers,
+            rpc_body(id, Reply::Result(merged)),
+            &self.replica,
+        )
     }
 
     /// `server/discover` (2026-07-28): every member's, merged.
@@ -256,12 +265,7 @@ impl FederatedUpstream {
 
     /// One page of a merged list: the next page of every member the cursor says has
     /// more (all of them without a cursor), names mapped, and a cursor for the rest.
-    async fn list(
-        &self,
-        out: &Outbound<'_>,
-        env: &Envelope<'_>,
-        listing: Listing,
-    ) -> Reply {
+    async fn list(&self, out: &Outbound<'_>, env: &Envelope<'_>, listing: Listing) -> Reply {
         let mut params: Map<String, Value> = env
             .params
             .and_then(|p| serde_json::from_str(p.get()).ok())
@@ -277,7 +281,15 @@ impl FederatedUpstream {
         let sessions = self.sessions(out.session);
         let id = env.id.map(|r| r.get()).unwrap_or("0");
         let pages = join_all(positions.iter().map(|(m, cursor)| {
-            self.page(out, sessions[*m].as_ref(), *m, listing, cursor.clone(), &params, id)
+            self.page(
+                out,
+                sessions[*m].as_ref(),
+                *m,
+                listing,
+                cursor.clone(),
+                &params,
+                id,
+            )
         }))
         .await;
         let mut items = Vec::new();
@@ -517,7 +529,12 @@ impl Upstream for FederatedUpstream {
     /// A federated route offers no GET stream yet: 405, which the spec gives a server
     /// that does not (clients then go on without one).
     async fn open_stream(&self, _out: Outbound<'_>) -> Result<Inbound, Failure> {
-        made::answer(405, &[("allow", b"POST, DELETE")], Bytes::new(), &self.replica)
+        made::answer(
+            405,
+            &[("allow", b"POST, DELETE")],
+            Bytes::new(),
+            &self.replica,
+        )
     }
 
     /// Ends every member's session.
@@ -536,7 +553,10 @@ impl Upstream for FederatedUpstream {
                 })
                 .await;
                 if ended.is_err() {
-                    tracing::debug!(member = member.name(), "ending a member's session timed out");
+                    tracing::debug!(
+                        member = member.name(),
+                        "ending a member's session timed out"
+                    );
                 }
             })
         }))

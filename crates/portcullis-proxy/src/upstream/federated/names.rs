@@ -60,16 +60,17 @@ impl Names {
     pub fn inward<'a>(&self, name: &'a str) -> Option<(usize, &'a str)> {
         // Prefixes end in a letter or digit and never hold the separator, so at most
         // one matches.
-        self.mounts.iter().enumerate().find_map(|(m, mount)| {
-            match (&mount.lead, &mount.expose) {
+        self.mounts
+            .iter()
+            .enumerate()
+            .find_map(|(m, mount)| match (&mount.lead, &mount.expose) {
                 (Some(lead), _) => name
                     .strip_prefix(lead.as_str())
                     .filter(|own| !own.is_empty())
                     .map(|own| (m, own)),
                 (None, Some(names)) if names.contains(name) => Some((m, name)),
                 (None, _) => None,
-            }
-        })
+            })
     }
 
     /// What clients see for member `m`'s resource URI (or URI template) `own`.
@@ -136,7 +137,11 @@ mod tests {
         assert_eq!(n.outward(2, "search").as_deref(), Some("search"));
         assert_eq!(n.outward(2, "other"), None, "not exposed");
         assert_eq!(n.inward("search"), Some((2, "search")));
-        assert_eq!(n.outward(0, &"x".repeat(126)), None, "too long once prefixed");
+        assert_eq!(
+            n.outward(0, &"x".repeat(126)),
+            None,
+            "too long once prefixed"
+        );
         assert_eq!(n.outward(9, "echo"), None);
     }
 
