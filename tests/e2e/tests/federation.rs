@@ -1,0 +1,418 @@
+//! Federated routes: three real rmcp servers whose tool names overlap, behind one route.
+//! Merged and prefixed lists, calls routed to the member that owns the name, every page
+//! of a member with more than one walked through the gateway's own cursors, a tampered
+//! cursor refused, both protocol eras, and a member that goes away (its tools stay for
+//! the grace period, then go, while the others keep answering).
+
+#![allow(deprecated)]
+
+use std::sync::Arc;
+
+use portcullis_e2e::*;
+use rmcp::model::*;
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+
+/// A member server: `tools` tools (`echo`, `tool1`, `tool2`...) listed `page` at a time,
+/// one resource; every answer names the member, so a test sees who served it.
+#[derive(Clone)]
+struct Member {
+    who: &'static str,
+    tools: usize,
+    page: usize,
+}
+
+impl Member {
+    fn tool_names(&self) -> Vec<String> {
+        (0..self.tools)
+            .map(|i| {
+                if i == 0 {
+                    "echo".to_owned()
+                } else {
+                    format!("tool{i}")
+                }
+            })
+            .collect()
+    }
+}
+
+impl ServerHandler for Member {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new(self.who, "1.0.0"))
+        .with_instructions(format!("{} knows things", self.who))
+    }
+
+    async fn list_tools(
+        &self,
+        r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let start: usize = match r.and_then(|r| r.cursor) {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| McpError::invalid_params("not my cursor", None))?,
+        };
+        let schema = Arc::new(
+            serde_json::json!({"type": "object"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let names = self.tool_names();
+        let tools = names
+            .iter()
+            .skip(start)
+            .take(self.page)
+            .map(|n| Tool::new(n.clone(), format!("{} {n}", self.who), schema.clone()))
+            .collect();
+        let mut listed = ListToolsResult::with_all_items(tools);
+        if start + self.page < names.len() {
+            listed.next_cursor = Some((start + self.page).to_string());
+        }
+        Ok(listed)
+    }
+
+    async fn call_tool(
+        &self,
+        req: CallToolRequestParams,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        if !self.tool_names().iter().any(|n| *n == req.name) {
+            return Err(McpError::invalid_params(
+                format!("no tool {}", req.name),
+                None,
+            ));
+        }
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!(
+            "{}:{}",
+            self.who, req.name
+        ))])
+        .into())
+    }
+
+    async fn list_resources(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![Resource::new(
+            format!("mem://{}/readme", self.who),
+            "readme",
+        )]))
+    }
+
+    async fn read_resource(
+        &self,
+        req: ReadResourceRequestParams,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        if req.uri != format!("mem://{}/readme", self.who) {
+            return Err(McpError::resource_not_found(
+                format!("no resource {}", req.uri),
+                None,
+            ));
+        }
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(
+            format!("{} readme", self.who),
+            req.uri,
+        )])
+        .into())
+    }
+}
+
+/// Three members: alpha with 5 tools listed 2 at a time (three pages), beta and gamma
+/// with 2 tools each; all three have `echo`.
+async fn members() -> (Upstream, Upstream, Upstream) {
+    let alpha = Upstream::serve(|| Member {
+        who: "alpha",
+        tools: 5,
+        page: 2,
+    })
+    .await;
+    let beta = Upstream::serve(|| Member {
+        who: "beta",
+        tools: 2,
+        page: 10,
+    })
+    .await;
+    let gamma = Upstream::serve(|| Member {
+        who: "gamma",
+        tools: 2,
+        page: 10,
+    })
+    .await;
+    (alpha, beta, gamma)
+}
+
+/// A gateway with one federated route `/mcp` over the three, with `federation`
+/// settings (YAML under `federation:`).
+async fn federated(m: &(Upstream, Upstream, Upstream), federation: &str) -> Gateway {
+    Gateway::start(&format!(
+        "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
+routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, beta, gamma]\n    federation:\n{federation}\
+upstreams:\n  alpha:\n    url: {}\n    connect_timeout: 1s\n  beta:\n    url: {}\n    connect_timeout: 1s\n  gamma:\n    url: {}\n    connect_timeout: 1s\n",
+        m.0.url, m.1.url, m.2.url
+    ))
+    .await
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn call(c: &Client, name: &str) -> Result<String, rmcp::ServiceError> {
+    c.service
+        .call_tool(CallToolRequestParams::new(name.to_owned()))
+        .await
+        .map(|r| text(&r))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_lists_are_prefixed_and_each_call_reaches_the_member_that_owns_it() {
+    let m = members().await;
+    let gw = federated(&m, "      separator: __\n").await;
+    let c = connect_session(&gw.url).await;
+
+    let info = c.service.peer_info().expect("initialize result");
+    let server = info.server_info.clone().expect("serverInfo");
+    assert_eq!(server.name, "portcullis fleet");
+    let instructions = info.instructions.clone().unwrap_or_default();
+    for who in ["alpha", "beta", "gamma"] {
+        assert!(
+            instructions.contains(&format!("{who} knows things")),
+            "instructions joined: {instructions}"
+        );
+    }
+    assert!(info.capabilities.tools.is_some() && info.capabilities.resources.is_some());
+
+    // rmcp's list_all_tools follows nextCursor: every page of alpha arrives.
+    let tools = c.service.list_all_tools().await.expect("every page");
+    let names = sorted(tools.iter().map(|t| t.name.to_string()).collect());
+    assert_eq!(
+        names,
+        sorted(
+            [
+                "alpha__echo",
+                "alpha__tool1",
+                "alpha__tool2",
+                "alpha__tool3",
+                "alpha__tool4",
+                "beta__echo",
+                "beta__tool1",
+                "gamma__echo",
+                "gamma__tool1"
+            ]
+            .map(String::from)
+            .to_vec()
+        ),
+        "nothing lost or listed twice"
+    );
+
+    assert_eq!(call(&c, "beta__echo").await.expect("beta"), "beta:echo");
+    assert_eq!(
+        call(&c, "alpha__tool4").await.expect("alpha"),
+        "alpha:tool4"
+    );
+    assert_eq!(call(&c, "gamma__echo").await.expect("gamma"), "gamma:echo");
+    let unknown = call(&c, "delta__echo").await;
+    assert!(unknown.is_err(), "a prefix no member has is unknown");
+    let unprefixed = call(&c, "echo").await;
+    assert!(unprefixed.is_err(), "own names are not client names");
+
+    let resources = c.service.list_all_resources().await.expect("resources");
+    let uris = sorted(resources.iter().map(|r| r.uri.clone()).collect());
+    assert_eq!(
+        uris,
+        [
+            "portcullis://alpha/mem://alpha/readme",
+            "portcullis://beta/mem://beta/readme",
+            "portcullis://gamma/mem://gamma/readme"
+        ]
+    );
+    let read = c
+        .service
+        .read_resource(ReadResourceRequestParams::new(
+            "portcullis://beta/mem://beta/readme",
+        ))
+        .await
+        .expect("read through the wrapped URI");
+    let body = serde_json::to_string(&read).expect("json");
+    assert!(body.contains("beta readme"), "{body}");
+
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"portcullis_federation_list_pages_total{route="fleet",source="upstream"}"#),
+        "{metrics}"
+    );
+    c.service
+        .cancel()
+        .await
+        .expect("DELETE ends every member's session");
+}
+
+/// A raw `tools/list` in the stateless revision, with `cursor` if any.
+async fn raw_list(url: &str, cursor: Option<&str>) -> serde_json::Value {
+    let mut params = serde_json::json!({"_meta": stateless_meta()});
+    if let Some(c) = cursor {
+        params["cursor"] = serde_json::Value::String(c.to_owned());
+    }
+    let body =
+        serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": params});
+    let r = http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("tools/list");
+    let text = r.text().await.expect("body");
+    messages(&text).pop().expect("one message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_cursors_walk_every_page_and_a_tampered_one_is_refused() {
+    let m = members().await;
+    let gw = federated(&m, "      list_cache_ttl: 0s\n").await;
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    let first_cursor = loop {
+        let page = raw_list(&gw.url, cursor.as_deref()).await;
+        let result = &page["result"];
+        for t in result["tools"].as_array().expect("tools") {
+            seen.push(t["name"].as_str().expect("name").to_owned());
+        }
+        pages += 1;
+        assert!(pages <= 5, "the walk ends");
+        match result["nextCursor"].as_str() {
+            Some(next) => {
+                assert!(
+                    !next.contains("alpha") && next.parse::<u64>().is_err(),
+                    "the cursor is the gateway's own, not a member's: {next}"
+                );
+                if cursor.is_none() {
+                    cursor = Some(next.to_owned());
+                    continue;
+                }
+                cursor = Some(next.to_owned());
+            }
+            None => break cursor,
+        }
+    };
+    assert_eq!(pages, 3, "alpha's three pages");
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    assert_eq!(
+        sorted(seen.clone()),
+        {
+            let mut d = seen.clone();
+            d.sort();
+            d.dedup();
+            d
+        },
+        "no name twice"
+    );
+
+    let cursor = first_cursor.expect("a cursor");
+    // Flip one character in the middle: the seal no longer opens.
+    let mut bytes = cursor.into_bytes();
+    let mid = bytes.len() / 2;
+    bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).expect("ascii");
+    for bad in [tampered.as_str(), "3", "", "not a cursor at all"] {
+        let answer = raw_list(&gw.url, Some(bad)).await;
+        assert_eq!(answer["error"]["code"], -32602, "{bad:?}: {answer}");
+        assert_eq!(answer["id"], 7);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stateless_revision_discovers_lists_and_calls_through_a_federated_route() {
+    let m = members().await;
+    let gw = federated(&m, "      separator: \"-\"\n").await;
+    let c = connect_stateless(&gw.url).await;
+    let tools = c.service.list_all_tools().await.expect("tools");
+    assert!(tools.iter().any(|t| t.name == "gamma-tool1"), "{tools:?}");
+    let r = stateless_call(
+        &http_client(),
+        &gw.url,
+        "gamma-tool1",
+        serde_json::json!({}),
+    )
+    .send()
+    .await
+    .expect("call");
+    let body = r.text().await.expect("body");
+    assert!(body.contains("gamma:tool1"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_goes_down_keeps_its_tools_for_the_grace_period_then_they_go() {
+    let (alpha, beta, gamma) = members().await;
+    let m = (alpha, beta, gamma);
+    let gw = federated(
+        &m,
+        "      list_cache_ttl: 0s\n      grace: 3s\n      fanout_timeout: 2s\n",
+    )
+    .await;
+    let c = connect_stateless(&gw.url).await;
+    let names =
+        |tools: Vec<Tool>| -> Vec<String> { tools.iter().map(|t| t.name.to_string()).collect() };
+    let before = names(c.service.list_all_tools().await.expect("tools"));
+    assert!(before.iter().any(|n| n == "gamma__echo"));
+
+    let (alpha, beta, gamma) = m;
+    drop(gamma);
+    // Within the grace period its last good list is served.
+    let during = names(c.service.list_all_tools().await.expect("tools"));
+    assert!(
+        during.iter().any(|n| n == "gamma__echo"),
+        "kept for the grace period: {during:?}"
+    );
+    gw.wait_metrics("a stale page served", |m| {
+        m.contains(r#"portcullis_federation_list_pages_total{route="fleet",source="stale"}"#)
+    })
+    .await;
+    let failures = gw.metrics().await;
+    assert!(
+        failures.contains(r#"portcullis_federation_member_failures_total{kind="error",member="gamma",route="fleet"}"#),
+        "{failures}"
+    );
+
+    // Then they go, and the others stay.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let after = loop {
+        let now = names(c.service.list_all_tools().await.expect("tools"));
+        if !now.iter().any(|n| n.starts_with("gamma__")) {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gamma's tools outlived the grace period"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(after.iter().any(|n| n == "alpha__tool4") && after.iter().any(|n| n == "beta__echo"));
+    drop((alpha, beta));
+}
