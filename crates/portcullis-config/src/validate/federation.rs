@@ -146,3 +146,128 @@ pub(super) fn federation(
         grace: settings.grace,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::error::ConfigError;
+    use crate::Config;
+
+    const UPSTREAMS: &str = "\
+upstreams:
+  github:
+    url: http://127.0.0.1:3001/mcp
+  jira:
+    url: http://127.0.0.1:3002/mcp
+  docs:
+    url: http://127.0.0.1:3003/mcp
+";
+
+    fn load(route: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:1\nroutes:\n  - path: /mcp\n{route}{UPSTREAMS}"
+        );
+        crate::load_str(std::path::Path::new("/etc/portcullis/portcullis.yaml"), &text)
+    }
+
+    fn refused(route: &str, key: &str, says: &str) {
+        let e = load(route).expect_err("should be refused");
+        assert_eq!(e.key.as_deref(), Some(key), "{route}: {e}");
+        assert!(e.line.is_some(), "{e}");
+        assert!(e.message.contains(says), "{route}: {e}");
+    }
+
+    #[test]
+    fn members_are_prefixed_by_name_unless_told_otherwise() {
+        let c = load(
+            "    members:\n      - github\n      - {upstream: jira, prefix: tickets}\n      - {upstream: docs, prefix: \"\", expose: [search_docs]}\n    federation:\n      separator: \".\"\n      list_cache_ttl: 0s\n",
+        )
+        .expect("valid");
+        let f = c.routes[0].federation.as_ref().expect("federated");
+        let prefixes: Vec<_> = f.members.iter().map(|m| m.prefix.as_deref()).collect();
+        assert_eq!(prefixes, [Some("github"), Some("tickets"), None]);
+        assert_eq!(f.separator, ".");
+        assert!(f.list_cache_ttl.is_zero());
+        assert_eq!(f.fanout_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.routes[0].upstream, f.members[0].upstream);
+    }
+
+    #[test]
+    fn names_that_could_collide_are_refused_with_their_key() {
+        refused(
+            "    members: [github, github]\n",
+            "routes[0].members[1]",
+            "a member twice",
+        );
+        refused(
+            "    members: [github, {upstream: jira, prefix: github}]\n",
+            "routes[0].members[1].prefix",
+            "prefixes two members",
+        );
+        refused(
+            "    members: [github, {upstream: jira, prefix: \"a__b\"}]\n",
+            "routes[0].members[1].prefix",
+            "separator",
+        );
+        refused(
+            "    members: [github, {upstream: jira, prefix: \"j-\"}]\n",
+            "routes[0].members[1].prefix",
+            "ending in a letter or digit",
+        );
+        refused(
+            "    members: [github, {upstream: jira, prefix: \"\"}]\n",
+            "routes[0].members[1].prefix",
+            "expose",
+        );
+        refused(
+            "    members: [github, {upstream: jira, prefix: \"\", expose: [github__x]}]\n",
+            "routes[0].members[1].expose[0]",
+            "collide",
+        );
+        refused(
+            "    members:\n      - {upstream: jira, prefix: \"\", expose: [x]}\n      - {upstream: docs, prefix: \"\", expose: [x]}\n",
+            "routes[0].members[1].expose[0]",
+            "two members",
+        );
+        refused(
+            "    members: [{upstream: jira, prefix: \"\", expose: [\"bad name\"]}]\n",
+            "routes[0].members[0].expose[0]",
+            "not a valid tool name",
+        );
+        refused(
+            "    members: [{upstream: jira, expose: [x]}]\n",
+            "routes[0].members[0].prefix",
+            "without a prefix",
+        );
+    }
+
+    #[test]
+    fn settings_and_shapes_are_checked() {
+        refused(
+            "    members: [github]\n    federation:\n      separator: \"/\"\n",
+            "routes[0].federation.separator",
+            "one to four",
+        );
+        refused(
+            "    members: [github]\n    federation:\n      fanout_timeout: 0s\n",
+            "routes[0].federation.fanout_timeout",
+            "more than 0s",
+        );
+        refused(
+            "    members: [nope]\n",
+            "routes[0].members[0]",
+            "no upstream named `nope`",
+        );
+        refused(
+            "    upstream: github\n    members: [jira]\n",
+            "routes[0].members",
+            "not both",
+        );
+        refused(
+            "    upstream: github\n    federation:\n      separator: \"-\"\n",
+            "routes[0].federation",
+            "with `members`",
+        );
+        refused("    name: x\n", "routes[0]", "no upstream");
+        refused("    members: []\n", "routes[0]", "no upstream");
+    }
+}
