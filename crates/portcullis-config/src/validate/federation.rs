@@ -166,7 +166,10 @@ upstreams:
         let text = format!(
             "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:1\nroutes:\n  - path: /mcp\n{route}{UPSTREAMS}"
         );
-        crate::load_str(std::path::Path::new("/etc/portcullis/portcullis.yaml"), &text)
+        crate::load_str(
+            std::path::Path::new("/etc/portcullis/portcullis.yaml"),
+            &text,
+        )
     }
 
     fn refused(route: &str, key: &str, says: &str) {

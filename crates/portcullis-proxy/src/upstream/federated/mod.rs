@@ -76,14 +76,25 @@ impl FederatedUpstream {
         previous: Option<&FederatedUpstream>,
         metrics: Arc<Metrics>,
     ) -> FederatedUpstream {
+        let names = Names::new(&spec);
+        let cache: Arc<ListCache> = previous.map_or_else(Default::default, |p| p.cache.clone());
+        if let Some(p) = previous {
+            // A member no longer on the route: its pages must not come back with it.
+            for m in 0..p.members.len() {
+                let key = p.names.key(m);
+                if names.member(key).is_none() {
+                    cache.forget(key);
+                }
+            }
+        }
         FederatedUpstream {
             name: route.name.clone(),
             route: route.path.clone(),
-            names: Names::new(&spec),
+            names,
             spec,
             members,
             seal,
-            cache: previous.map_or_else(Default::default, |p| p.cache.clone()),
+            cache,
             replica: Arc::from(FEDERATED_REPLICA),
             metrics,
         }
