@@ -154,11 +154,20 @@ async fn members() -> (Upstream, Upstream, Upstream) {
 /// A gateway with one federated route `/mcp` over the three, with `federation`
 /// settings (YAML under `federation:`).
 async fn federated(m: &(Upstream, Upstream, Upstream), federation: &str) -> Gateway {
+    federated_with(m, federation, "").await
+}
+
+/// [`federated`] with `extra` top-level YAML (a `sessions:` block).
+async fn federated_with(
+    m: &(Upstream, Upstream, Upstream),
+    federation: &str,
+    extra: &str,
+) -> Gateway {
     Gateway::start(&format!(
         "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
 server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
 routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, beta, gamma]\n    federation:\n{federation}\
-upstreams:\n  alpha:\n    url: {}\n    connect_timeout: 1s\n  beta:\n    url: {}\n    connect_timeout: 1s\n  gamma:\n    url: {}\n    connect_timeout: 1s\n",
+upstreams:\n  alpha:\n    url: {}\n    connect_timeout: 1s\n  beta:\n    url: {}\n    connect_timeout: 1s\n  gamma:\n    url: {}\n    connect_timeout: 1s\n{extra}",
         m.0.url, m.1.url, m.2.url
     ))
     .await
@@ -415,4 +424,111 @@ async fn a_member_that_goes_down_keeps_its_tools_for_the_grace_period_then_they_
     };
     assert!(after.iter().any(|n| n == "alpha__tool4") && after.iter().any(|n| n == "beta__echo"));
     drop((alpha, beta));
+}
+
+/// A raw 2025-11-25 POST in session `sid`; the status and the JSON-RPC messages.
+async fn in_session(
+    url: &str,
+    sid: &str,
+    body: serde_json::Value,
+) -> (u16, Vec<serde_json::Value>) {
+    let r = http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    let msgs = if status == 200 {
+        messages(&text)
+    } else {
+        Vec::new()
+    };
+    (status, msgs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_with_one_key_serve_one_federated_session_alternately() {
+    let m = members().await;
+    let dir = scratch_dir();
+    let key = dir.join("session.key");
+    std::fs::write(&key, "k".repeat(40)).expect("write key");
+    let shared = format!("sessions:\n  key_file: {}\n", key.display());
+    let a = federated_with(&m, "      separator: __\n", &shared).await;
+    let b = federated_with(&m, "      separator: __\n", &shared).await;
+
+    let sid = initialize_raw(&a.url, "unused").await;
+    let (status, _) = in_session(
+        &b.url,
+        &sid,
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(
+        status, 202,
+        "the other replica takes the session's next message"
+    );
+
+    // Each call lands on the member that owns the name, in the member session the
+    // first replica opened, whichever replica carries it.
+    let calls = [
+        (&a, "alpha__echo", "alpha:echo"),
+        (&b, "beta__tool1", "beta:tool1"),
+        (&a, "gamma__echo", "gamma:echo"),
+        (&b, "alpha__tool4", "alpha:tool4"),
+    ];
+    for (i, (gw, tool, says)) in calls.into_iter().enumerate() {
+        let (status, msgs) = in_session(
+            &gw.url,
+            &sid,
+            serde_json::json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+                "params": {"name": tool, "arguments": {}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{tool} on {}", gw.url);
+        assert_eq!(msgs.len(), 1, "one answer, not two: {msgs:?}");
+        assert_eq!(msgs[0]["id"], i + 1);
+        assert_eq!(
+            msgs[0]["result"]["content"][0]["text"], says,
+            "{tool}: {msgs:?}"
+        );
+    }
+    let (status, msgs) = in_session(
+        &b.url,
+        &sid,
+        serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed = msgs[0]["result"]["tools"].to_string();
+    assert!(
+        listed.contains("beta__echo") && listed.contains("gamma__tool1"),
+        "{listed}"
+    );
+
+    // Ending the session on one replica ends it for both: the members forgot it.
+    let r = http_client()
+        .delete(&b.url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, _) = in_session(
+        &a.url,
+        &sid,
+        serde_json::json!({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+            "params": {"name": "beta__echo", "arguments": {}}}),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "a session ended on one replica is gone on the other"
+    );
 }
