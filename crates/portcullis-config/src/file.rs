@@ -754,6 +754,69 @@ pub struct UpstreamFile {
     /// `never`. Default `auto`.
     #[serde(default)]
     pub http2: Http2File,
+    /// Endpoints found by DNS, re-resolved on an interval (a Kubernetes headless
+    /// Service). Default: none (resolved once when the config loads).
+    #[serde(default)]
+    pub discovery: Option<DiscoveryFile>,
+    /// Active health checks of every endpoint. Default: every 5s, 2 failures in a row
+    /// mark an endpoint unhealthy, 1 success marks it healthy again.
+    #[serde(default)]
+    pub health_check: HealthCheckFile,
+}
+
+/// `upstreams.<name>.discovery:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    /// How often the names are resolved again. Default 10s.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: Duration,
+    /// How long an endpoint that left the DNS answer keeps serving the sessions pinned
+    /// to it (it takes no new ones). Default 5m.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `upstreams.<name>.health_check:`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// How often each endpoint is probed. Default 5s.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Failed probes in a row that mark an endpoint unhealthy. Default 2.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// Good probes in a row that mark it healthy again. Default 1.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> HealthCheckFile {
+        HealthCheckFile {
+            interval: default_probe_interval(),
+            unhealthy_after: default_unhealthy_after(),
+            healthy_after: default_healthy_after(),
+        }
+    }
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_unhealthy_after() -> u32 {
+    2
+}
+fn default_healthy_after() -> u32 {
+    1
 }
 
 /// `upstreams.<name>.http2`

@@ -17,14 +17,15 @@ pub use error::ConfigError;
 pub use file::{
     AccessLogFile, AdmissionFile, AuditLogFile, AuthFile, BreakerFile, CertificateFile,
     CertificateNameFile, ClientCertificateAuthFile, ClientCertificatesFile, ConfigFile,
-    FederationFile, GateFile, Http2File, HttpFile, IdentityHeadersFile, IssuerFile, JwtFile,
-    ListenersFile, MemberFile, MountedFile, RateLimitFile, RedisFile, RouteFile, ServerFile,
-    SessionsFile, TlsListenerFile, ToolTrafficFile, UpstreamFile, UpstreamTlsFile,
+    DiscoveryFile, FederationFile, GateFile, HealthCheckFile, Http2File, HttpFile,
+    IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, MemberFile, MountedFile,
+    RateLimitFile, RedisFile, RouteFile, ServerFile, SessionsFile, TlsListenerFile,
+    ToolTrafficFile, UpstreamFile, UpstreamTlsFile,
 };
 pub use model::{
-    canonical_ip, Admission, Config, Deadline, Federation, Http, Http2, IdentityHeaders, Member,
-    OriginRule, Redis, Route, SessionKey, TlsListener, ToolTraffic, Upstream, UpstreamTls,
-    MIN_SESSION_KEY_LEN,
+    canonical_ip, Admission, Config, Deadline, Discovery, Federation, HealthCheck, Http, Http2,
+    IdentityHeaders, Member, OriginRule, Redis, Route, SessionKey, TlsListener, ToolTraffic,
+    Upstream, UpstreamTls, MIN_SESSION_KEY_LEN,
 };
 pub use policy::{load_policy, policy_from_str};
 pub use size::ByteSize;

@@ -233,8 +233,13 @@ pub struct Upstream {
     pub authority: String,
     /// The upstream's endpoint path (with query, if the URL had one).
     pub path: String,
-    /// Addresses to connect to, tried round-robin.
+    /// Addresses to connect to, as resolved at load (empty with [`Upstream::discovery`]:
+    /// the gateway resolves those names itself, asynchronously).
     pub endpoints: Vec<SocketAddr>,
+    /// DNS discovery of the endpoints, if configured.
+    pub discovery: Option<Discovery>,
+    /// How endpoints are probed.
+    pub health_check: HealthCheck,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes from the upstream.
@@ -259,6 +264,28 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// Which HTTP versions are spoken to it.
     pub http2: Http2,
+}
+
+/// Endpoints found by DNS (`upstreams.<name>.discovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// The `host:port` names resolved (the URL's, or each `endpoints` entry).
+    pub names: Vec<String>,
+    /// How often they are resolved again.
+    pub refresh: Duration,
+    /// How long an endpoint that left the answer keeps its pinned sessions.
+    pub drain: Duration,
+}
+
+/// Active health checks (`upstreams.<name>.health_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between probes of one endpoint.
+    pub interval: Duration,
+    /// Failed probes in a row before an endpoint is unhealthy.
+    pub unhealthy_after: u32,
+    /// Good probes in a row before it is healthy again.
+    pub healthy_after: u32,
 }
 
 /// HTTP/2 towards an upstream (`upstreams.<name>.http2`).

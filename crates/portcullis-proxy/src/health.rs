@@ -1,15 +1,21 @@
-//! Upstream reachability for `/readyz`: a background probe of every endpoint, a TCP
-//! connect, or for an https upstream a full TLS handshake with its own TLS settings
-//! (so an untrusted or expired certificate shows as down, not as up).
+//! Active health checks of every upstream endpoint, for endpoint selection and for
+//! `/readyz`: a TCP connect, or for an https upstream a full TLS handshake with its own
+//! TLS settings (so an untrusted or expired certificate shows as down, not as up). Each
+//! upstream's endpoints are probed every `health_check.interval`, all at once; the
+//! results move endpoints in and out of selection ([`Endpoints::probed`]).
 //!
 //! Ready means: a config is loaded, the first probe round has finished, and at least
 //! one upstream has an endpoint that accepts connections (or none are configured).
 //! One dead upstream does not make the gateway unready: that would pull every replica
 //! out of its Service and turn a partial outage into a total one.
+//!
+//! [`Endpoints::probed`]: crate::upstream::endpoints::Endpoints::probed
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -19,9 +25,10 @@ use pingora_core::services::background::BackgroundService;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Live;
+use crate::upstream::http::HttpUpstream;
 
-/// How often upstreams are probed.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// The longest the prober sleeps, so a reload's new upstreams are probed soon.
+const MAX_NAP: Duration = Duration::from_secs(1);
 
 /// The latest probe results.
 #[derive(Default)]
@@ -60,43 +67,89 @@ pub struct Prober {
 }
 
 impl Prober {
-    async fn probe_once(&self) {
+    /// Probes every upstream whose interval has passed since `last` says it was probed
+    /// (and records when); returns when the next one is due.
+    async fn probe_due(&self, last: &mut HashMap<String, Probed>) -> Instant {
         let snap = self.live.load_full();
-        let mut results = Vec::with_capacity(snap.upstreams.len());
-        for up in &snap.upstreams {
-            let mut any = false;
-            let limit = up.config().connect_timeout;
-            for (i, addr) in up.endpoints().addrs().iter().enumerate() {
-                let reached = if up.config().tls.is_some() {
-                    let dial = self.transport.new_stream(up.peer(i));
-                    matches!(tokio::time::timeout(limit, dial).await, Ok(Ok(_)))
-                } else {
-                    let connect = tokio::net::TcpStream::connect(*addr);
-                    matches!(tokio::time::timeout(limit, connect).await, Ok(Ok(_)))
-                };
-                if reached {
-                    any = true;
-                    break;
-                }
-            }
-            self.metrics
-                .upstream_up
-                .with_label_values(&[up.config().name.as_str()])
-                .set(i64::from(any));
-            results.push((up.config().name.clone(), any));
+        let now = Instant::now();
+        let due: Vec<_> = snap
+            .upstreams
+            .iter()
+            .filter(|up| {
+                // Endpoints that changed (a DNS answer, a reload) are probed at once.
+                last.get(&up.config().name).is_none_or(|(t, addrs)| {
+                    now.duration_since(*t) >= up.endpoints().probe_interval()
+                        || *addrs != active_addrs(up)
+                })
+            })
+            .collect();
+        futures::future::join_all(due.iter().map(|up| self.probe(up))).await;
+        for up in &due {
+            last.insert(up.config().name.clone(), (now, active_addrs(up)));
         }
+        last.retain(|name, _| snap.upstreams.iter().any(|u| &u.config().name == name));
+        let results: Vec<(String, bool)> = snap
+            .upstreams
+            .iter()
+            .map(|up| {
+                let any = up.endpoints().active().iter().any(|e| e.healthy());
+                self.metrics
+                    .upstream_up
+                    .with_label_values(&[up.config().name.as_str()])
+                    .set(i64::from(any));
+                (up.config().name.clone(), any)
+            })
+            .collect();
         self.health.upstreams.store(Arc::new(results));
         self.health.probed.store(true, Ordering::Release);
+        snap.upstreams
+            .iter()
+            .map(|up| {
+                last.get(&up.config().name).map_or(now, |(t, _)| *t)
+                    + up.endpoints().probe_interval()
+            })
+            .min()
+            .unwrap_or(now + MAX_NAP)
+            .min(Instant::now() + MAX_NAP)
     }
+
+    /// Probes every endpoint of `up` at once and records the results.
+    async fn probe(&self, up: &HttpUpstream) {
+        let limit = up.config().connect_timeout;
+        let tls = up.config().tls.is_some();
+        let endpoints = up.endpoints().active();
+        let reached = futures::future::join_all(endpoints.iter().map(|e| async move {
+            if tls {
+                let dial = self.transport.new_stream(&**e.peer());
+                matches!(tokio::time::timeout(limit, dial).await, Ok(Ok(_)))
+            } else {
+                let connect = tokio::net::TcpStream::connect(e.addr);
+                matches!(tokio::time::timeout(limit, connect).await, Ok(Ok(_)))
+            }
+        }))
+        .await;
+        for (e, ok) in endpoints.iter().zip(reached) {
+            up.endpoints().probed(e, ok);
+        }
+        up.endpoints().report();
+    }
+}
+
+/// When an upstream was last probed, and which endpoints it had then.
+type Probed = (Instant, Vec<SocketAddr>);
+
+fn active_addrs(up: &HttpUpstream) -> Vec<SocketAddr> {
+    up.endpoints().active().iter().map(|e| e.addr).collect()
 }
 
 #[async_trait]
 impl BackgroundService for Prober {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last = HashMap::new();
         loop {
-            self.probe_once().await;
+            let next = self.probe_due(&mut last).await;
             tokio::select! {
-                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => return,
             }
         }

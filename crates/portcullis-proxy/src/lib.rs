@@ -7,7 +7,8 @@
 //! policy, limits, dispatch), the [`upstream`] interface they dispatch through,
 //! [`relay`] (the answer to the client through [`respond::filters`]) and [`record`]
 //! (metrics, access and audit logs). [`server`] assembles them; [`reload`], [`health`]
-//! and [`jwks`] (fetching identity providers' key sets) run beside them.
+//! (endpoint health checks), [`discovery`] (endpoints from DNS) and [`jwks`] (fetching
+//! identity providers' key sets) run beside them.
 
 pub mod access_log;
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod calls;
 pub mod catalog;
 pub mod conn;
 pub mod ctx;
+pub mod discovery;
 pub mod driver;
 pub mod global;
 pub mod health;
@@ -36,4 +38,7 @@ pub mod tls;
 pub mod traffic;
 pub mod upstream;
 
-pub use server::{prepare, spawn, Prepared, Running, ShutdownKind};
+pub use discovery::Resolve;
+pub use server::{
+    prepare, prepare_with, spawn, spawn_with, Options, Prepared, Running, ShutdownKind,
+};

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub open_streams: IntGaugeVec,
     /// `portcullis_upstream_up{upstream}`: 1 when an endpoint accepted the last probe.
     pub upstream_up: IntGaugeVec,
+    /// `portcullis_upstream_endpoints{upstream,state}`: endpoints by state (healthy,
+    /// unhealthy, draining).
+    pub upstream_endpoints: IntGaugeVec,
+    /// `portcullis_discovery_failures_total{upstream}`: DNS re-resolutions that failed
+    /// (the endpoints found before stay).
+    pub discovery_failures: IntCounterVec,
     /// `portcullis_tls_certificate_expiry_timestamp_seconds{use, name}`: when each
     /// certificate the gateway presents lapses (served by the TLS listener, or shown to
     /// an upstream as its client certificate).
@@ -316,6 +322,21 @@ impl Metrics {
                 &r,
                 "portcullis_upstream_up",
                 "1 when at least one endpoint of the upstream accepted the last probe (TCP, or a TLS handshake for https)",
+                &["upstream"],
+            ),
+            upstream_endpoints: gauge_vec(
+                &r,
+                "portcullis_upstream_endpoints",
+                "An upstream's endpoints by state: healthy and unhealthy ones take new sessions \
+                 (unhealthy ones only when no healthy one can), draining ones left the DNS answer \
+                 and serve only the sessions pinned to them",
+                &["upstream", "state"],
+            ),
+            discovery_failures: counter(
+                &r,
+                "portcullis_discovery_failures_total",
+                "DNS re-resolutions of an upstream's endpoints that failed or found no address \
+                 (the endpoints found before stay in use)",
                 &["upstream"],
             ),
             cert_expiry: gauge_vec(

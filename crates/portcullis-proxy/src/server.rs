@@ -25,6 +25,7 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::audit::AuditLog;
 use crate::conn::Admission;
+use crate::discovery::{Discoverer, Resolve, SystemResolver};
 use crate::driver::Gateway;
 use crate::health::{Health, Prober};
 use crate::jwks::JwksFetcher;
@@ -57,8 +58,29 @@ pub struct Prepared {
     pub audit_log: AuditLog,
 }
 
+/// What a gateway is built with besides its config file.
+#[derive(Clone)]
+pub struct Options {
+    /// How `upstreams.<name>.discovery` names are resolved. Default: the system's
+    /// resolver; tests give one they control.
+    pub resolver: Arc<dyn Resolve>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            resolver: Arc::new(SystemResolver),
+        }
+    }
+}
+
 /// Loads `config_path`, binds both listeners and builds every service.
 pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
+    prepare_with(config_path, Options::default())
+}
+
+/// [`prepare`] with `options`.
+pub fn prepare_with(config_path: &Path, options: Options) -> Result<Prepared, String> {
     let config = portcullis_config::load(config_path).map_err(|e| e.to_string())?;
     let bind = |addr: SocketAddr, key: &str| {
         Prebound::bind(addr).map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))
@@ -189,6 +211,14 @@ pub fn prepare(config_path: &Path) -> Result<Prepared, String> {
     ));
     server.add_service(background_service("prune", Pruner { live: live.clone() }));
     server.add_service(background_service(
+        "discovery",
+        Discoverer {
+            live: live.clone(),
+            resolver: options.resolver,
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "probe",
         Prober {
             live,
@@ -308,7 +338,12 @@ impl ShutdownSignalWatch for ChannelSignal {
 
 /// Prepares and runs a gateway on a background thread.
 pub fn spawn(config_path: &Path) -> Result<Running, String> {
-    let prepared = prepare(config_path)?;
+    spawn_with(config_path, Options::default())
+}
+
+/// [`spawn`] with `options`.
+pub fn spawn_with(config_path: &Path, options: Options) -> Result<Running, String> {
+    let prepared = prepare_with(config_path, options)?;
     let (public, tls, admin) = (prepared.public, prepared.tls, prepared.admin);
     let (tx, rx) = tokio::sync::watch::channel(None);
     let thread = std::thread::Builder::new()

@@ -148,6 +148,19 @@ impl Gateway {
     /// Like [`Gateway::start`], with `files` (name, content) written beside the config
     /// first (policy files, keys).
     pub async fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with(yaml, files, portcullis_proxy::Options::default()).await
+    }
+
+    /// Like [`Gateway::start`], resolving `discovery` names with `resolver`.
+    pub async fn start_resolving(yaml: &str, resolver: Arc<TestResolver>) -> Gateway {
+        Gateway::start_with(yaml, &[], portcullis_proxy::Options { resolver }).await
+    }
+
+    async fn start_with(
+        yaml: &str,
+        files: &[(&str, &str)],
+        options: portcullis_proxy::Options,
+    ) -> Gateway {
         let dir = scratch_dir();
         for (name, content) in files {
             let path = dir.join(name);
@@ -165,7 +178,7 @@ impl Gateway {
             audit_log.display()
         );
         std::fs::write(&config_path, text).expect("write config");
-        let running = portcullis_proxy::spawn(&config_path).expect("gateway starts");
+        let running = portcullis_proxy::spawn_with(&config_path, options).expect("gateway starts");
         let base = match (running.public, running.tls) {
             (Some(plain), _) => format!("http://{plain}"),
             (None, Some(tls)) => format!("https://{tls}"),
@@ -291,6 +304,35 @@ pub async fn wait_metrics_at(admin: &str, what: &str, pred: impl Fn(&str) -> boo
             "metrics never showed {what}:\n{m}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A DNS the test controls: each name resolves to what the test last set.
+#[derive(Default)]
+pub struct TestResolver {
+    answers: parking_lot::Mutex<std::collections::HashMap<String, Vec<SocketAddr>>>,
+    /// How many lookups were made.
+    pub lookups: AtomicUsize,
+}
+
+impl TestResolver {
+    /// From now on `name` resolves to `addrs` (none: the name does not exist).
+    pub fn set(&self, name: &str, addrs: &[SocketAddr]) {
+        self.answers.lock().insert(name.to_owned(), addrs.to_vec());
+    }
+}
+
+#[async_trait::async_trait]
+impl portcullis_proxy::Resolve for TestResolver {
+    async fn resolve(&self, name: &str) -> std::io::Result<Vec<SocketAddr>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        match self.answers.lock().get(name) {
+            Some(a) if !a.is_empty() => Ok(a.clone()),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{name}: no such name"),
+            )),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 use crate::error::ConfigError;
 use crate::file::{CredentialFile, Http2File, IdentityHeadersFile, UpstreamFile};
-use crate::model::{Http2, IdentityHeaders, Upstream};
+use crate::model::{Discovery, HealthCheck, Http2, IdentityHeaders, Upstream};
 use crate::scope::Scope;
 
 pub(super) fn upstream(
@@ -54,14 +54,67 @@ pub(super) fn upstream(
         Http2File::Always => Http2::Always,
         Http2File::Never => Http2::Never,
     };
-    let endpoints = if up.endpoints.is_empty() {
-        resolve(&at_url, &host_port)?
+    let names: Vec<(Scope<'_>, String)> = if up.endpoints.is_empty() {
+        vec![(at_url.clone(), host_port)]
+    } else {
+        up.endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (at.key("endpoints").index(i), t.clone()))
+            .collect()
+    };
+    let discovery = match &up.discovery {
+        Some(d) => {
+            let at_d = at.key("discovery");
+            for (k, v) in [("refresh", d.refresh), ("drain", d.drain)] {
+                if v.is_zero() {
+                    return Err(at_d.key(k).err(format!("{k} must be more than zero")));
+                }
+            }
+            for (at_n, n) in &names {
+                if !n.contains(':')
+                    || n.rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    return Err(at_n.err(format!("`{n}` must be host:port")));
+                }
+            }
+            Some(Discovery {
+                names: names.iter().map(|(_, n)| n.clone()).collect(),
+                refresh: d.refresh,
+                drain: d.drain,
+            })
+        }
+        None => None,
+    };
+    // With discovery the gateway resolves the names itself, off the request path; a
+    // name with no address yet (a Service with no ready pod) is not a config error.
+    let endpoints = if discovery.is_some() {
+        Vec::new()
     } else {
         let mut all = Vec::new();
-        for (i, t) in up.endpoints.iter().enumerate() {
-            all.extend(resolve(&at.key("endpoints").index(i), t)?);
+        for (at_n, n) in &names {
+            all.extend(resolve(at_n, n)?);
         }
         all
+    };
+    let hc = &up.health_check;
+    let at_hc = at.key("health_check");
+    if hc.interval.is_zero() {
+        return Err(at_hc.key("interval").err("interval must be more than zero"));
+    }
+    for (k, v) in [
+        ("unhealthy_after", hc.unhealthy_after),
+        ("healthy_after", hc.healthy_after),
+    ] {
+        if v == 0 {
+            return Err(at_hc.key(k).err(format!("{k} must be at least 1")));
+        }
+    }
+    let health_check = HealthCheck {
+        interval: hc.interval,
+        unhealthy_after: hc.unhealthy_after,
+        healthy_after: hc.healthy_after,
     };
     for (k, d) in [
         ("connect_timeout", up.connect_timeout),
@@ -108,6 +161,8 @@ pub(super) fn upstream(
             .path_and_query()
             .map_or("/".to_owned(), |p| p.as_str().to_owned()),
         endpoints,
+        discovery,
+        health_check,
         connect_timeout: up.connect_timeout,
         read_timeout: up.read_timeout,
         write_timeout: up.write_timeout,
@@ -351,5 +406,92 @@ mod tests {
             assert_eq!(e.key.as_deref(), Some(key), "{ih}: {e}");
             assert!(e.line.is_some(), "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use crate::error::ConfigError;
+    use crate::Config;
+
+    fn load(upstream: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:1\nroutes:\n  - path: /mcp\n    upstream: pool\nupstreams:\n  pool:\n{upstream}"
+        );
+        crate::load_str(
+            std::path::Path::new("/etc/portcullis/portcullis.yaml"),
+            &text,
+        )
+    }
+
+    fn refused(upstream: &str, key: &str, says: &str) {
+        let e = load(upstream).expect_err("should be refused");
+        assert_eq!(e.key.as_deref(), Some(key), "{upstream}: {e}");
+        assert!(e.line.is_some(), "{e}");
+        assert!(e.message.contains(says), "{upstream}: {e}");
+    }
+
+    #[test]
+    fn discovery_names_are_left_to_the_gateway_and_health_checks_have_defaults() {
+        // No such name: with discovery it is resolved later, so loading succeeds.
+        let c = load(
+            "    url: http://search.tools.svc.invalid:8080/mcp\n    discovery:\n      refresh: 3s\n",
+        )
+        .expect("valid");
+        let up = &c.upstreams[0];
+        assert!(up.endpoints.is_empty());
+        let d = up.discovery.as_ref().expect("discovery");
+        assert_eq!(d.names, ["search.tools.svc.invalid:8080"]);
+        assert_eq!(d.refresh, std::time::Duration::from_secs(3));
+        assert_eq!(d.drain, std::time::Duration::from_secs(300));
+        assert_eq!(up.health_check.interval, std::time::Duration::from_secs(5));
+        assert_eq!(
+            (
+                up.health_check.unhealthy_after,
+                up.health_check.healthy_after
+            ),
+            (2, 1)
+        );
+        let listed = load(
+            "    url: http://search:8080/mcp\n    endpoints: [\"a.invalid:1\", \"b.invalid:2\"]\n    discovery: {}\n",
+        )
+        .expect("valid");
+        let names = &listed.upstreams[0].discovery.as_ref().expect("on").names;
+        assert_eq!(names, &["a.invalid:1", "b.invalid:2"]);
+    }
+
+    #[test]
+    fn bad_pool_settings_are_refused_with_their_key() {
+        refused(
+            "    url: http://127.0.0.1:1/mcp\n    discovery:\n      refresh: 0s\n",
+            "upstreams.pool.discovery.refresh",
+            "more than zero",
+        );
+        refused(
+            "    url: http://127.0.0.1:1/mcp\n    endpoints: [\"no-port\"]\n    discovery: {}\n",
+            "upstreams.pool.endpoints[0]",
+            "host:port",
+        );
+        refused(
+            "    url: http://127.0.0.1:1/mcp\n    health_check:\n      unhealthy_after: 0\n",
+            "upstreams.pool.health_check.unhealthy_after",
+            "at least 1",
+        );
+        refused(
+            "    url: http://127.0.0.1:1/mcp\n    health_check:\n      interval: 0s\n",
+            "upstreams.pool.health_check.interval",
+            "more than zero",
+        );
+        refused(
+            "    url: http://127.0.0.1:1/mcp\n    health_check:\n      every: 1s\n",
+            "upstreams.pool.health_check.every",
+            "every",
+        );
+        // Without discovery a name that does not resolve is still a load error.
+        refused(
+            "    url: http://search.tools.svc.invalid:8080/mcp\n",
+            "upstreams.pool.url",
+            "cannot resolve",
+        );
     }
 }

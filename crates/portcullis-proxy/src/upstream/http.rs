@@ -26,7 +26,7 @@ use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use portcullis_config::Http2;
 
-use super::endpoints::Endpoints;
+use super::endpoints::{Endpoints, InFlight};
 use super::{Answer, Failure, Inbound, Outbound, Served, Upstream, Wait};
 use crate::metrics::Metrics;
 
@@ -37,14 +37,12 @@ const H2_STREAMS_PER_CONNECTION: usize = 100;
 pub struct HttpUpstream {
     config: portcullis_config::Upstream,
     endpoints: Endpoints,
-    /// One per endpoint, same order.
-    peers: Vec<Arc<HttpPeer>>,
     connector: Arc<Connector>,
     metrics: Arc<Metrics>,
 }
 
 impl HttpUpstream {
-    /// An upstream for `config`, keeping the breaker state of `previous` (the same
+    /// An upstream for `config`, keeping the endpoints' state of `previous` (the same
     /// upstream in the config version before).
     pub fn new(
         config: portcullis_config::Upstream,
@@ -52,15 +50,15 @@ impl HttpUpstream {
         connector: Arc<Connector>,
         metrics: Arc<Metrics>,
     ) -> HttpUpstream {
-        let peers = config
-            .endpoints
-            .iter()
-            .map(|addr| Arc::new(peer(&config, *addr)))
-            .collect();
+        let endpoints = Endpoints::new(
+            &config,
+            previous.map(|p| &p.endpoints),
+            metrics.clone(),
+            &|addr| peer(&config, addr),
+        );
         HttpUpstream {
-            endpoints: Endpoints::new(&config, previous.map(|p| &p.endpoints), metrics.clone()),
+            endpoints,
             config,
-            peers,
             connector,
             metrics,
         }
@@ -76,9 +74,19 @@ impl HttpUpstream {
         &self.endpoints
     }
 
-    /// How endpoint `i` is dialled (its TLS settings included), for health probes.
-    pub fn peer(&self, i: usize) -> &HttpPeer {
-        &self.peers[i]
+    /// Takes a fresh DNS answer for its names (see [`Endpoints::resolved`]).
+    pub fn resolved(&self, addrs: &[std::net::SocketAddr]) -> bool {
+        self.endpoints
+            .resolved(addrs, &|addr| peer(&self.config, addr))
+    }
+
+    fn count(&self, failure: &Failure) {
+        if let Some(kind) = failure.kind() {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[self.config.name.as_str(), kind])
+                .inc();
+        }
     }
 
     async fn exchange(
@@ -105,26 +113,39 @@ impl HttpUpstream {
         // A pinned session stays with its endpoint. A new session or a stateless call
         // moves on from an endpoint it could not connect to (nothing was sent, so it
         // cannot arrive twice) or whose breaker is open, trying each endpoint once.
-        let n = self.endpoints.addrs().len();
-        let tries = if pinned.is_some() { 1 } else { n.max(1) };
-        let mut idx = pinned.unwrap_or_else(|| self.endpoints.pick());
         let sent = Instant::now();
-        let mut attempt = 0;
-        let (idx, ticket, us) = loop {
-            attempt += 1;
-            let last = attempt >= tries;
-            let ticket = match self.endpoints.admit(idx, stream) {
+        let mut tried = Vec::new();
+        let mut failure: Option<Failure> = None;
+        let (ep, ticket, us, load) = loop {
+            let next = match &pinned {
+                Some(found) if tried.is_empty() => Some(found.endpoint.clone()),
+                Some(_) => None,
+                None => self.endpoints.pick(&tried),
+            };
+            let Some(ep) = next else {
+                return Err(failure.unwrap_or(Failure::Broken {
+                    kind: "no_endpoint",
+                    detail: "no endpoint to connect to",
+                    timeout: false,
+                }));
+            };
+            // The failure moved on from is counted; the last one is the caller's.
+            if let Some(f) = failure.take() {
+                self.count(&f);
+            }
+            tried.push(ep.addr);
+            let ticket = match self.endpoints.admit(&ep, stream) {
                 Ok(t) => t,
-                Err(retry_after) if last => return Err(Failure::CircuitOpen { retry_after }),
-                Err(_) => {
-                    idx = (idx + 1) % n;
+                Err(retry_after) => {
+                    failure = Some(Failure::CircuitOpen { retry_after });
                     continue;
                 }
             };
+            let load = ep.hold();
             let req = build().map_err(|e| Failure::BadRequest(e.to_string()))?;
             let sending = send(
                 &self.connector,
-                &self.peers[idx],
+                ep.peer(),
                 (req, &build),
                 body.as_ref(),
                 read_timeout,
@@ -136,56 +157,54 @@ impl HttpUpstream {
                     r = sending => r,
                     _ = tokio::time::sleep_until(at) => {
                         // An endpoint that never answered in time is failing.
-                        self.endpoints.judge(idx, ticket, false);
+                        self.endpoints.judge(&ep, ticket, false);
                         return Err(Failure::Deadline { after: sent.elapsed() });
                     }
                 },
             };
             match result {
-                Ok(us) => break (idx, ticket, us),
-                Err(Unsent::NotConnected(e)) if !last => {
-                    self.endpoints.judge(idx, ticket, false);
-                    let failure = classify(&e);
-                    if let Some(kind) = failure.kind() {
-                        self.metrics
-                            .upstream_errors
-                            .with_label_values(&[self.config.name.as_str(), kind])
-                            .inc();
+                Ok(us) => break (ep, ticket, us, load),
+                Err(Unsent::NotConnected(e)) => {
+                    self.endpoints.judge(&ep, ticket, false);
+                    if pinned.as_ref().is_some_and(|f| f.draining) {
+                        // It left the DNS answer and now refuses: its sessions are gone.
+                        self.endpoints.forget(&ep);
+                        return Err(Failure::UnknownSession);
                     }
-                    tracing::debug!(upstream = %self.config.name, endpoint = %self.endpoints.addrs()[idx],
+                    tracing::debug!(upstream = %self.config.name, endpoint = %ep.addr,
                         error = %e, "endpoint unreachable; trying the next one");
-                    idx = (idx + 1) % n;
+                    failure = Some(classify(&e));
                 }
-                Err(Unsent::NotConnected(e) | Unsent::Failed(e)) => {
-                    self.endpoints.judge(idx, ticket, false);
+                Err(Unsent::Failed(e)) => {
+                    self.endpoints.judge(&ep, ticket, false);
                     return Err(classify(&e));
                 }
             }
         };
-        let peer = &self.peers[idx];
         self.metrics
             .upstream_latency
             .with_label_values(&[self.config.name.as_str()])
             .observe(sent.elapsed().as_secs_f64());
         let Some(status) = us.response_header().map(|h| h.status.as_u16()) else {
-            self.endpoints.judge(idx, ticket, false);
+            self.endpoints.judge(&ep, ticket, false);
             return Err(classify(&Error::explain(
                 ErrorType::InvalidHTTPHeader,
                 "no response header",
             )));
         };
         // The endpoint answered: a server error counts against it, anything else for it.
-        self.endpoints.judge(idx, ticket, status < 500);
+        self.endpoints.judge(&ep, ticket, status < 500);
         Ok(Inbound {
             answer: Box::new(HttpAnswer {
                 session: us,
                 connector: self.connector.clone(),
-                peer: peer.clone(),
+                peer: ep.peer().clone(),
                 idle_timeout: self.config.idle_timeout,
+                _load: load,
             }),
             served: Served {
-                endpoint: Some(self.endpoints.addrs()[idx]),
-                replica: self.endpoints.token(idx).clone(),
+                endpoint: Some(ep.addr),
+                replica: ep.token().clone(),
             },
         })
     }
@@ -275,6 +294,8 @@ struct HttpAnswer {
     connector: Arc<Connector>,
     peer: Arc<HttpPeer>,
     idle_timeout: Duration,
+    /// Counts the answer as in flight to its endpoint until it is released or dropped.
+    _load: InFlight,
 }
 
 #[async_trait]
@@ -300,6 +321,7 @@ impl Answer for HttpAnswer {
             connector,
             peer,
             idle_timeout,
+            _load,
         } = *self;
         connector
             .release_http_session(session, &*peer, Some(idle_timeout))
