@@ -9,7 +9,7 @@
 //! no sticky load balancing. Keys are derived once, when a config is built; each token
 //! names its key by a one-byte id, so a rotated-out key keeps opening its sessions.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,8 +19,6 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac};
 use portcullis_auth::Principal;
 use sha2::Sha256;
-
-use crate::upstream::OwnedPin;
 
 /// The layout of the plaintext and the associated data; a new layout gets a new one.
 const VERSION: u8 = 1;
@@ -42,6 +40,35 @@ const CURSOR_VERSION: u8 = 2;
 const MAX_CURSOR_LEN: usize = 8 * 1024;
 /// How long a sealed id opens when the config does not say (`sessions.ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// An upstream session the gateway routes to: the replica (endpoint) that holds it,
+/// by its token, and the upstream's own session id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin<'a> {
+    /// The replica token (`upstream::endpoints::replica_token`) of the endpoint that created the session.
+    pub replica: &'a str,
+    /// The upstream's `Mcp-Session-Id`.
+    pub id: &'a [u8],
+}
+
+/// A [`Pin`] that owns its parts, for messages sent in the background.
+#[derive(Debug, Clone)]
+pub struct OwnedPin {
+    /// See [`Pin::replica`].
+    pub replica: Arc<str>,
+    /// See [`Pin::id`].
+    pub id: Vec<u8>,
+}
+
+impl OwnedPin {
+    /// Borrowed, to send with.
+    pub fn pin(&self) -> Pin<'_> {
+        Pin {
+            replica: &self.replica,
+            id: &self.id,
+        }
+    }
+}
 
 /// One key, ready to use.
 #[derive(Clone)]
@@ -154,11 +181,9 @@ impl SessionSeal {
     }
 
     /// The id the client sees for the upstream's session `sid`, created on the
-    /// endpoint named `replica` (a [`replica_token`]) by `owner`, for `bound`. `None`
+    /// endpoint named `replica` (its replica token) by `owner`, for `bound`. `None`
     /// when the upstream's id is not visible ASCII (as the spec requires) or too long,
     /// or the system has no randomness for a nonce.
-    ///
-    /// [`replica_token`]: crate::upstream::endpoints::replica_token
     pub fn seal(
         &self,
         owner: (&str, &str),
@@ -350,9 +375,10 @@ mod tests {
     }
 
     fn replicas() -> Vec<String> {
-        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+        // Replica tokens are 8 hex digits (upstream::endpoints::replica_token).
+        ["0a1b2c3d", "4e5f6a7b", "8c9d0e1f"]
             .iter()
-            .map(|a| crate::upstream::endpoints::replica_token(&a.parse().expect("addr")))
+            .map(|t| (*t).to_owned())
             .collect()
     }
 

@@ -27,34 +27,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use portcullis_auth::Principal;
 use portcullis_mcp::Refusal;
 
-/// An upstream session the gateway routes to: the replica (endpoint) that holds it,
-/// by its token, and the upstream's own session id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pin<'a> {
-    /// The [`endpoints::replica_token`] of the endpoint that created the session.
-    pub replica: &'a str,
-    /// The upstream's `Mcp-Session-Id`.
-    pub id: &'a [u8],
-}
-
-/// A [`Pin`] that owns its parts, for messages sent in the background.
-#[derive(Debug, Clone)]
-pub struct OwnedPin {
-    /// See [`Pin::replica`].
-    pub replica: Arc<str>,
-    /// See [`Pin::id`].
-    pub id: Vec<u8>,
-}
-
-impl OwnedPin {
-    /// Borrowed, to send with.
-    pub fn pin(&self) -> Pin<'_> {
-        Pin {
-            replica: &self.replica,
-            id: &self.id,
-        }
-    }
-}
+pub use crate::sessions::{OwnedPin, Pin};
 
 /// Who a message comes from, which decides the headers that go with it.
 #[derive(Clone, Copy)]
