@@ -37,6 +37,7 @@ use crate::record::Recorder;
 use crate::relay::{notified, Ended, OnBehalf, Relay, Watches};
 use crate::respond::client::{Unwritten, Writer};
 use crate::respond::filters::deadline::DeadlineFilter;
+use crate::respond::filters::member::MemberIds;
 use crate::respond::filters::policy::{PolicyFilter, MAX_LIST_BYTES};
 use crate::respond::filters::{Chain, Filter, Transform};
 use crate::respond::head::Sealing;
@@ -404,7 +405,14 @@ impl Gateway {
             .headers
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let transform = self.transform(snap, route, status, sse, watches.deadline.is_some(), cx);
+        let transform = self.transform(
+            snap,
+            route,
+            (status, sse),
+            watches.deadline.is_some(),
+            dest.member.as_deref(),
+            cx,
+        );
         let principal = cx.principal.clone();
         let sealing = Sealing {
             seal: &snap.sessions,
@@ -488,9 +496,9 @@ impl Gateway {
         &self,
         snap: &Snapshot,
         route: usize,
-        status: u16,
-        sse: bool,
+        (status, sse): (u16, bool),
         deadline: bool,
+        member: Option<&str>,
         cx: &Ctx,
     ) -> Transform {
         let r = &snap.config.routes[route];
@@ -518,6 +526,11 @@ impl Gateway {
                     buf: Vec::new(),
                 };
             }
+        }
+        if let (Some(member), true) = (member, sse) {
+            filters.push(Box::new(MemberIds {
+                member: member.to_owned(),
+            }));
         }
         if filters.is_empty() {
             return Transform::Pass;

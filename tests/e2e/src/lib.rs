@@ -307,6 +307,82 @@ pub async fn wait_metrics_at(admin: &str, what: &str, pred: impl Fn(&str) -> boo
     }
 }
 
+/// One SSE event as a test reads it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// Its `id:`, if any.
+    pub id: Option<String>,
+    /// Its `data:` lines joined, parsed as JSON (`Null` when there was none).
+    pub data: serde_json::Value,
+}
+
+/// Reads an SSE response event by event.
+pub struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    /// Reads `resp`'s body as events.
+    pub fn new(resp: reqwest::Response) -> SseReader {
+        SseReader {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), failing the test after [`DEADLINE`] or if the
+    /// stream ends.
+    pub async fn next(&mut self) -> SseEvent {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let normalized = self.buf.replace("\r\n", "\n");
+            if let Some(end) = normalized.find("\n\n") {
+                let block = normalized[..end].to_owned();
+                self.buf = normalized[end + 2..].to_owned();
+                let mut id = None;
+                let mut data: Vec<&str> = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim_start().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if id.is_none() && data.is_empty() {
+                    continue;
+                }
+                let joined = data.join("\n");
+                let data = if joined.trim().is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_str(&joined).expect("SSE data is JSON")
+                };
+                return SseEvent { id, data };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.resp.chunk())
+                .await
+                .expect("an event within the deadline")
+                .expect("the stream goes on")
+                .expect("the stream did not end");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads events until one satisfies `pred`; returns it and every event before it.
+    pub async fn until(&mut self, pred: impl Fn(&SseEvent) -> bool) -> (SseEvent, Vec<SseEvent>) {
+        let mut before = Vec::new();
+        loop {
+            let e = self.next().await;
+            if pred(&e) {
+                return (e, before);
+            }
+            before.push(e);
+        }
+    }
+}
+
 /// A DNS the test controls: each name resolves to what the test last set.
 #[derive(Default)]
 pub struct TestResolver {

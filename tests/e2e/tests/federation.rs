@@ -82,8 +82,34 @@ impl ServerHandler for Member {
     async fn call_tool(
         &self,
         req: CallToolRequestParams,
-        _c: RequestContext<RoleServer>,
+        c: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        if req.name == "notify" {
+            // Unlisted: sends `say` as `logs` log messages and `changed` tools/list_changed
+            // on the session's GET stream.
+            let arg = |k: &str| {
+                req.arguments
+                    .as_ref()
+                    .and_then(|a| a.get(k).cloned())
+                    .unwrap_or_default()
+            };
+            let say = arg("say").as_str().unwrap_or("hello").to_owned();
+            let internal =
+                |e: rmcp::service::ServiceError| McpError::internal_error(e.to_string(), None);
+            for _ in 0..arg("logs").as_u64().unwrap_or(0) {
+                c.peer
+                    .notify_logging_message(LoggingMessageNotificationParam::new(
+                        LoggingLevel::Info,
+                        serde_json::json!(format!("{}: {say}", self.who)),
+                    ))
+                    .await
+                    .map_err(internal)?;
+            }
+            for _ in 0..arg("changed").as_u64().unwrap_or(0) {
+                c.peer.notify_tool_list_changed().await.map_err(internal)?;
+            }
+            return Ok(CallToolResult::success(vec![ContentBlock::text("notified")]).into());
+        }
         if !self.tool_names().iter().any(|n| *n == req.name) {
             return Err(McpError::invalid_params(
                 format!("no tool {}", req.name),
@@ -531,4 +557,199 @@ async fn two_gateways_with_one_key_serve_one_federated_session_alternately() {
         status, 404,
         "a session ended on one replica is gone on the other"
     );
+}
+
+/// A session on `gw` (initialized) and its GET stream, opened with `last_event_id`.
+async fn session_with_stream(gw: &Gateway) -> (String, SseReader) {
+    let sid = initialize_raw(&gw.url, "unused").await;
+    let (status, _) = in_session(
+        &gw.url,
+        &sid,
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let stream = get_stream(gw, &sid, None).await;
+    (sid, stream)
+}
+
+async fn get_stream(gw: &Gateway, sid: &str, last_event_id: Option<&str>) -> SseReader {
+    let mut req = http_client()
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let r = req.send().await.expect("GET");
+    assert_eq!(r.status(), 200, "the merged GET stream opens");
+    SseReader::new(r)
+}
+
+/// Calls `<member>__notify` with `args` in session `sid`.
+async fn notify(gw: &Gateway, sid: &str, member: &str, args: serde_json::Value) {
+    let (status, msgs) = in_session(
+        &gw.url,
+        sid,
+        serde_json::json!({"jsonrpc": "2.0", "id": 50, "method": "tools/call",
+            "params": {"name": format!("{member}__notify"), "arguments": args}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        msgs.last()
+            .map(|m| m["result"]["content"][0]["text"].clone()),
+        Some("notified".into()),
+        "{msgs:?}"
+    );
+}
+
+fn log_text(e: &SseEvent) -> Option<&str> {
+    (e.data["method"] == "notifications/message")
+        .then(|| e.data["params"]["data"].as_str())
+        .flatten()
+}
+
+fn is_list_changed(e: &SseEvent) -> bool {
+    e.data["method"] == "notifications/tools/list_changed"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_get_stream_merges_the_members_and_last_event_id_resumes_each_where_it_stopped() {
+    let m = members().await;
+    let gw = federated(&m, "      separator: __\n").await;
+    let (sid, mut stream) = session_with_stream(&gw).await;
+
+    notify(
+        &gw,
+        &sid,
+        "alpha",
+        serde_json::json!({"logs": 2, "say": "one"}),
+    )
+    .await;
+    notify(
+        &gw,
+        &sid,
+        "beta",
+        serde_json::json!({"logs": 1, "say": "two"}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let mut last_id = None;
+    while seen.len() < 3 {
+        let e = stream.next().await;
+        if let Some(t) = log_text(&e) {
+            seen.push(t.to_owned());
+            let id = e.id.clone().expect("member events carry ids");
+            assert!(id.starts_with("f1."), "the gateway's own event id: {id}");
+            last_id = Some(id);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["alpha: one", "alpha: one", "beta: two"]);
+
+    // The client goes away; alpha says more while no stream is open.
+    drop(stream);
+    notify(
+        &gw,
+        &sid,
+        "alpha",
+        serde_json::json!({"logs": 1, "say": "missed"}),
+    )
+    .await;
+    let mut resumed = get_stream(&gw, &sid, last_id.as_deref()).await;
+    let (e, before) = resumed.until(|e| log_text(e).is_some()).await;
+    assert_eq!(
+        log_text(&e),
+        Some("alpha: missed"),
+        "alpha resumed after its own last event, nothing replayed twice: {before:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changed_from_many_members_reaches_the_client_once_and_empties_their_cache() {
+    let m = members().await;
+    let gw = federated(&m, "      separator: __\n      list_cache_ttl: 1h\n").await;
+    let (sid, mut stream) = session_with_stream(&gw).await;
+    let list = || async {
+        in_session(
+            &gw.url,
+            &sid,
+            serde_json::json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"}),
+        )
+        .await
+    };
+    list().await;
+    list().await;
+    let cached = gw.metrics().await;
+    assert!(
+        cached.contains(r#"portcullis_federation_list_pages_total{route="fleet",source="cache"}"#),
+        "{cached}"
+    );
+
+    notify(&gw, &sid, "alpha", serde_json::json!({"changed": 3})).await;
+    notify(&gw, &sid, "beta", serde_json::json!({"changed": 2})).await;
+    let (_, before) = stream.until(is_list_changed).await;
+    assert!(before.iter().all(|e| !is_list_changed(e)));
+    // A marker after the window: nothing else came between.
+    notify(
+        &gw,
+        &sid,
+        "gamma",
+        serde_json::json!({"logs": 1, "say": "marker"}),
+    )
+    .await;
+    let (_, between) = stream.until(|e| log_text(e) == Some("gamma: marker")).await;
+    assert!(
+        !between.iter().any(is_list_changed),
+        "five list_changed from two members, one to the client: {between:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stays_down_past_the_grace_period_is_announced_once() {
+    let (alpha, beta, gamma) = members().await;
+    let m = (alpha, beta, gamma);
+    let gw = federated(
+        &m,
+        "      list_cache_ttl: 0s\n      grace: 2s\n      fanout_timeout: 2s\n",
+    )
+    .await;
+    let (sid, mut stream) = session_with_stream(&gw).await;
+    let names = || async {
+        let (_, msgs) = in_session(
+            &gw.url,
+            &sid,
+            serde_json::json!({"jsonrpc": "2.0", "id": 8, "method": "tools/list"}),
+        )
+        .await;
+        msgs[0]["result"]["tools"].to_string()
+    };
+    assert!(names().await.contains("gamma__echo"));
+    let (alpha, beta, gamma) = m;
+    drop(gamma);
+    assert!(
+        names().await.contains("gamma__echo"),
+        "kept for the grace period"
+    );
+    let (_, before) = stream.until(is_list_changed).await;
+    assert!(before.iter().all(|e| !is_list_changed(e)));
+    assert!(
+        !names().await.contains("gamma__echo"),
+        "announced once its tools were gone"
+    );
+    notify(
+        &gw,
+        &sid,
+        "alpha",
+        serde_json::json!({"logs": 1, "say": "marker"}),
+    )
+    .await;
+    let (_, between) = stream.until(|e| log_text(e) == Some("alpha: marker")).await;
+    assert!(
+        !between.iter().any(is_list_changed),
+        "one list_changed for a member going away, not one per reconnection: {between:?}"
+    );
+    drop((alpha, beta));
 }

@@ -44,6 +44,9 @@ pub struct Destination {
     pub session_ids: SessionIds,
     /// The message as sent (rewritten to the member's own name).
     pub body: Bytes,
+    /// On a federated route, the key of the member it was routed to (its request ids
+    /// are mapped on the way back).
+    pub member: Option<String>,
 }
 
 /// Where a message `body` on `route` goes, in the client's `session`.
@@ -96,6 +99,7 @@ pub fn message(
         session: fed.member_session(pin, m),
         session_ids: SessionIds::Drop,
         body: Bytes::from(body),
+        member: Some(fed.names().key(m).to_owned()),
     })
 }
 
@@ -116,6 +120,7 @@ fn single(snap: &Snapshot, route: usize, session: Option<OwnedPin>, body: Bytes)
         session,
         session_ids: SessionIds::Seal,
         body,
+        member: None,
     }
 }
 
@@ -126,6 +131,7 @@ fn fanned(fed: &Arc<FederatedUpstream>, session: Option<OwnedPin>, body: Bytes) 
         session,
         session_ids: SessionIds::Seal,
         body,
+        member: None,
     }
 }
 

@@ -10,8 +10,11 @@
 //! - [`policy`]: list answers filtered, server-to-client requests judged (refused ones
 //!   answered to the upstream on the client's behalf), `list_changed` forgetting the
 //!   catalog; on a policy route anything that cannot be read is refused, not passed.
+//! - [`member`]: on a federated route, a member's server-to-client request ids mapped
+//!   so the client's answer finds its way back.
 
 pub mod deadline;
+pub mod member;
 pub mod policy;
 
 use bytes::Bytes;

@@ -89,7 +89,8 @@ fn capabilities(answers: &[(&str, &Value)]) -> Map<String, Value> {
 
 /// The gateway's `initialize` result from its members' (`(member, result)`, at least
 /// one): the oldest protocol version any member chose (each member then speaks one
-/// the client asked for or older), the union of capabilities, joined instructions.
+/// the client asked for or older), the union of capabilities (tools with
+/// `listChanged`), joined instructions.
 pub fn initialize(route: &str, answers: &[(&str, &Value)]) -> Value {
     let version = answers
         .iter()
@@ -98,7 +99,13 @@ pub fn initialize(route: &str, answers: &[(&str, &Value)]) -> Value {
         .unwrap_or_default();
     let mut out = Map::new();
     out.insert("protocolVersion".into(), Value::from(version));
-    out.insert("capabilities".into(), Value::Object(capabilities(answers)));
+    let mut caps = capabilities(answers);
+    // The merged tool list changes when a member leaves or comes back, and the gateway
+    // says so on the session's GET stream.
+    if let Some(Value::Object(tools)) = caps.get_mut("tools") {
+        tools.insert("listChanged".into(), Value::Bool(true));
+    }
+    out.insert("capabilities".into(), Value::Object(caps));
     out.insert("serverInfo".into(), server_info(route));
     if let Some(text) = instructions(answers) {
         out.insert("instructions".into(), Value::from(text));

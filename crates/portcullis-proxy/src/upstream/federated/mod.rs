@@ -3,16 +3,19 @@
 //! fan out in parallel and merge; the four `*/list` methods fan out (or come from the
 //! cache), each member's names prefixed ([`names`]), pages walked through the gateway's
 //! own sealed cursors that hold every member's position; notifications go to every
-//! member; a session ends at every member. A member that fails or is slower than the
+//! member, and the client's answer to a member's request to that member only; the GET
+//! stream merges every member's ([`stream`]); a session ends at every member. A member that fails or is slower than the
 //! fan-out timeout is left out of that answer (its last good list stays for the grace
 //! period). Messages that name one target (`tools/call`, `prompts/get`,
 //! `resources/read`...) do not come here: the federate stage routes them to their
 //! member, so its gates, breakers and catalog apply as on a single-upstream route.
 
 pub mod cache;
+pub mod ids;
 pub mod members;
 pub mod merge;
 pub mod names;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -469,6 +472,19 @@ impl FederatedUpstream {
     }
 }
 
+impl FederatedUpstream {
+    /// The member a client's answer is for, and the answer with the member's own id;
+    /// `None` when its id is not one the gateway mapped.
+    fn answering(&self, env: &Envelope<'_>, body: &Bytes) -> Option<(usize, Bytes)> {
+        let id: Value = serde_json::from_str(env.id?.get()).ok()?;
+        let (key, own) = ids::inward_request_id(&id)?;
+        let m = self.names.member(key)?;
+        let mut msg: Value = serde_json::from_slice(body).ok()?;
+        *msg.get_mut("id")? = own;
+        Some((m, Bytes::from(msg.to_string())))
+    }
+}
+
 /// A member's list result as a page; `None` when it is not one.
 fn page_of(mut result: Value, listing: Listing) -> Option<Page> {
     let obj = result.as_object_mut()?;
@@ -511,8 +527,18 @@ impl Upstream for FederatedUpstream {
         let env = Envelope::parse(&body).map_err(|e| Failure::BadRequest(e.to_string()))?;
         let id = env.id.map(|r| r.get());
         let method = env.method.as_deref().unwrap_or("");
+        if env.kind == Kind::Response {
+            // The client's answer to a member's request goes to that member alone,
+            // with the member's own id.
+            if let Some((m, own)) = self.answering(&env, &body) {
+                let sessions = self.sessions(out.session);
+                self.ask(m, &out, sessions[m].as_ref(), own, "response")
+                    .await;
+                return made::answer(202, &[], Bytes::new(), &self.replica);
+            }
+        }
         if env.kind != Kind::Request {
-            // Notifications (and answers to server requests) go to every member.
+            // Notifications (and answers the gateway cannot place) go to every member.
             self.broadcast(&out, &body, method).await;
             return made::answer(202, &[], Bytes::new(), &self.replica);
         }
@@ -537,15 +563,95 @@ impl Upstream for FederatedUpstream {
         )
     }
 
-    /// A federated route offers no GET stream yet: 405, which the spec gives a server
-    /// that does not (clients then go on without one).
-    async fn open_stream(&self, _out: Outbound<'_>) -> Result<Inbound, Failure> {
-        made::answer(
-            405,
-            &[("allow", b"POST, DELETE")],
-            Bytes::new(),
-            &self.replica,
-        )
+    /// The session's GET stream: every member's that offers one, merged
+    /// ([`stream`]); 405 (which the spec gives a server without one) when none does.
+    async fn open_stream(&self, out: Outbound<'_>) -> Result<Inbound, Failure> {
+        let no_stream = || {
+            made::answer(
+                405,
+                &[("allow", b"POST, DELETE")],
+                Bytes::new(),
+                &self.replica,
+            )
+        };
+        let Sender::Client(client) = out.sender else {
+            return no_stream();
+        };
+        let resume: Vec<(String, String)> = client
+            .head
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(ids::positions)
+            .unwrap_or_default();
+        let mut head = client.head.clone();
+        head.remove_header("last-event-id");
+        let opener = stream::Opener {
+            head,
+            principal: client.principal.cloned(),
+            peer: client.peer,
+            peer_trusted: client.peer_trusted,
+        };
+        let sessions = self.sessions(out.session);
+        let opener_ref = &opener;
+        let resume_ref = &resume;
+        let first = join_all(sessions.into_iter().enumerate().filter_map(|(m, pin)| {
+            let pin = pin?;
+            let key = self.names.key(m);
+            let last_id = resume_ref
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, id)| id.clone());
+            let upstream = self.members[m].clone();
+            Some(async move {
+                let opened = tokio::time::timeout(
+                    self.spec.fanout_timeout,
+                    stream::open_member(&upstream, &pin, last_id.as_deref(), opener_ref),
+                )
+                .await;
+                (m, upstream, pin, last_id, opened)
+            })
+        }))
+        .await;
+        let mut parts = Vec::new();
+        for (member, upstream, pin, last_id, opened) in first {
+            let open = match opened {
+                Ok(Ok(i)) => match i.answer.head().status.as_u16() {
+                    200 => Some(i),
+                    // This member offers no stream for the session: it is left out.
+                    _ => continue,
+                },
+                // Down or slow now: its feed keeps trying.
+                _ => None,
+            };
+            parts.push(stream::Part {
+                member,
+                upstream,
+                pin,
+                last_id,
+                open,
+            });
+        }
+        if parts.is_empty() {
+            return no_stream();
+        }
+        let route = stream::Route {
+            keys: (0..self.members.len())
+                .map(|m| self.names.key(m).to_owned())
+                .collect(),
+            names: self.names.clone(),
+            cache: self.cache.clone(),
+            grace: self.spec.grace,
+            replica: self.replica.clone(),
+        };
+        let merged = stream::Merged::start(route, parts, opener)?;
+        Ok(Inbound {
+            answer: Box::new(merged),
+            served: super::Served {
+                endpoint: None,
+                replica: self.replica.clone(),
+            },
+        })
     }
 
     /// Ends every member's session.

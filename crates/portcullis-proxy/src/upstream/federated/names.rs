@@ -14,6 +14,7 @@ pub const URI_SCHEME: &str = "portcullis://";
 /// The longest tool or prompt name the spec allows.
 const MAX_NAME: usize = 128;
 
+#[derive(Clone)]
 struct Mount {
     /// The member's upstream name (its URIs are wrapped with it).
     key: String,
@@ -24,6 +25,7 @@ struct Mount {
 }
 
 /// The names of one federated route's members.
+#[derive(Clone)]
 pub struct Names {
     mounts: Vec<Mount>,
 }

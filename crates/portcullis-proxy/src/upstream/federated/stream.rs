@@ -1,0 +1,426 @@
+//! A federated session's GET stream: every member's own GET stream, merged into one.
+//!
+//! Each member's stream is read by a task of its own (a feed) that sends its events
+//! here through a small bounded channel, so a client that stops reading stops the feeds
+//! and, through them, the members. On the way to the client:
+//!
+//! - event ids become the gateway's ([`ids::event_id`]): every member's last own id,
+//!   so the client's `Last-Event-ID` resumes each member where it stopped;
+//! - a member's server-to-client request gets an id that routes the client's answer
+//!   back to it ([`ids::outward_request_id`]), and its cancellation of one the same id;
+//! - `notifications/resources/updated` carries the URI as clients know it;
+//! - a member's `notifications/*/list_changed` empties its cached lists and reaches the
+//!   client once per [`DEBOUNCE`], however many members said so how often;
+//! - a member whose stream ends is reconnected with backoff, where it stopped. While it
+//!   is away its last good lists are served; once it has been away for the route's
+//!   `grace`, its tools are gone from the merged view and the client hears one
+//!   `tools/list_changed`, and one more when it is back. A member that offers no GET
+//!   stream (405) is never asked again, so it causes no traffic at all.
+//!
+//! Dropping the merged answer (the client left) stops every feed and closes the
+//! members' streams.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_http::{RequestHeader, ResponseHeader};
+use portcullis_auth::Principal;
+use portcullis_mcp::sse::{Event, Splitter};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::cache::ListCache;
+use super::ids;
+use super::names::Names;
+use crate::upstream::http::HttpUpstream;
+use crate::upstream::{
+    Answer, ClientRequest, Failure, Inbound, Outbound, OwnedPin, Sender, Upstream, Wait,
+};
+
+/// How long `list_changed` notifications are gathered before the client gets one of
+/// each kind.
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
+/// The first wait before a member's ended stream is opened again; doubled each time,
+/// up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest wait between reconnections to a member's stream.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The largest event read from a member's stream.
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+/// Events in flight from the feeds to the client.
+const CHANNEL: usize = 16;
+
+/// What the client sent, owned, so a feed can open its member's stream again.
+#[derive(Clone)]
+pub struct Opener {
+    /// The client's GET (its `Last-Event-ID` removed: each member gets its own).
+    pub head: RequestHeader,
+    /// The caller, for identity headers.
+    pub principal: Option<Principal>,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+}
+
+/// What a feed reports.
+enum Feed {
+    /// The member's stream is open.
+    Up(usize),
+    /// One of its events.
+    Event(usize, Event),
+    /// Its stream ended or could not be opened; the feed tries again.
+    Down(usize),
+}
+
+/// One member's part in a merged stream.
+pub struct Part {
+    /// Its index in the route.
+    pub member: usize,
+    /// Its upstream.
+    pub upstream: Arc<HttpUpstream>,
+    /// Its session.
+    pub pin: OwnedPin,
+    /// Its own last event id, from the client's `Last-Event-ID`.
+    pub last_id: Option<String>,
+    /// Its stream, when the first open succeeded.
+    pub open: Option<Inbound>,
+}
+
+/// What a merged stream needs of its route.
+pub struct Route {
+    /// Every member's key, by member.
+    pub keys: Vec<String>,
+    /// Name mapping (resource URIs).
+    pub names: Names,
+    /// The route's list cache (emptied for a member that says its lists changed).
+    pub cache: Arc<ListCache>,
+    /// How long an absent member's lists are still served.
+    pub grace: Duration,
+    /// The replica token of merged answers.
+    pub replica: Arc<str>,
+}
+
+/// The merged stream as an [`Answer`].
+pub struct Merged {
+    head: ResponseHeader,
+    rx: mpsc::Receiver<Feed>,
+    feeds: Vec<tokio::task::AbortHandle>,
+    route: Route,
+    /// Each member's last own event id.
+    positions: Vec<Option<String>>,
+    /// Since when a member's stream has been away, while it is.
+    away: Vec<Option<Instant>>,
+    /// Members away longer than the grace period (their tools are out of the view).
+    dropped: Vec<bool>,
+    /// `list_changed` methods waiting for the debounce window to end, and since when.
+    pending: BTreeSet<String>,
+    pending_since: Option<Instant>,
+    out: std::collections::VecDeque<Bytes>,
+}
+
+impl Merged {
+    /// Starts a feed for every part and merges them.
+    pub fn start(route: Route, parts: Vec<Part>, opener: Opener) -> Result<Merged, Failure> {
+        let bad = |_| Failure::BadRequest("the gateway could not build its answer".into());
+        let mut head = ResponseHeader::build(200, Some(3)).map_err(bad)?;
+        head.insert_header("content-type", "text/event-stream")
+            .map_err(bad)?;
+        head.insert_header("cache-control", "no-cache")
+            .map_err(bad)?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let n = route.keys.len();
+        let mut positions = vec![None; n];
+        let mut away = vec![None; n];
+        let mut feeds = Vec::with_capacity(parts.len());
+        for part in parts {
+            positions[part.member] = part.last_id.clone();
+            if part.open.is_none() {
+                away[part.member] = Some(Instant::now());
+            }
+            let task = tokio::spawn(feed(part, opener.clone(), tx.clone()));
+            feeds.push(task.abort_handle());
+        }
+        Ok(Merged {
+            head,
+            rx,
+            feeds,
+            route,
+            positions,
+            away,
+            dropped: vec![false; n],
+            pending: BTreeSet::new(),
+            pending_since: None,
+            out: Default::default(),
+        })
+    }
+
+    /// When something is due without a feed saying anything: the debounce window
+    /// ending, or an away member's grace period.
+    fn next_due(&self) -> Option<Instant> {
+        let debounce = self.pending_since.map(|t| t + DEBOUNCE);
+        let grace = self
+            .away
+            .iter()
+            .zip(&self.dropped)
+            .filter_map(|(a, d)| a.filter(|_| !d).map(|t| t + self.route.grace))
+            .min();
+        [debounce, grace].into_iter().flatten().min()
+    }
+
+    fn changed(&mut self, method: &str) {
+        self.pending.insert(method.to_owned());
+        self.pending_since.get_or_insert_with(Instant::now);
+    }
+
+    /// Whatever is due now: members past their grace leave the view, and the gathered
+    /// notifications go out.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for m in 0..self.away.len() {
+            if let Some(since) = self.away[m] {
+                if !self.dropped[m] && now >= since + self.route.grace {
+                    self.dropped[m] = true;
+                    self.changed("notifications/tools/list_changed");
+                }
+            }
+        }
+        if self.pending_since.is_some_and(|t| now >= t + DEBOUNCE) {
+            self.pending_since = None;
+            for method in std::mem::take(&mut self.pending) {
+                let data = serde_json::json!({"jsonrpc": "2.0", "method": method}).to_string();
+                self.out.push_back(Bytes::from(sse(None, &data)));
+            }
+        }
+    }
+
+    fn take(&mut self, feed: Feed) {
+        match feed {
+            Feed::Up(m) => {
+                self.away[m] = None;
+                if std::mem::take(&mut self.dropped[m]) {
+                    self.changed("notifications/tools/list_changed");
+                }
+            }
+            Feed::Down(m) => {
+                self.away[m].get_or_insert_with(Instant::now);
+            }
+            Feed::Event(m, event) => self.event(m, event),
+        }
+    }
+
+    /// One member event on its way to the client.
+    fn event(&mut self, m: usize, event: Event) {
+        if let Some(own) = &event.id {
+            self.positions[m] = Some(own.clone());
+        }
+        let id = event.id.as_ref().map(|_| {
+            let positions: Vec<(&str, &str)> = self
+                .positions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((self.route.keys[i].as_str(), p.as_deref()?)))
+                .collect();
+            ids::event_id(&positions)
+        });
+        let Some(data) = &event.data else {
+            // A priming event (an id and nothing else) still moves the client's
+            // position.
+            if let Some(id) = id {
+                self.out.push_back(Bytes::from(format!("id: {id}\n\n")));
+            }
+            return;
+        };
+        let Ok(mut msg) = serde_json::from_str::<Value>(data) else {
+            // Not JSON-RPC: nothing of it can be mapped, so it does not go on.
+            tracing::debug!(member = %self.route.keys[m], "a member's stream carried an event that is not JSON");
+            return;
+        };
+        let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
+        match method.as_deref() {
+            Some(
+                list @ ("notifications/tools/list_changed"
+                | "notifications/prompts/list_changed"
+                | "notifications/resources/list_changed"),
+            ) => {
+                self.route.cache.forget(&self.route.keys[m]);
+                self.changed(list);
+                if let Some(id) = id {
+                    self.out.push_back(Bytes::from(format!("id: {id}\n\n")));
+                }
+                return;
+            }
+            Some("notifications/resources/updated") => {
+                let uri = msg
+                    .pointer("/params/uri")
+                    .and_then(Value::as_str)
+                    .and_then(|u| self.route.names.outward_uri(m, u));
+                match (uri, msg.pointer_mut("/params/uri")) {
+                    (Some(u), Some(slot)) => *slot = Value::String(u),
+                    _ => return,
+                }
+            }
+            Some("notifications/cancelled") => {
+                if let Some(slot) = msg.pointer_mut("/params/requestId") {
+                    *slot = ids::outward_request_id(&self.route.keys[m], slot);
+                }
+            }
+            Some(_) if msg.get("id").is_some() => {
+                if let Some(slot) = msg.get_mut("id") {
+                    *slot = ids::outward_request_id(&self.route.keys[m], slot);
+                }
+            }
+            _ => {}
+        }
+        self.out
+            .push_back(Bytes::from(sse(id.as_deref(), &msg.to_string())));
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        for f in &self.feeds {
+            f.abort();
+        }
+    }
+}
+
+/// One SSE event.
+fn sse(id: Option<&str>, data: &str) -> String {
+    match id {
+        Some(id) => format!("id: {id}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+#[async_trait]
+impl Answer for Merged {
+    fn head(&self) -> &ResponseHeader {
+        &self.head
+    }
+
+    async fn chunk(&mut self) -> Result<Option<Bytes>, Failure> {
+        loop {
+            if let Some(b) = self.out.pop_front() {
+                return Ok(Some(b));
+            }
+            let due = self.next_due();
+            tokio::select! {
+                feed = self.rx.recv() => match feed {
+                    Some(f) => self.take(f),
+                    // Every feed ended: no member has a stream for this session.
+                    None => return Ok(None),
+                },
+                _ = sleep_until(due) => self.tick(),
+            }
+        }
+    }
+
+    async fn release(self: Box<Self>) {}
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens member `upstream`'s GET stream in its session `pin`, resuming after its own
+/// event `last_id`.
+pub async fn open_member(
+    upstream: &HttpUpstream,
+    pin: &OwnedPin,
+    last_id: Option<&str>,
+    opener: &Opener,
+) -> Result<Inbound, Failure> {
+    let mut head = opener.head.clone();
+    if let Some(id) = last_id {
+        head.insert_header("last-event-id", id)
+            .map_err(|_| Failure::BadRequest("a member's event id is not a header value".into()))?;
+    }
+    let out = Outbound {
+        sender: Sender::Client(ClientRequest {
+            head: &head,
+            principal: opener.principal.as_ref(),
+            peer: opener.peer,
+            peer_trusted: opener.peer_trusted,
+            renamed: None,
+            uncompressed: true,
+        }),
+        session: Some(pin.pin()),
+        wait: Wait::Stream,
+        answer_by: None,
+    };
+    upstream.open_stream(out).await
+}
+
+/// Reads one member's stream to the client, opening it again when it ends, until the
+/// member says it has no stream or no such session.
+async fn feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) {
+    let m = part.member;
+    let mut last_id = part.last_id;
+    let mut open = part.open;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let inbound = match open.take() {
+            Some(i) => Ok(i),
+            None => open_member(&part.upstream, &part.pin, last_id.as_deref(), &opener).await,
+        };
+        match inbound {
+            Ok(mut i) => match i.answer.head().status.as_u16() {
+                200 => {
+                    backoff = FIRST_BACKOFF;
+                    if tx.send(Feed::Up(m)).await.is_err() {
+                        return;
+                    }
+                    // Some servers replay from the event named in Last-Event-ID rather
+                    // than after it; the client has that one already.
+                    let mut delivered = last_id.clone();
+                    let mut split = Splitter::new(MAX_EVENT);
+                    while let Ok(Some(chunk)) = i.answer.chunk().await {
+                        let Ok(events) = split.push(&chunk) else {
+                            break;
+                        };
+                        for e in events {
+                            if let Some(id) = &e.id {
+                                let again = delivered.take().is_some_and(|d| d == *id);
+                                last_id = Some(id.clone());
+                                if again {
+                                    continue;
+                                }
+                            }
+                            if tx.send(Feed::Event(m, e)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                // No stream offered, or the member no longer has this session: asking
+                // again would only repeat the answer.
+                405 | 404 => {
+                    tracing::debug!(
+                        member = part.upstream.name(),
+                        status = i.answer.head().status.as_u16(),
+                        "a member offers no GET stream for this session"
+                    );
+                    return;
+                }
+                _ => {}
+            },
+            Err(e) => {
+                tracing::debug!(member = part.upstream.name(), error = ?e, "a member's GET stream failed");
+            }
+        }
+        if tx.send(Feed::Down(m)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
