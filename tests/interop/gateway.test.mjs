@@ -22,6 +22,7 @@ import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { CreateMessageRequestSchema, ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   discoverOAuthProtectedResourceMetadata,
@@ -703,6 +704,113 @@ describe("over https: the SDK client trusts the test CA (NODE_EXTRA_CA_CERTS) an
       await transport.terminateSession();
       assert.equal(transport.sessionId, undefined, "the session ended (DELETE answered 200/204)");
       await client.close();
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+});
+
+describe("a federated route over two server-everything members: the SDK client answers each member's sampling and elicitation", () => {
+  let tmp;
+  const members = [];
+  let gateway;
+  let client;
+  let transport;
+  const sampled = [];
+
+  before(
+    async () => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-fleet-"));
+      tempDirs.add(tmp);
+      members.push(await startEverything(), await startEverything());
+      const configFile = path.join(tmp, "portcullis.yaml");
+      fs.writeFileSync(
+        configFile,
+        `listeners:
+  public: 127.0.0.1:0
+  admin: 127.0.0.1:0
+server:
+  threads: 2
+  grace_period: 0s
+access_log:
+  enabled: false
+routes:
+  - path: /mcp
+    name: fleet
+    members: [north, south]
+upstreams:
+  north:
+    url: http://127.0.0.1:${members[0].port}/mcp
+  south:
+    url: http://127.0.0.1:${members[1].port}/mcp
+`,
+      );
+      gateway = await startGateway(configFile);
+      client = new Client(
+        { name: "portcullis-interop-fleet", version: "1.0.0" },
+        { capabilities: { sampling: {}, elicitation: {} } },
+      );
+      client.setRequestHandler(CreateMessageRequestSchema, async (req) => {
+        const text = req.params.messages[0]?.content?.text ?? "";
+        sampled.push(text);
+        return { model: "interop-model", role: "assistant", content: { type: "text", text: `sampled <${text}>` } };
+      });
+      client.setRequestHandler(ElicitRequestSchema, async () => ({
+        action: "accept",
+        content: { name: "Ada Lovelace", check: true },
+      }));
+      transport = new StreamableHTTPClientTransport(new URL(`http://${gateway.publicAddr}/mcp`));
+      await client.connect(transport);
+    },
+    { timeout: 3 * STARTUP_DEADLINE_MS + 10_000 },
+  );
+
+  after(async () => {
+    try {
+      await client?.close();
+    } catch {
+      /* best effort */
+    }
+    killAllChildren();
+  });
+
+  it(
+    "both members' tools are listed under their prefixes and each call reaches its member",
+    async () => {
+      assert.equal(typeof transport.sessionId, "string", "one session for the whole fleet");
+      assert.equal(client.getServerVersion()?.name, "portcullis fleet");
+      const { tools } = await client.listTools();
+      const names = tools.map((t) => t.name);
+      for (const n of ["north__echo", "south__echo", "north__trigger-sampling-request", "south__trigger-elicitation-request"]) {
+        assert.ok(names.includes(n), `${n} in ${names.join(", ")}`);
+      }
+      assert.ok(!names.includes("echo"), "no unprefixed names");
+      const res = await client.callTool({ name: "south__echo", arguments: { message: "to the south" } });
+      assert.deepEqual(res.content, [{ type: "text", text: "Echo: to the south" }]);
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+
+  it(
+    "sampling from both members at once: each answer goes back to the member that asked",
+    async () => {
+      const [north, south] = await Promise.all([
+        client.callTool({ name: "north__trigger-sampling-request", arguments: { prompt: "from the north" } }),
+        client.callTool({ name: "south__trigger-sampling-request", arguments: { prompt: "from the south" } }),
+      ]);
+      assert.match(north.content[0].text, /sampled <[^>]*from the north>/, north.content[0].text);
+      assert.match(south.content[0].text, /sampled <[^>]*from the south>/, south.content[0].text);
+      assert.equal(sampled.length, 2, `one sampling request each: ${JSON.stringify(sampled)}`);
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+
+  it(
+    "elicitation from a member is answered by the client's handler",
+    async () => {
+      const res = await client.callTool({ name: "south__trigger-elicitation-request", arguments: {} });
+      const text = res.content.map((c) => c.text).join("\n");
+      assert.match(text, /Name: Ada Lovelace/, text);
+      assert.match(text, /Agreed to terms: true/, text);
     },
     { timeout: TEST_TIMEOUT_MS },
   );
