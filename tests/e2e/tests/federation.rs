@@ -20,6 +20,8 @@ struct Member {
     who: &'static str,
     tools: usize,
     page: usize,
+    /// Wakes the member's listen streams: each says its subscribed resources changed.
+    poke: Arc<tokio::sync::Notify>,
 }
 
 impl Member {
@@ -41,11 +43,46 @@ impl ServerHandler for Member {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
+                .enable_resources_subscribe()
                 .build(),
         )
         .with_server_info(Implementation::new(self.who, "1.0.0"))
         .with_instructions(format!("{} knows things", self.who))
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    /// Says its tools changed twice as soon as the stream opens, then that its
+    /// subscribed resources changed each time the test pokes it.
+    async fn listen(&self, ctx: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let internal = |e: rmcp::service::SubscriptionSendError| {
+            McpError::internal_error(format!("{e:?}"), None)
+        };
+        if ctx.accepted().tools_list_changed == Some(true) {
+            for _ in 0..2 {
+                ctx.sink()
+                    .notify_tool_list_changed()
+                    .await
+                    .map_err(internal)?;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = self.poke.notified() => {
+                    for uri in ctx.accepted().resource_subscriptions.clone().unwrap_or_default() {
+                        ctx.sink().notify_resource_updated(uri).await.map_err(internal)?;
+                    }
+                }
+            }
+        }
     }
 
     async fn list_tools(
@@ -156,24 +193,23 @@ impl ServerHandler for Member {
 /// Three members: alpha with 5 tools listed 2 at a time (three pages), beta and gamma
 /// with 2 tools each; all three have `echo`.
 async fn members() -> (Upstream, Upstream, Upstream) {
-    let alpha = Upstream::serve(|| Member {
-        who: "alpha",
-        tools: 5,
-        page: 2,
-    })
-    .await;
-    let beta = Upstream::serve(|| Member {
-        who: "beta",
-        tools: 2,
-        page: 10,
-    })
-    .await;
-    let gamma = Upstream::serve(|| Member {
-        who: "gamma",
-        tools: 2,
-        page: 10,
-    })
-    .await;
+    members_poked(Arc::default()).await
+}
+
+/// [`members`] whose listen streams `poke` wakes.
+async fn members_poked(poke: Arc<tokio::sync::Notify>) -> (Upstream, Upstream, Upstream) {
+    let member = |who, tools, page| {
+        let poke = poke.clone();
+        move || Member {
+            who,
+            tools,
+            page,
+            poke: poke.clone(),
+        }
+    };
+    let alpha = Upstream::serve(member("alpha", 5, 2)).await;
+    let beta = Upstream::serve(member("beta", 2, 10)).await;
+    let gamma = Upstream::serve(member("gamma", 2, 10)).await;
     (alpha, beta, gamma)
 }
 
@@ -752,4 +788,59 @@ async fn a_member_that_stays_down_past_the_grace_period_is_announced_once() {
         "one list_changed for a member going away, not one per reconnection: {between:?}"
     );
     drop((alpha, beta));
+}
+
+async fn next_of(sub: &mut rmcp::service::Subscription) -> ServerNotification {
+    tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("a notification within the deadline")
+        .expect("the subscription goes on")
+        .expect("not ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_listen_fans_out_acknowledges_once_and_maps_resource_updates() {
+    let poke = Arc::new(tokio::sync::Notify::new());
+    let m = members_poked(poke.clone()).await;
+    let gw = federated(&m, "      separator: __\n").await;
+    let c = connect_stateless(&gw.url).await;
+    let readme = "portcullis://alpha/mem://alpha/readme";
+    let mut sub = c
+        .service
+        .listen(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .resource_subscription(readme)
+                .build(),
+        )
+        .await
+        .expect("listen through the federated route");
+    let ack = sub.acknowledged();
+    assert_eq!(ack.tools_list_changed, Some(true), "{ack:?}");
+    assert_eq!(
+        ack.resource_subscriptions.as_deref(),
+        Some(&[readme.to_owned()][..]),
+        "alpha accepted its resource, named as the client names it"
+    );
+
+    let first = next_of(&mut sub).await;
+    assert!(
+        matches!(first, ServerNotification::ToolListChangedNotification(_)),
+        "{first:?}"
+    );
+    // Six list_changed from three members became one; a resource update marks the
+    // end of the window.
+    poke.notify_waiters();
+    let mut sub_next = next_of(&mut sub).await;
+    let mut extra = 0;
+    while !matches!(sub_next, ServerNotification::ResourceUpdatedNotification(_)) {
+        extra += 1;
+        sub_next = next_of(&mut sub).await;
+    }
+    assert_eq!(extra, 0, "one tools/list_changed for six");
+    let ServerNotification::ResourceUpdatedNotification(updated) = sub_next else {
+        unreachable!()
+    };
+    assert_eq!(updated.params.uri, readme, "the member's URI mapped back");
+    drop(sub);
 }

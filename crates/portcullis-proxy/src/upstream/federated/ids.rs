@@ -14,6 +14,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
 
+/// The `_meta` key naming the subscription a listen stream's message belongs to.
+pub const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
 /// What a merged stream's event ids start with (a layout version).
 const EVENT_PREFIX: &str = "f1.";
 /// The longest client event id read back (every member's position fits).

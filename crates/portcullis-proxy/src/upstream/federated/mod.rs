@@ -473,6 +473,125 @@ impl FederatedUpstream {
 }
 
 impl FederatedUpstream {
+    /// A merged stream over `parts`.
+    fn merged(
+        &self,
+        parts: Vec<stream::Part>,
+        opener: stream::Opener,
+        listen: Option<Value>,
+    ) -> Result<Inbound, Failure> {
+        let route = stream::Route {
+            keys: (0..self.members.len())
+                .map(|m| self.names.key(m).to_owned())
+                .collect(),
+            names: self.names.clone(),
+            cache: self.cache.clone(),
+            grace: self.spec.grace,
+            replica: self.replica.clone(),
+            fanout_timeout: self.spec.fanout_timeout,
+        };
+        let merged = stream::Merged::start(route, parts, opener, listen)?;
+        Ok(Inbound {
+            answer: Box::new(merged),
+            served: super::Served {
+                endpoint: None,
+                replica: self.replica.clone(),
+            },
+        })
+    }
+
+    /// `subscriptions/listen` (2026-07-28): sent to every member, each asked for the
+    /// change notifications requested and for its own resources among those named,
+    /// and their streams merged ([`stream`]). Members that do not take it are left
+    /// out; when none does, the answer is theirs: method not found.
+    async fn listen(
+        &self,
+        out: &Outbound<'_>,
+        env: &Envelope<'_>,
+        body: &Bytes,
+    ) -> Result<Inbound, Failure> {
+        let Sender::Client(client) = out.sender else {
+            return Err(Failure::BadRequest("a listen comes from a client".into()));
+        };
+        let msg: Value = serde_json::from_slice(body)
+            .map_err(|e| Failure::BadRequest(format!("the message is not JSON: {e}")))?;
+        let id: Value = env
+            .id
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or(Value::Null);
+        let opener = stream::Opener {
+            head: client.head.clone(),
+            principal: client.principal.cloned(),
+            peer: client.peer,
+            peer_trusted: client.peer_trusted,
+        };
+        let opener_ref = &opener;
+        let first = join_all((0..self.members.len()).filter_map(|m| {
+            let body = self.listen_body(&msg, m)?;
+            let upstream = self.members[m].clone();
+            let opening = stream::Opening::Listen(body);
+            Some(async move {
+                let opened = tokio::time::timeout(
+                    self.spec.fanout_timeout,
+                    stream::open_member(&upstream, &opening, None, opener_ref),
+                )
+                .await;
+                (m, upstream, opening, opened)
+            })
+        }))
+        .await;
+        let parts: Vec<stream::Part> = first
+            .into_iter()
+            .filter_map(|(member, upstream, opening, opened)| match opened {
+                Ok(Ok(i)) if stream::is_stream(&i) => Some(stream::Part {
+                    member,
+                    upstream,
+                    opening,
+                    last_id: None,
+                    open: Some(i),
+                }),
+                _ => None,
+            })
+            .collect();
+        if parts.is_empty() {
+            return made::answer(
+                200,
+                &[("content-type", b"application/json")],
+                rpc_body(
+                    env.id.map(|r| r.get()),
+                    Reply::Error(-32601, "Method not found: subscriptions/listen".into()),
+                ),
+                &self.replica,
+            );
+        }
+        self.merged(parts, opener, Some(id))
+    }
+
+    /// The listen request as member `m` gets it: its own resources among those named
+    /// (by its own URIs); `None` when it is asked for nothing at all.
+    fn listen_body(&self, msg: &Value, m: usize) -> Option<Bytes> {
+        let mut msg = msg.clone();
+        let filter = msg.pointer_mut("/params/notifications")?.as_object_mut()?;
+        if let Some(Value::Array(uris)) = filter.get_mut("resourceSubscriptions") {
+            let own: Vec<Value> = uris
+                .iter()
+                .filter_map(|u| {
+                    let (owner, own) = self.names.inward_uri(u.as_str()?)?;
+                    (owner == m).then(|| Value::String(own.to_owned()))
+                })
+                .collect();
+            if own.is_empty() {
+                filter.remove("resourceSubscriptions");
+            } else {
+                *uris = own;
+            }
+        }
+        let asked = filter
+            .values()
+            .any(|v| v == &Value::Bool(true) || v.is_array());
+        asked.then(|| Bytes::from(msg.to_string()))
+    }
+
     /// The member a client's answer is for, and the answer with the member's own id;
     /// `None` when its id is not one the gateway mapped.
     fn answering(&self, env: &Envelope<'_>, body: &Bytes) -> Option<(usize, Bytes)> {
@@ -546,6 +665,7 @@ impl Upstream for FederatedUpstream {
             "initialize" => return self.initialize(&out, id, &body).await,
             "server/discover" => self.discover(&out, &body).await,
             "ping" => Reply::Result(json!({})),
+            "subscriptions/listen" => return self.listen(&out, &env, &body).await,
             "logging/setLevel" => {
                 self.broadcast(&out, &body, method).await;
                 Reply::Result(json!({}))
@@ -603,18 +723,19 @@ impl Upstream for FederatedUpstream {
                 .find(|(k, _)| k == key)
                 .map(|(_, id)| id.clone());
             let upstream = self.members[m].clone();
+            let opening = stream::Opening::Get(pin);
             Some(async move {
                 let opened = tokio::time::timeout(
                     self.spec.fanout_timeout,
-                    stream::open_member(&upstream, &pin, last_id.as_deref(), opener_ref),
+                    stream::open_member(&upstream, &opening, last_id.as_deref(), opener_ref),
                 )
                 .await;
-                (m, upstream, pin, last_id, opened)
+                (m, upstream, opening, last_id, opened)
             })
         }))
         .await;
         let mut parts = Vec::new();
-        for (member, upstream, pin, last_id, opened) in first {
+        for (member, upstream, opening, last_id, opened) in first {
             let open = match opened {
                 Ok(Ok(i)) => match i.answer.head().status.as_u16() {
                     200 => Some(i),
@@ -627,7 +748,7 @@ impl Upstream for FederatedUpstream {
             parts.push(stream::Part {
                 member,
                 upstream,
-                pin,
+                opening,
                 last_id,
                 open,
             });
@@ -635,23 +756,7 @@ impl Upstream for FederatedUpstream {
         if parts.is_empty() {
             return no_stream();
         }
-        let route = stream::Route {
-            keys: (0..self.members.len())
-                .map(|m| self.names.key(m).to_owned())
-                .collect(),
-            names: self.names.clone(),
-            cache: self.cache.clone(),
-            grace: self.spec.grace,
-            replica: self.replica.clone(),
-        };
-        let merged = stream::Merged::start(route, parts, opener)?;
-        Ok(Inbound {
-            answer: Box::new(merged),
-            served: super::Served {
-                endpoint: None,
-                replica: self.replica.clone(),
-            },
-        })
+        self.merged(parts, opener, None)
     }
 
     /// Ends every member's session.

@@ -1,4 +1,6 @@
-//! A federated session's GET stream: every member's own GET stream, merged into one.
+//! A federated route's long-lived streams, merged: a session's GET stream (every
+//! member's own GET stream) or a 2026-07-28 `subscriptions/listen` stream (the listen
+//! request sent to every member, each asked for its own resources).
 //!
 //! Each member's stream is read by a task of its own (a feed) that sends its events
 //! here through a small bounded channel, so a client that stops reading stops the feeds
@@ -16,6 +18,11 @@
 //!   `grace`, its tools are gone from the merged view and the client hears one
 //!   `tools/list_changed`, and one more when it is back. A member that offers no GET
 //!   stream (405) is never asked again, so it causes no traffic at all.
+//!
+//! A listen stream also gets one `notifications/subscriptions/acknowledged` (the union
+//! of what the members accepted, once all have answered or the fan-out timeout passed)
+//! and, once every member has ended its stream with its final result, one final result
+//! of its own; the gateway's own notifications carry the subscription's id.
 //!
 //! Dropping the merged answer (the client left) stops every feed and closes the
 //! members' streams.
@@ -78,14 +85,23 @@ enum Feed {
     Down(usize),
 }
 
+/// How a member's stream is opened.
+#[derive(Clone)]
+pub enum Opening {
+    /// A GET in the member's session.
+    Get(OwnedPin),
+    /// A `subscriptions/listen` POST of this body (2026-07-28: no session).
+    Listen(Bytes),
+}
+
 /// One member's part in a merged stream.
 pub struct Part {
     /// Its index in the route.
     pub member: usize,
     /// Its upstream.
     pub upstream: Arc<HttpUpstream>,
-    /// Its session.
-    pub pin: OwnedPin,
+    /// How its stream is opened.
+    pub opening: Opening,
     /// Its own last event id, from the client's `Last-Event-ID`.
     pub last_id: Option<String>,
     /// Its stream, when the first open succeeded.
@@ -104,6 +120,22 @@ pub struct Route {
     pub grace: Duration,
     /// The replica token of merged answers.
     pub replica: Arc<str>,
+    /// How long members have to acknowledge a listen.
+    pub fanout_timeout: Duration,
+}
+
+/// What a merged listen stream keeps besides the events.
+struct Listen {
+    /// The client's request id, which is also the subscription's id.
+    id: Value,
+    /// Members whose acknowledgment is awaited.
+    waiting: usize,
+    /// The union of what members accepted so far.
+    accepted: serde_json::Map<String, Value>,
+    /// When the acknowledgment goes out at the latest; `None` once it has.
+    ack_by: Option<Instant>,
+    /// Whether the final result went out.
+    finished: bool,
 }
 
 /// The merged stream as an [`Answer`].
@@ -121,12 +153,19 @@ pub struct Merged {
     /// `list_changed` methods waiting for the debounce window to end, and since when.
     pending: BTreeSet<String>,
     pending_since: Option<Instant>,
+    listen: Option<Listen>,
     out: std::collections::VecDeque<Bytes>,
 }
 
 impl Merged {
-    /// Starts a feed for every part and merges them.
-    pub fn start(route: Route, parts: Vec<Part>, opener: Opener) -> Result<Merged, Failure> {
+    /// Starts a feed for every part and merges them; `listen` is the client's request
+    /// id for a merged `subscriptions/listen`.
+    pub fn start(
+        route: Route,
+        parts: Vec<Part>,
+        opener: Opener,
+        listen: Option<Value>,
+    ) -> Result<Merged, Failure> {
         let bad = |_| Failure::BadRequest("the gateway could not build its answer".into());
         let mut head = ResponseHeader::build(200, Some(3)).map_err(bad)?;
         head.insert_header("content-type", "text/event-stream")
@@ -138,6 +177,13 @@ impl Merged {
         let mut positions = vec![None; n];
         let mut away = vec![None; n];
         let mut feeds = Vec::with_capacity(parts.len());
+        let listen = listen.map(|id| Listen {
+            id,
+            waiting: parts.iter().filter(|p| p.open.is_some()).count(),
+            accepted: serde_json::Map::new(),
+            ack_by: Some(Instant::now() + route.fanout_timeout),
+            finished: false,
+        });
         for part in parts {
             positions[part.member] = part.last_id.clone();
             if part.open.is_none() {
@@ -156,8 +202,81 @@ impl Merged {
             dropped: vec![false; n],
             pending: BTreeSet::new(),
             pending_since: None,
+            listen,
             out: Default::default(),
         })
+    }
+
+    /// `method`'s params as the gateway sends them: with the subscription's id on a
+    /// listen stream.
+    fn own_message(&self, method: &str, params: Option<Value>) -> Bytes {
+        let mut msg = serde_json::json!({"jsonrpc": "2.0", "method": method});
+        let mut params = params.unwrap_or_else(|| Value::Object(Default::default()));
+        if let (Some(l), Some(p)) = (&self.listen, params.as_object_mut()) {
+            p.insert(
+                "_meta".into(),
+                serde_json::json!({ids::SUBSCRIPTION_ID: l.id}),
+            );
+        }
+        if params.as_object().is_some_and(|p| !p.is_empty()) {
+            msg["params"] = params;
+        }
+        Bytes::from(sse(None, &msg.to_string()))
+    }
+
+    /// The merged acknowledgment, once.
+    fn acknowledge(&mut self) {
+        let Some(l) = self.listen.as_mut() else {
+            return;
+        };
+        if l.ack_by.take().is_none() {
+            return;
+        }
+        let accepted = Value::Object(std::mem::take(&mut l.accepted));
+        let ack = self.own_message(
+            "notifications/subscriptions/acknowledged",
+            Some(serde_json::json!({"notifications": accepted})),
+        );
+        self.out.push_back(ack);
+    }
+
+    /// A member's acknowledgment: what it accepted joins the union (its resources as
+    /// clients name them).
+    fn acknowledged(&mut self, m: usize, msg: &Value) {
+        let names = &self.route.names;
+        let Some(l) = self.listen.as_mut() else {
+            return;
+        };
+        if l.ack_by.is_none() {
+            return;
+        }
+        if let Some(filter) = msg
+            .pointer("/params/notifications")
+            .and_then(Value::as_object)
+        {
+            for (k, v) in filter {
+                if k == "resourceSubscriptions" {
+                    let uris = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|u| names.outward_uri(m, u.as_str()?).map(Value::String));
+                    let slot = l
+                        .accepted
+                        .entry(k.clone())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(all) = slot {
+                        all.extend(uris);
+                    }
+                } else if v == &Value::Bool(true) {
+                    l.accepted.insert(k.clone(), Value::Bool(true));
+                }
+            }
+        }
+        l.waiting = l.waiting.saturating_sub(1);
+        if l.waiting == 0 {
+            self.acknowledge();
+        }
     }
 
     /// When something is due without a feed saying anything: the debounce window
@@ -170,7 +289,8 @@ impl Merged {
             .zip(&self.dropped)
             .filter_map(|(a, d)| a.filter(|_| !d).map(|t| t + self.route.grace))
             .min();
-        [debounce, grace].into_iter().flatten().min()
+        let ack = self.listen.as_ref().and_then(|l| l.ack_by);
+        [debounce, grace, ack].into_iter().flatten().min()
     }
 
     fn changed(&mut self, method: &str) {
@@ -190,11 +310,19 @@ impl Merged {
                 }
             }
         }
+        if self
+            .listen
+            .as_ref()
+            .and_then(|l| l.ack_by)
+            .is_some_and(|t| now >= t)
+        {
+            self.acknowledge();
+        }
         if self.pending_since.is_some_and(|t| now >= t + DEBOUNCE) {
             self.pending_since = None;
             for method in std::mem::take(&mut self.pending) {
-                let data = serde_json::json!({"jsonrpc": "2.0", "method": method}).to_string();
-                self.out.push_back(Bytes::from(sse(None, &data)));
+                let message = self.own_message(&method, None);
+                self.out.push_back(message);
             }
         }
     }
@@ -242,7 +370,16 @@ impl Merged {
             return;
         };
         let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
+        if method.is_none() {
+            // A member's final result of its listen: the client gets the gateway's own
+            // once every member has ended.
+            return;
+        }
         match method.as_deref() {
+            Some("notifications/subscriptions/acknowledged") => {
+                self.acknowledged(m, &msg);
+                return;
+            }
             Some(
                 list @ ("notifications/tools/list_changed"
                 | "notifications/prompts/list_changed"
@@ -290,6 +427,13 @@ impl Drop for Merged {
     }
 }
 
+/// Whether an event's data is a JSON-RPC response (it has no method).
+fn is_response(data: &str) -> bool {
+    serde_json::from_str::<Value>(data).is_ok_and(|v| {
+        v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some())
+    })
+}
+
 /// One SSE event.
 fn sse(id: Option<&str>, data: &str) -> String {
     match id {
@@ -313,8 +457,20 @@ impl Answer for Merged {
             tokio::select! {
                 feed = self.rx.recv() => match feed {
                     Some(f) => self.take(f),
-                    // Every feed ended: no member has a stream for this session.
-                    None => return Ok(None),
+                    // Every feed ended: no member has a stream any more.
+                    None => {
+                        self.acknowledge();
+                        match self.listen.as_mut() {
+                            Some(l) if !l.finished => {
+                                l.finished = true;
+                                let id = l.id.clone();
+                                let done = serde_json::json!({"jsonrpc": "2.0", "id": id,
+                                    "result": {"_meta": {ids::SUBSCRIPTION_ID: id}}});
+                                self.out.push_back(Bytes::from(sse(None, &done.to_string())));
+                            }
+                            _ => return Ok(None),
+                        }
+                    }
                 },
                 _ = sleep_until(due) => self.tick(),
             }
@@ -331,11 +487,11 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Opens member `upstream`'s GET stream in its session `pin`, resuming after its own
-/// event `last_id`.
+/// Opens member `upstream`'s stream as `opening` says, resuming after its own event
+/// `last_id`.
 pub async fn open_member(
     upstream: &HttpUpstream,
-    pin: &OwnedPin,
+    opening: &Opening,
     last_id: Option<&str>,
     opener: &Opener,
 ) -> Result<Inbound, Failure> {
@@ -353,11 +509,33 @@ pub async fn open_member(
             renamed: None,
             uncompressed: true,
         }),
-        session: Some(pin.pin()),
+        session: None,
         wait: Wait::Stream,
         answer_by: None,
     };
-    upstream.open_stream(out).await
+    match opening {
+        Opening::Get(pin) => {
+            upstream
+                .open_stream(Outbound {
+                    session: Some(pin.pin()),
+                    ..out
+                })
+                .await
+        }
+        Opening::Listen(body) => upstream.send(out, body.clone()).await,
+    }
+}
+
+/// Whether a member's answer is an event stream (a listen a member does not support is
+/// answered with a JSON error instead).
+pub fn is_stream(i: &Inbound) -> bool {
+    let head = i.answer.head();
+    head.status.as_u16() == 200
+        && head
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.trim_start().starts_with("text/event-stream"))
 }
 
 /// Reads one member's stream to the client, opening it again when it ends, until the
@@ -370,9 +548,17 @@ async fn feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) {
     loop {
         let inbound = match open.take() {
             Some(i) => Ok(i),
-            None => open_member(&part.upstream, &part.pin, last_id.as_deref(), &opener).await,
+            None => open_member(&part.upstream, &part.opening, last_id.as_deref(), &opener).await,
         };
+        let listen = matches!(part.opening, Opening::Listen(_));
         match inbound {
+            Ok(i) if listen && !is_stream(&i) => {
+                tracing::debug!(
+                    member = part.upstream.name(),
+                    "a member no longer takes the subscription"
+                );
+                return;
+            }
             Ok(mut i) => match i.answer.head().status.as_u16() {
                 200 => {
                     backoff = FIRST_BACKOFF;
@@ -395,7 +581,9 @@ async fn feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) {
                                     continue;
                                 }
                             }
-                            if tx.send(Feed::Event(m, e)).await.is_err() {
+                            // A listen's final result: the member ended it on purpose.
+                            let last = listen && e.data.as_deref().is_some_and(is_response);
+                            if tx.send(Feed::Event(m, e)).await.is_err() || last {
                                 return;
                             }
                         }
