@@ -96,7 +96,7 @@ fn filter(c: &mut Criterion) {
         // The copy each round filters is made and dropped outside the timing.
         b.iter_batched_ref(
             || result.clone(),
-            |r| black_box(filter_list(&p, Some(&who), "github", kind, true, r)),
+            |r| black_box(filter_list(&p, Some(&who), "github", kind, true, None, r)),
             BatchSize::SmallInput,
         )
     });
@@ -118,7 +118,7 @@ fn answer(c: &mut Criterion) {
         b.iter(|| {
             let mut msg: Value = serde_json::from_str(black_box(&text)).expect("json");
             if let Some(r) = msg.get_mut("result") {
-                filter_list(&p, Some(&who), "github", kind, true, r);
+                filter_list(&p, Some(&who), "github", kind, true, None, r);
             }
             black_box(serde_json::to_string(&msg).expect("json"))
         })

@@ -55,7 +55,12 @@ pub struct Filtered {
     pub tool_annotations: Vec<(String, Annotations)>,
 }
 
-/// Filters `result` (the JSON-RPC `result` object of a `list` answer) for `who`.
+/// On a federated route: the member (its upstream name) and the member's own name
+/// behind a name clients see, so rules naming the member match its own names.
+pub type OwnNames<'a> = &'a dyn Fn(&str) -> Option<(String, String)>;
+
+/// Filters `result` (the JSON-RPC `result` object of a `list` answer) for `who`;
+/// `own` maps a federated route's names to their members'.
 /// `trust_annotations` false makes every tool carry the spec's defaults. Items without
 /// a string name are removed: they cannot be judged.
 pub fn filter_list(
@@ -64,6 +69,7 @@ pub fn filter_list(
     upstream: &str,
     list: ListKind,
     trust_annotations: bool,
+    own: Option<OwnNames<'_>>,
     result: &mut Value,
 ) -> Filtered {
     let mut out = Filtered::default();
@@ -87,7 +93,13 @@ pub fn filter_list(
         if list.kind == Kind::Tool {
             out.tool_annotations.push((name.to_owned(), annotations));
         }
-        judge.effect(name, annotations) != Effect::Hide
+        let effect = match own.and_then(|f| f(name)) {
+            Some((member, own_name)) => {
+                judge.effect_as_member(name, &own_name, &member, annotations)
+            }
+            None => judge.effect(name, annotations),
+        };
+        effect != Effect::Hide
     });
     out.hidden = before - items.len();
     if list.kind == Kind::Tool {

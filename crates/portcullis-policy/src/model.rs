@@ -162,18 +162,47 @@ impl ListJudge<'_> {
     /// The effect on the item `name` with `annotations`: what [`Policy::decide`] would
     /// answer, without the deciding rule's name.
     pub fn effect(&mut self, name: &str, annotations: Annotations) -> Effect {
+        let upstream = self.upstream;
+        self.best(name, upstream, false, annotations)
+            .unwrap_or(self.policy.default)
+    }
+
+    /// On a federated route, the effect on an item clients see as `name` that is member
+    /// `member`'s own `own`: what [`Policy::decide_as_member`] would answer.
+    pub fn effect_as_member(
+        &mut self,
+        name: &str,
+        own: &str,
+        member: &str,
+        annotations: Annotations,
+    ) -> Effect {
+        let upstream = self.upstream;
+        let seen = self.best(name, upstream, false, annotations);
+        let owned = self.best(own, member, true, annotations);
+        seen.max(owned).unwrap_or(self.policy.default)
+    }
+
+    /// The most restrictive effect of the entries matching `name` on `upstream`; with
+    /// `scoped`, only entries that name `upstream` count.
+    fn best(
+        &mut self,
+        name: &str,
+        upstream: &str,
+        scoped: bool,
+        annotations: Annotations,
+    ) -> Option<Effect> {
         let p = self.policy;
         let index = &p.index[self.kind as usize];
         let target = Target {
             method: self.method,
             kind: self.kind,
             name,
-            upstream: self.upstream,
+            upstream,
             annotations,
         };
         let mut best: Option<Effect> = None;
         let mut consider = |e: usize| {
-            if let Some((_, effect)) = p.entry_fits(e, self.who, &target) {
+            if let Some((_, effect)) = p.entry_fits(e, self.who, &target, scoped) {
                 best = best.max(Some(effect));
             }
         };
@@ -188,7 +217,7 @@ impl ListJudge<'_> {
         for &e in &index.unnamed {
             consider(e);
         }
-        best.unwrap_or(p.default)
+        best
     }
 }
 
@@ -349,16 +378,36 @@ impl Policy {
 
     /// The decision for `who` (None: anonymous) on `target`.
     pub fn decide(&self, who: Option<&Principal>, target: &Target<'_>) -> Decision {
+        self.decide_in(who, &[(target, false)])
+    }
+
+    /// On a federated route: the decision on `seen` (the name clients see, on the
+    /// route's upstream) and on `own` (the member's own name, with `own.upstream` the
+    /// member), where only entries that name the member by `upstream` match its own
+    /// names. The most restrictive matching rule of either decides; the default when
+    /// none matches.
+    pub fn decide_as_member(
+        &self,
+        who: Option<&Principal>,
+        seen: &Target<'_>,
+        own: &Target<'_>,
+    ) -> Decision {
+        self.decide_in(who, &[(seen, false), (own, true)])
+    }
+
+    fn decide_in(&self, who: Option<&Principal>, targets: &[(&Target<'_>, bool)]) -> Decision {
         let mut best: Option<(Effect, usize)> = None;
-        self.each_match(who, target, |rule, effect| {
-            let better = match best {
-                None => true,
-                Some((e, r)) => effect > e || (effect == e && rule < r),
-            };
-            if better {
-                best = Some((effect, rule));
-            }
-        });
+        for (target, scoped) in targets {
+            self.each_match(who, target, *scoped, |rule, effect| {
+                let better = match best {
+                    None => true,
+                    Some((e, r)) => effect > e || (effect == e && rule < r),
+                };
+                if better {
+                    best = Some((effect, rule));
+                }
+            });
+        }
         match best {
             Some((effect, rule)) => Decision {
                 effect,
@@ -379,7 +428,7 @@ impl Policy {
         target: &Target<'_>,
     ) -> Vec<(Arc<str>, Effect)> {
         let mut rules: Vec<usize> = Vec::new();
-        self.each_match(who, target, |rule, _| rules.push(rule));
+        self.each_match(who, target, false, |rule, _| rules.push(rule));
         rules.sort_unstable();
         rules.dedup();
         rules
@@ -389,23 +438,26 @@ impl Policy {
     }
 
     /// The rule of entry `e` and its effect, if the entry matches `target` for `who`
-    /// (its name or method pattern already matched).
+    /// (its name or method pattern already matched). With `scoped`, only an entry that
+    /// names `target.upstream` matches (a federated member's own names).
     fn entry_fits(
         &self,
         e: usize,
         who: Option<&Principal>,
         target: &Target<'_>,
+        scoped: bool,
     ) -> Option<(usize, Effect)> {
         let entry = &self.entries[e];
         let rule = &self.rules[entry.rule];
+        let upstream_fits = match entry.upstream.as_deref() {
+            Some(u) => u == target.upstream,
+            None => !scoped,
+        };
         let fits = entry
             .method
             .as_ref()
             .is_none_or(|m| m.is_match(target.method))
-            && entry
-                .upstream
-                .as_deref()
-                .is_none_or(|u| u == target.upstream)
+            && upstream_fits
             && entry.annotations.holds(&target.annotations)
             && rule.applies_to(who);
         fits.then_some((entry.rule, rule.effect))
@@ -445,11 +497,12 @@ impl Policy {
         &self,
         who: Option<&Principal>,
         target: &Target<'_>,
+        scoped: bool,
         mut found: impl FnMut(usize, Effect),
     ) {
         let index = &self.index[target.kind as usize];
         let mut check = |e: usize| {
-            if let Some((rule, effect)) = self.entry_fits(e, who, target) {
+            if let Some((rule, effect)) = self.entry_fits(e, who, target, scoped) {
                 found(rule, effect);
             }
         };

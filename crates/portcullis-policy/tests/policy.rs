@@ -409,7 +409,7 @@ transforms:
         {"title": "nameless"},
         {"name": "echo", "annotations": safe}
     ], "nextCursor": "c2"});
-    let out = filter_list(&p, None, "files", tools, true, &mut result);
+    let out = filter_list(&p, None, "files", tools, true, None, &mut result);
     assert_eq!(
         out.hidden, 3,
         "admin, hints-by-default (open world, not read-only), nameless"
@@ -435,14 +435,14 @@ transforms:
 
     // Untrusted annotations: every tool has the spec's defaults.
     let mut result = json!({"tools": [{"name": "echo", "annotations": safe}]});
-    filter_list(&p, None, "files", tools, false, &mut result);
+    filter_list(&p, None, "files", tools, false, None, &mut result);
     assert_eq!(result["tools"].as_array().map(Vec::len), Some(0));
 
     // A page emptied by filtering keeps its cursor so the walk goes on.
     let prompts = list_kind("prompts/list").expect("filtered");
     let mut page =
         json!({"prompts": [{"name": "secret1"}, {"name": "secret2"}], "nextCursor": "p2"});
-    let out = filter_list(&p, None, "files", prompts, true, &mut page);
+    let out = filter_list(&p, None, "files", prompts, true, None, &mut page);
     assert_eq!(out.hidden, 2);
     assert_eq!(page, json!({"prompts": [], "nextCursor": "p2"}));
 
@@ -453,7 +453,7 @@ transforms:
         json!({"tools": [1, null, "x"]}),
         json!([]),
     ] {
-        filter_list(&p, None, "files", tools, true, &mut odd);
+        filter_list(&p, None, "files", tools, true, None, &mut odd);
     }
     assert!(list_kind("tools/call").is_none());
 }
@@ -547,4 +547,84 @@ rules:
             }
         }
     }
+}
+
+#[test]
+fn on_a_federated_route_rules_naming_a_member_match_its_own_names() {
+    let p = policy(
+        r#"
+default: allow
+rules:
+  - name: no-github-deletes
+    effect: deny
+    targets: [{tool: "delete_*", upstream: github}]
+  - name: hide-admin
+    effect: hide
+    targets: [{tool: "*admin*"}]
+  - name: fleet-only
+    effect: deny
+    targets: [{tool: "jira__*", upstream: fleet}]
+"#,
+    );
+    let seen = |name| Target {
+        upstream: "fleet",
+        ..tool(name)
+    };
+    let own = |name, member| Target {
+        upstream: member,
+        ..tool(name)
+    };
+    let d = p.decide_as_member(
+        None,
+        &seen("github__delete_repo"),
+        &own("delete_repo", "github"),
+    );
+    assert_eq!(
+        (d.effect, d.rule_name()),
+        (Effect::Deny, "no-github-deletes"),
+        "the member's own name, by a rule naming the member"
+    );
+    let d = p.decide_as_member(
+        None,
+        &seen("jira__delete_issue"),
+        &own("delete_issue", "jira"),
+    );
+    assert_eq!(
+        (d.effect, d.rule_name()),
+        (Effect::Deny, "fleet-only"),
+        "another member: only rules on the client's names apply"
+    );
+    let d = p.decide_as_member(None, &seen("github__search"), &own("search", "github"));
+    assert_eq!((d.effect, d.rule_name()), (Effect::Allow, "default"));
+    // A rule without `upstream` matches the names clients see, not members' own.
+    let d = p.decide_as_member(None, &seen("github__admin_x"), &own("admin_x", "github"));
+    assert_eq!(d.effect, Effect::Hide);
+    let p2 =
+        policy("default: allow\nrules:\n  - {name: h, effect: hide, targets: [{tool: search}]}\n");
+    let d = p2.decide_as_member(None, &seen("github__search"), &own("search", "github"));
+    assert_eq!(
+        d.effect,
+        Effect::Allow,
+        "an unscoped `search` is the client name `search`, which no member shows"
+    );
+    // The same in lists.
+    let mut judge = p.list_judge(None, Kind::Tool, "tools/call", "fleet");
+    assert_eq!(
+        judge.effect_as_member(
+            "github__delete_repo",
+            "delete_repo",
+            "github",
+            Annotations::SPEC_DEFAULTS
+        ),
+        Effect::Deny
+    );
+    assert_eq!(
+        judge.effect_as_member(
+            "github__search",
+            "search",
+            "github",
+            Annotations::SPEC_DEFAULTS
+        ),
+        Effect::Allow
+    );
 }

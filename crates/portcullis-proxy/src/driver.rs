@@ -517,6 +517,7 @@ impl Gateway {
                 trust_annotations: snap.route_trusts_annotations(route),
                 cache: self.catalogs.clone(),
                 rpc_id: cx.rpc_id.clone(),
+                members: snap.federations[route].as_ref().map(|f| f.names().clone()),
             };
             if sse {
                 filters.push(Box::new(filter));

@@ -115,6 +115,9 @@ pub fn upstream_tool(policy: &Policy, asked: &Asked) -> Result<Option<String>, (
 
 /// Judges `asked` (by its upstream name `name`) for `who`, with the tool's annotations
 /// (the spec's defaults when unknown or untrusted).
+/// On a federated route, `own` is the member (its upstream name) and the member's own
+/// name behind `name`: rules naming the member match that name too.
+#[allow(clippy::too_many_arguments)]
 pub fn judge(
     policy: &Policy,
     who: Option<&Principal>,
@@ -122,6 +125,7 @@ pub fn judge(
     asked: &Asked,
     name: &str,
     upstream: &str,
+    own: Option<(&str, &str)>,
     annotations: Annotations,
 ) -> Decision {
     let target = Target {
@@ -131,7 +135,17 @@ pub fn judge(
         upstream,
         annotations,
     };
-    policy.decide(who, &target)
+    match own {
+        Some((member, own_name)) => {
+            let own = Target {
+                name: own_name,
+                upstream: member,
+                ..target
+            };
+            policy.decide_as_member(who, &target, &own)
+        }
+        None => policy.decide(who, &target),
+    }
 }
 
 /// The decision for a tool called by a name that was renamed away: unknown.
@@ -164,6 +178,7 @@ pub fn server_request_refusal(
         &asked,
         method,
         upstream,
+        None,
         Annotations::SPEC_DEFAULTS,
     );
     refusal(&d, &asked, false)

@@ -844,3 +844,58 @@ async fn subscriptions_listen_fans_out_acknowledges_once_and_maps_resource_updat
     assert_eq!(updated.params.uri, readme, "the member's URI mapped back");
     drop(sub);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_sees_the_clients_names_and_rules_naming_a_member_see_its_own() {
+    let m = members().await;
+    let policy = "default: allow\nrules:\n\
+  - {name: no-beta-echo, effect: hide, targets: [{tool: echo, upstream: beta}]}\n\
+  - {name: alpha-tools-denied, effect: deny, targets: [{tool: \"alpha__tool*\"}]}\n\
+  - {name: not-by-own-name, effect: hide, targets: [{tool: tool1}]}\n";
+    let gw = Gateway::start_with_files(
+        &format!(
+            "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
+routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, beta, gamma]\n    policy: policy.yaml\n\
+upstreams:\n  alpha:\n    url: {}\n  beta:\n    url: {}\n  gamma:\n    url: {}\n",
+            m.0.url, m.1.url, m.2.url
+        ),
+        &[("policy.yaml", policy)],
+    )
+    .await;
+    let c = connect_session(&gw.url).await;
+    let tools = c.service.list_all_tools().await.expect("tools");
+    let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert!(
+        !names.iter().any(|n| n == "beta__echo"),
+        "hidden by its own name on its member: {names:?}"
+    );
+    for shown in [
+        "alpha__echo",
+        "gamma__echo",
+        "alpha__tool1",
+        "beta__tool1",
+        "gamma__tool1",
+    ] {
+        assert!(
+            names.iter().any(|n| n == shown),
+            "{shown} listed (a rule without upstream matches client names only): {names:?}"
+        );
+    }
+    let hidden = call(&c, "beta__echo").await.expect_err("hidden");
+    assert!(format!("{hidden:?}").contains("Unknown tool"), "{hidden:?}");
+    let denied = call(&c, "alpha__tool1").await.expect_err("denied");
+    assert!(
+        format!("{denied:?}").contains("-32016")
+            || format!("{denied:?}").contains("alpha-tools-denied"),
+        "{denied:?}"
+    );
+    assert_eq!(
+        call(&c, "gamma__echo").await.expect("allowed"),
+        "gamma:echo"
+    );
+    assert_eq!(
+        call(&c, "beta__tool1").await.expect("allowed"),
+        "beta:tool1"
+    );
+}

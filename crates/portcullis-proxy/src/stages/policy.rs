@@ -55,6 +55,9 @@ pub async fn judge(
         Ok(renamed) => {
             let name = renamed.as_deref().unwrap_or(&asked.name).to_owned();
             let is_tool = asked.kind == portcullis_policy::Kind::Tool;
+            let own = snap.federations[route_idx]
+                .as_ref()
+                .and_then(|f| f.names().own(asked.kind, &name));
             let decide = |info: ToolInfo| {
                 let annotations = match info {
                     // Trust is read now, so turning it off applies at once.
@@ -68,6 +71,7 @@ pub async fn judge(
                     &asked,
                     &name,
                     upstream_name,
+                    own.as_ref().map(|(m, n)| (m.as_str(), n.as_str())),
                     annotations,
                 )
             };

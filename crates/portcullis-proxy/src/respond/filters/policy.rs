@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use portcullis_auth::Principal;
 use portcullis_mcp::scan::{Head, Mode};
-use portcullis_policy::discovery::{filter_list, list_kind, ListKind};
+use portcullis_policy::discovery::{filter_list, list_kind, ListKind, OwnNames};
 use portcullis_policy::Policy;
 use serde_json::Value;
 
 use super::{Effects, Filter, Verdict};
 use crate::catalog::Catalogs;
+use crate::upstream::federated::names::Names;
 
 /// The largest list answer (JSON body, or one SSE event) the gateway will rewrite.
 pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
@@ -42,6 +43,9 @@ pub struct PolicyFilter {
     pub cache: Arc<Catalogs>,
     /// The request id's JSON text, for the fail-closed error.
     pub rpc_id: Option<String>,
+    /// On a federated route, its members' names: rules naming a member match the
+    /// member's own names.
+    pub members: Option<Names>,
 }
 
 /// What reading one message found.
@@ -86,12 +90,15 @@ impl PolicyFilter {
         }
         if let Some(result) = obj.get_mut("result") {
             if let Some(kind) = self.kind.or_else(|| detect(result)) {
+                let own = |name: &str| self.members.as_ref()?.own(kind.kind, name);
+                let own: Option<OwnNames<'_>> = self.members.as_ref().map(|_| &own as OwnNames<'_>);
                 let out = filter_list(
                     &self.policy,
                     self.who.as_deref(),
                     &self.upstream,
                     kind,
                     self.trust_annotations,
+                    own,
                     result,
                 );
                 // Untrusted upstreams' tools carry the spec's defaults here already.
@@ -204,6 +211,7 @@ mod tests {
             trust_annotations: true,
             cache: Arc::new(Catalogs::default()),
             rpc_id: Some("4".into()),
+            members: None,
         }
     }
 

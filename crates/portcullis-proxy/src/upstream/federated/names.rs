@@ -88,6 +88,18 @@ impl Names {
         (!own.is_empty()).then_some((m, own))
     }
 
+    /// The member (its upstream name) and its own name behind `name`, a name of `kind`
+    /// as clients see it: what a policy rule naming the member matches.
+    pub fn own(&self, kind: portcullis_policy::Kind, name: &str) -> Option<(String, String)> {
+        use portcullis_policy::Kind;
+        let (m, own) = match kind {
+            Kind::Tool | Kind::Prompt => self.inward(name)?,
+            Kind::Resource | Kind::ResourceTemplate => self.inward_uri(name)?,
+            Kind::Method => return None,
+        };
+        Some((self.key(m).to_owned(), own.to_owned()))
+    }
+
     /// The member whose upstream is named `key`.
     pub fn member(&self, key: &str) -> Option<usize> {
         self.mounts.iter().position(|mount| mount.key == key)
