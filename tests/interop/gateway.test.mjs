@@ -815,3 +815,70 @@ upstreams:
     { timeout: TEST_TIMEOUT_MS },
   );
 });
+
+describe("two gateway processes with one session key behind a round-robin balancer: one SDK session served by both", () => {
+  let tmp;
+  let upstream;
+  const gateways = [];
+  const served = [0, 0];
+
+  before(
+    async () => {
+      tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-replicas-"));
+      tempDirs.add(tmp);
+      upstream = await startEverything();
+      const keyFile = path.join(tmp, "session.key");
+      fs.writeFileSync(keyFile, crypto.randomBytes(32).toString("hex"));
+      for (const name of ["a", "b"]) {
+        const configFile = path.join(tmp, `${name}.yaml`);
+        fs.writeFileSync(configFile, `${gatewayConfig(upstream.port)}sessions:\n  key_file: ${keyFile}\n`);
+        gateways.push(await startGateway(configFile));
+      }
+    },
+    { timeout: 3 * STARTUP_DEADLINE_MS + 10_000 },
+  );
+
+  after(() => {
+    killAllChildren();
+  });
+
+  it(
+    "initialize, list, calls with progress and DELETE, each request to the next replica",
+    async () => {
+      let next = 0;
+      // What a load balancer without sticky sessions does: every request to the next replica.
+      const balancer = (url, init) => {
+        const i = next++ % gateways.length;
+        served[i]++;
+        const target = new URL(url);
+        target.host = gateways[i].publicAddr;
+        return fetch(target, init);
+      };
+      const client = new Client({ name: "portcullis-interop-replicas", version: "1.0.0" }, { capabilities: {} });
+      const transport = new StreamableHTTPClientTransport(new URL(`http://${gateways[0].publicAddr}/mcp`), {
+        fetch: balancer,
+      });
+      await client.connect(transport);
+      const sid = transport.sessionId;
+      assert.equal(typeof sid, "string");
+      const { tools } = await client.listTools();
+      assert.ok(tools.some((t) => t.name === "echo"));
+      for (let i = 0; i < 4; i++) {
+        const res = await client.callTool({ name: "echo", arguments: { message: `call ${i}` } });
+        assert.deepEqual(res.content, [{ type: "text", text: `Echo: call ${i}` }]);
+      }
+      const progress = [];
+      const long = await client.callTool(
+        { name: "trigger-long-running-operation", arguments: { duration: 1, steps: 2 } },
+        undefined,
+        { onprogress: (p) => progress.push(p), timeout: TEST_TIMEOUT_MS - 5_000 },
+      );
+      assert.match(long.content[0].text, /^Long running operation completed/);
+      assert.ok(served[0] >= 3 && served[1] >= 3, `both replicas served the session: ${served}`);
+      assert.equal(transport.sessionId, sid, "one session throughout");
+      await transport.terminateSession();
+      await client.close();
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+});

@@ -422,6 +422,10 @@ impl Gateway {
                 route: snap.config.routes[route].path.as_str(),
             },
             replica: &served.replica,
+            presented: match (&dest.session, req.headers.get(&MCP_SESSION_ID_H)) {
+                (Some(pin), Some(token)) => Some((&pin.id, &pin.replica, token.as_bytes())),
+                _ => None,
+            },
         };
         let sealing = (dest.session_ids == SessionIds::Seal).then_some(&sealing);
         let http10 = req.version == Version::HTTP_10;

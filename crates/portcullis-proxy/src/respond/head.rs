@@ -23,6 +23,10 @@ pub struct Sealing<'a> {
     pub bound: Bound<'a>,
     /// The replica token of the endpoint that answered.
     pub replica: &'a str,
+    /// The session the client presented, opened (the upstream's id and replica) and as
+    /// the client sent it: an upstream that repeats its session id gets the client's own
+    /// id back, so the client's session id stays the same for the whole session.
+    pub presented: Option<(&'a [u8], &'a str, &'a [u8])>,
 }
 
 /// How the body of the answer is carried.
@@ -63,6 +67,14 @@ pub fn build(
         }
         if n == MCP_SESSION_ID {
             let Some(sealing) = sealing else { continue };
+            if let Some((id, replica, token)) = sealing.presented {
+                if id == value.as_bytes() && replica == sealing.replica {
+                    let same = http::HeaderValue::from_bytes(token).map_err(|e| e.to_string())?;
+                    resp.append_header(name.clone(), same)
+                        .map_err(|e| e.to_string())?;
+                    continue;
+                }
+            }
             let sealed = sealing
                 .seal
                 .seal(
@@ -149,8 +161,60 @@ mod tests {
                 route: "/mcp",
             },
             replica: "0a0b0c0d",
+            presented: None,
         };
         build(up, Some(&sealing), rewritten, http10, cx).expect("built")
+    }
+
+    #[test]
+    fn a_repeated_upstream_session_id_gives_the_client_its_own_id_back() {
+        let u = up(200, &[("mcp-session-id", "upstream-sid")]);
+        let seal = SessionSeal::new(&[1u8; 32]);
+        let sealing = |replica, presented| Sealing {
+            seal: &seal,
+            owner: ("", ""),
+            bound: Bound {
+                upstream: "u",
+                route: "/mcp",
+            },
+            replica,
+            presented,
+        };
+        let same = sealing(
+            "0a0b0c0d",
+            Some((
+                b"upstream-sid".as_slice(),
+                "0a0b0c0d",
+                b"client-token".as_slice(),
+            )),
+        );
+        let (h, _) = build(&u, Some(&same), false, false, &mut Ctx::new(None)).expect("built");
+        assert_eq!(
+            h.headers["mcp-session-id"], "client-token",
+            "stable for the client"
+        );
+        // Another upstream session, or another endpoint: a new id, sealed.
+        for other in [
+            sealing(
+                "0a0b0c0d",
+                Some((
+                    b"other-sid".as_slice(),
+                    "0a0b0c0d",
+                    b"client-token".as_slice(),
+                )),
+            ),
+            sealing(
+                "0a0b0c0d",
+                Some((
+                    b"upstream-sid".as_slice(),
+                    "11111111",
+                    b"client-token".as_slice(),
+                )),
+            ),
+        ] {
+            let (h, _) = build(&u, Some(&other), false, false, &mut Ctx::new(None)).expect("built");
+            assert_ne!(h.headers["mcp-session-id"], "client-token");
+        }
     }
 
     #[test]
@@ -247,6 +311,7 @@ mod tests {
                 route: "/mcp",
             },
             replica: "0a0b0c0d",
+            presented: None,
         };
         assert!(build(&u, Some(&sealing), false, false, &mut Ctx::new(None)).is_err());
     }
