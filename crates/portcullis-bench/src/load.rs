@@ -36,15 +36,40 @@ pub fn token(secret: &[u8]) -> std::result::Result<String, String> {
 /// Writes the wrk Lua script that sends a valid 2026-07-28 tools/call, with a bearer
 /// token when given.
 pub fn script(dir: &Path, name: &str, token: Option<&str>) -> std::result::Result<PathBuf, String> {
+    script_of(dir, name, BODY, "tools/call", Some("echo"), token)
+}
+
+/// A 2026-07-28 `tools/call` of `tool` (a federated route's prefixed name, say).
+pub fn script_call(dir: &Path, name: &str, tool: &str) -> std::result::Result<PathBuf, String> {
+    let body = BODY.replace(r#""name":"echo""#, &format!(r#""name":"{tool}""#));
+    script_of(dir, name, &body, "tools/call", Some(tool), None)
+}
+
+/// A 2026-07-28 `tools/list`.
+pub fn script_list(dir: &Path, name: &str) -> std::result::Result<PathBuf, String> {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    script_of(dir, name, body, "tools/list", None, None)
+}
+
+fn script_of(
+    dir: &Path,
+    name: &str,
+    body: &str,
+    method: &str,
+    target: Option<&str>,
+    token: Option<&str>,
+) -> std::result::Result<PathBuf, String> {
     let path = dir.join(format!("{name}.lua"));
     let mut lua = format!(
-        "wrk.method = \"POST\"\nwrk.path = \"/mcp\"\nwrk.body = [[{BODY}]]\n\
+        "wrk.method = \"POST\"\nwrk.path = \"/mcp\"\nwrk.body = [[{body}]]\n\
 wrk.headers[\"Content-Type\"] = \"application/json\"\n\
 wrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\n\
 wrk.headers[\"MCP-Protocol-Version\"] = \"2026-07-28\"\n\
-wrk.headers[\"Mcp-Method\"] = \"tools/call\"\n\
-wrk.headers[\"Mcp-Name\"] = \"echo\"\n"
+wrk.headers[\"Mcp-Method\"] = \"{method}\"\n"
     );
+    if let Some(t) = target {
+        lua.push_str(&format!("wrk.headers[\"Mcp-Name\"] = \"{t}\"\n"));
+    }
     if let Some(t) = token {
         lua.push_str(&format!(
             "wrk.headers[\"Authorization\"] = \"Bearer {t}\"\n"

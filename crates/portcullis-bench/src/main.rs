@@ -2,7 +2,8 @@
 //! measured in the same run — the upstream directly, a bare pingora pass-through built
 //! with Portcullis's pingora settings (the floor), and Portcullis — printed as req/s,
 //! p50/p99 and ratios, because absolute figures on shared machines drift. Portcullis is
-//! also measured over TLS (HTTP/1.1 and HTTP/2) and for new TLS handshakes per second.
+//! also measured over TLS (HTTP/1.1 and HTTP/2) and for new TLS handshakes per second,
+//! and a federated route over ten members for a routed call and a cached merged list.
 
 mod certs;
 mod floor;
@@ -123,20 +124,67 @@ fn start_gateway(
     route_extra: &str,
     upstream_extra: &str,
 ) -> Result<Proc, String> {
-    let admin = format!("127.0.0.1:{}", free_port()?);
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "listeners:\n  public: {listen}\n  admin: {admin}\n{listeners_extra}server:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
-access_log:\n  output: {}\naudit_log:\n  output: {}\nroutes:\n  - path: /mcp\n    upstream: echo\n{}\
-upstreams:\n  echo:\n    url: http://{up}/mcp\n{upstream_extra}",
-            dir.join(format!("{name}-access.log")).display(),
-            dir.join(format!("{name}-audit.log")).display(),
-            route_extra
+    spawn_gateway(
+        portcullis,
+        dir,
+        name,
+        (listen, listeners_extra),
+        &format!(
+            "server:\n  threads: {threads}\n  grace_period: 0s\n  work_stealing: {work_stealing}\n\
+routes:\n  - path: /mcp\n    upstream: echo\n{route_extra}\
+upstreams:\n  echo:\n    url: http://{up}/mcp\n{upstream_extra}"
         ),
     )
-    .map_err(|e| e.to_string())?;
+}
+
+/// A gateway with one federated route over `members` members, every one of them the
+/// echo upstream under its own name (`m0`, `m1`...).
+fn start_federated(
+    portcullis: &std::path::Path,
+    dir: &std::path::Path,
+    listen: &str,
+    settings: Settings,
+    up: &str,
+    members: usize,
+) -> Result<Proc, String> {
+    let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
+    let upstreams: String = names
+        .iter()
+        .map(|n| format!("  {n}:\n    url: http://{up}/mcp\n"))
+        .collect();
+    spawn_gateway(
+        portcullis,
+        dir,
+        "federated",
+        (listen, ""),
+        &format!(
+            "server:\n  threads: {}\n  grace_period: 0s\n  work_stealing: {}\n\
+routes:\n  - path: /mcp\n    name: fleet\n    members: [{}]\n    federation:\n      list_cache_ttl: 1h\n\
+upstreams:\n{upstreams}",
+            settings.threads,
+            settings.work_stealing,
+            names.join(", ")
+        ),
+    )
+}
+
+/// Writes `name`'s config (listeners with `listeners_extra`, logs, then `rest`) and
+/// starts the gateway on it.
+fn spawn_gateway(
+    portcullis: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    (listen, listeners_extra): (&str, &str),
+    rest: &str,
+) -> Result<Proc, String> {
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let config = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "listeners:\n  public: {listen}\n  admin: {admin}\n{listeners_extra}access_log:\n  output: {}\naudit_log:\n  output: {}\n{rest}",
+        dir.join(format!("{name}-access.log")).display(),
+        dir.join(format!("{name}-audit.log")).display(),
+    );
+    std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let log = dir.join(format!("{name}.log"));
     let proc_ = Proc(
         Command::new(portcullis)
@@ -177,6 +225,9 @@ fn wait_listening(addr: &str) -> Result<(), String> {
 }
 
 /// How the targets are run and measured.
+/// Members of the benchmark's federated route.
+const FLEET: usize = 10;
+
 #[derive(Clone, Copy)]
 struct Settings {
     seconds: u64,
@@ -315,11 +366,17 @@ fn run(
         "",
     )?;
     wait_listening(&gw_tls)?;
+    // A federated route over ten members (all the echo upstream under ten names): a call
+    // routed to one member, and the merged list served from the members' cached pages.
+    let gw_fed = format!("127.0.0.1:{}", free_port()?);
+    let _gateway_fed = start_federated(portcullis, &dir, &gw_fed, settings, &up, FLEET)?;
     let token = load::token(secret)?;
 
     let plain = load::script(&dir, "call", None)?;
     let authed = load::script(&dir, "call-jwt", Some(&token))?;
     let http = |a: &str| format!("http://{a}");
+    let fed_call = load::script_call(&dir, "call-fed", "m3__echo")?;
+    let list = load::script_list(&dir, "list")?;
     let mut targets = vec![
         ("direct", http(&up), &plain),
         ("pingora floor", http(&fl), &plain),
@@ -327,6 +384,9 @@ fn run(
         ("portcullis+jwt", http(&gw_jwt), &authed),
         ("portcullis+limits", http(&gw_limits), &plain),
         ("portcullis https", format!("https://{gw_tls}"), &plain),
+        ("federated call", http(&gw_fed), &fed_call),
+        ("list, one route", http(&gw), &list),
+        ("list, federated", http(&gw_fed), &list),
     ];
     if compare.is_some() {
         targets.push(("compare", http(&gw_compare), &plain));
@@ -444,6 +504,21 @@ pingora threads {threads}, work_stealing {work_stealing}",
     println!(
         "  h2 (TLS, 2 conns x 25 streams) / portcullis (50 conns) req/s  {:.2}",
         ratio(h2.rps, p50.rps)
+    );
+    let (fc50, l50_one, l50_fed) = (
+        get(50, "federated call"),
+        get(50, "list, one route"),
+        get(50, "list, federated"),
+    );
+    println!(
+        "  50 conns  federated call / portcullis req/s  {:.2}   (target >= 0.90)",
+        ratio(fc50.rps, p50.rps)
+    );
+    println!(
+        "  50 conns  tools/list over {FLEET} members (cached) / one route's tools/list req/s  {:.2}   ({:.0} vs {:.0} req/s)",
+        ratio(l50_fed.rps, l50_one.rps),
+        l50_fed.rps,
+        l50_one.rps
     );
     let added_gw = p1.p50_us - d1.p50_us;
     let added_floor = f1.p50_us - d1.p50_us;

@@ -1,5 +1,6 @@
 //! The benchmark's upstream: a minimal, fast MCP echo over HTTP that answers a
-//! `tools/call` with a JSON result carrying the request's id. It is deliberately
+//! `tools/call` with a JSON result carrying the request's id (and `tools/list` with five
+//! tools). It is deliberately
 //! cheaper than any SDK server so the proxies' own cost shows in the ratios.
 
 use std::convert::Infallible;
@@ -11,6 +12,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+/// The tools the echo upstream lists.
+const TOOLS: &str = r#"{"name":"echo","inputSchema":{"type":"object"},"annotations":{"readOnlyHint":true}},{"name":"search","inputSchema":{"type":"object"}},{"name":"fetch","inputSchema":{"type":"object"}},{"name":"create","inputSchema":{"type":"object"}},{"name":"delete","inputSchema":{"type":"object"}}"#;
+
 async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = req
         .into_body()
@@ -18,13 +22,23 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let id = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
+    let msg = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let id = msg
+        .as_ref()
         .and_then(|v| v.get("id").cloned())
         .unwrap_or(serde_json::Value::Null);
-    let out = format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"hello"}}],"isError":false}}}}"#
-    );
+    let method = msg
+        .as_ref()
+        .and_then(|v| v.get("method").and_then(serde_json::Value::as_str));
+    let out = match method {
+        // A federated route's members are listed: five tools each.
+        Some("tools/list") => {
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{TOOLS}]}}}}"#)
+        }
+        _ => format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"hello"}}],"isError":false}}}}"#
+        ),
+    };
     Ok(Response::builder()
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(out)))

@@ -9,11 +9,12 @@
 //!
 //! [`FederatedUpstream`]: crate::upstream::federated::FederatedUpstream
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use portcullis_mcp::{Refusal, Unknown};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::ctx::{Ctx, Op};
 use crate::snapshot::Snapshot;
@@ -67,7 +68,8 @@ pub fn message(
     let Some(kind) = Targeted::of(method) else {
         return Ok(fanned(fed, session, body));
     };
-    let mut msg: Value = serde_json::from_slice(&body)
+    // Read only as deep as the target: the arguments stay the bytes they came as.
+    let mut msg: Raw = serde_json::from_slice(&body)
         .map_err(|e| Refusal::InvalidRequest(format!("the message is not JSON: {e}")))?;
     let (field, asked) = kind
         .target(&msg)
@@ -84,7 +86,8 @@ pub fn message(
         });
     };
     let own = own.to_owned();
-    kind.set_target(&mut msg, field, &own);
+    kind.set_target(&mut msg, field, &own)
+        .ok_or_else(|| Refusal::InvalidRequest("cannot rewrite the message".into()))?;
     let up = fed.upstream_index(m);
     if method == "tools/call" {
         // Mcp-Name and the member's tool gates use the member's own name.
@@ -179,17 +182,17 @@ impl Targeted {
         }
     }
 
-    fn target(self, msg: &Value) -> Option<(Field, String)> {
-        let params = msg.get("params")?;
-        let text = |v: &Value, key: &str| v.get(key)?.as_str().map(str::to_owned);
+    fn target(self, msg: &Raw) -> Option<(Field, String)> {
+        let params = raw(msg.get("params")?)?;
+        let text = |v: &Raw, key: &str| serde_json::from_str::<String>(v.get(key)?.get()).ok();
         match self {
-            Targeted::Tool | Targeted::Prompt => Some((Field::Name, text(params, "name")?)),
-            Targeted::Resource => Some((Field::Uri, text(params, "uri")?)),
+            Targeted::Tool | Targeted::Prompt => Some((Field::Name, text(&params, "name")?)),
+            Targeted::Resource => Some((Field::Uri, text(&params, "uri")?)),
             Targeted::Completion => {
-                let r = params.get("ref")?;
-                match r.get("type")?.as_str()? {
-                    "ref/prompt" => Some((Field::RefName, text(r, "name")?)),
-                    "ref/resource" => Some((Field::RefUri, text(r, "uri")?)),
+                let r = raw(params.get("ref")?)?;
+                match text(&r, "type")?.as_str() {
+                    "ref/prompt" => Some((Field::RefName, text(&r, "name")?)),
+                    "ref/resource" => Some((Field::RefUri, text(&r, "uri")?)),
                     _ => None,
                 }
             }
@@ -208,20 +211,38 @@ impl Targeted {
         }
     }
 
-    fn set_target(self, msg: &mut Value, field: Field, own: &str) {
-        let Some(params) = msg.get_mut("params") else {
-            return;
+    fn set_target(self, msg: &mut Raw, field: Field, own: &str) -> Option<()> {
+        let mut params = raw(msg.get("params")?)?;
+        let own = serde_json::value::to_raw_value(own).ok()?;
+        match field {
+            Field::Name => params.insert("name".into(), own),
+            Field::Uri => params.insert("uri".into(), own),
+            Field::RefName | Field::RefUri => {
+                let mut r = raw(params.get("ref")?)?;
+                let key = if field == Field::RefName {
+                    "name"
+                } else {
+                    "uri"
+                };
+                r.insert(key.into(), own);
+                params.insert("ref".into(), serde_json::value::to_raw_value(&r).ok()?)
+            }
         };
-        let (holder, key) = match field {
-            Field::Name => (Some(params), "name"),
-            Field::Uri => (Some(params), "uri"),
-            Field::RefName => (params.get_mut("ref"), "name"),
-            Field::RefUri => (params.get_mut("ref"), "uri"),
-        };
-        if let Some(Value::Object(o)) = holder {
-            o.insert(key.to_owned(), Value::String(own.to_owned()));
-        }
+        msg.insert(
+            "params".into(),
+            serde_json::value::to_raw_value(&params).ok()?,
+        );
+        Some(())
     }
+}
+
+/// A JSON object read one level deep: each member's value kept as the JSON text it
+/// arrived as.
+type Raw = BTreeMap<String, Box<RawValue>>;
+
+/// `v` as a [`Raw`] object, if it is one.
+fn raw(v: &RawValue) -> Option<Raw> {
+    serde_json::from_str(v.get()).ok()
 }
 
 #[cfg(test)]
@@ -245,7 +266,7 @@ upstreams:\n  alpha:\n    url: http://127.0.0.1:9/mcp\n  beta:\n    url: http://
         cx
     }
 
-    fn sent(d: &Destination) -> Value {
+    fn sent(d: &Destination) -> serde_json::Value {
         serde_json::from_slice(&d.body).expect("json")
     }
 
@@ -261,6 +282,19 @@ upstreams:\n  alpha:\n    url: http://127.0.0.1:9/mcp\n  beta:\n    url: http://
         assert_eq!(sent(&d)["params"]["name"], "echo");
         assert_eq!(sent(&d)["params"]["arguments"]["x"], 1);
         assert_eq!(cx.upstream_tool.as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn the_arguments_reach_the_member_byte_for_byte() {
+        let snap = snap();
+        let args = r#"{"z":1.50,"a":[2e3,"\u00e9"],"m":{"y":null,"b":true}}"#;
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"alpha__echo","arguments":{args}}}}}"#
+        );
+        let d = message(&snap, 0, None, Bytes::from(body), &mut cx("tools/call")).expect("routed");
+        let text = String::from_utf8(d.body.to_vec()).expect("utf-8");
+        assert!(text.contains(args), "numbers, escapes and key order kept: {text}");
+        assert_eq!(sent(&d)["params"]["name"], "echo");
     }
 
     #[test]
