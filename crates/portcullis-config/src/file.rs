@@ -762,6 +762,21 @@ pub struct UpstreamFile {
     /// mark an endpoint unhealthy, 1 success marks it healthy again.
     #[serde(default)]
     pub health_check: HealthCheckFile,
+    /// What a session whose endpoint is gone gets: `end` (404, the client starts over)
+    /// or `reinitialize` (a new session on a live endpoint). Default `end`.
+    #[serde(default)]
+    pub session_failover: SessionFailoverFile,
+}
+
+/// `upstreams.<name>.session_failover`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionFailoverFile {
+    /// 404: the client initializes again.
+    #[default]
+    End,
+    /// The gateway opens a new session on a live endpoint and hands the client its id.
+    Reinitialize,
 }
 
 /// `upstreams.<name>.discovery:`

@@ -19,8 +19,8 @@ pub use file::{
     CertificateNameFile, ClientCertificateAuthFile, ClientCertificatesFile, ConfigFile,
     DiscoveryFile, FederationFile, GateFile, HealthCheckFile, Http2File, HttpFile,
     IdentityHeadersFile, IssuerFile, JwtFile, ListenersFile, MemberFile, MountedFile,
-    RateLimitFile, RedisFile, RouteFile, ServerFile, SessionsFile, TlsListenerFile,
-    ToolTrafficFile, UpstreamFile, UpstreamTlsFile,
+    RateLimitFile, RedisFile, RouteFile, ServerFile, SessionFailoverFile, SessionsFile,
+    TlsListenerFile, ToolTrafficFile, UpstreamFile, UpstreamTlsFile,
 };
 pub use model::{
     canonical_ip, Admission, Config, Deadline, Discovery, Federation, HealthCheck, Http, Http2,

@@ -240,6 +240,9 @@ pub struct Upstream {
     pub discovery: Option<Discovery>,
     /// How endpoints are probed.
     pub health_check: HealthCheck,
+    /// Whether a session whose endpoint is gone is re-initialised on a live endpoint
+    /// (`session_failover: reinitialize`) rather than ended with 404.
+    pub reinitialize_lost_sessions: bool,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes from the upstream.

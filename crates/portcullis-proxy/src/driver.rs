@@ -426,6 +426,7 @@ impl Gateway {
                 (Some(pin), Some(token)) => Some((&pin.id, &pin.replica, token.as_bytes())),
                 _ => None,
             },
+            moved: served.moved.as_ref().map(|p| p.id.as_slice()),
         };
         let sealing = (dest.session_ids == SessionIds::Seal).then_some(&sealing);
         let http10 = req.version == Version::HTTP_10;

@@ -32,6 +32,9 @@ pub struct Metrics {
     /// `portcullis_discovery_failures_total{upstream}`: DNS re-resolutions that failed
     /// (the endpoints found before stay).
     pub discovery_failures: IntCounterVec,
+    /// `portcullis_session_failovers_total{upstream}`: sessions moved to a new session
+    /// because their endpoint was gone (`session_failover: reinitialize`).
+    pub session_failovers: IntCounterVec,
     /// `portcullis_tls_certificate_expiry_timestamp_seconds{use, name}`: when each
     /// certificate the gateway presents lapses (served by the TLS listener, or shown to
     /// an upstream as its client certificate).
@@ -337,6 +340,13 @@ impl Metrics {
                 "portcullis_discovery_failures_total",
                 "DNS re-resolutions of an upstream's endpoints that failed or found no address \
                  (the endpoints found before stay in use)",
+                &["upstream"],
+            ),
+            session_failovers: counter(
+                &r,
+                "portcullis_session_failovers_total",
+                "Sessions whose endpoint was gone, moved to a new session on a live endpoint \
+                 (upstreams.<n>.session_failover: reinitialize)",
                 &["upstream"],
             ),
             cert_expiry: gauge_vec(

@@ -260,3 +260,109 @@ async fn new_sessions_go_past_an_endpoint_busy_with_a_long_call() {
     let body = held.await.expect("the held call ends");
     assert!(body.contains("released"), "{body}");
 }
+
+/// A `tools/call` of `echo` in session `sid`; the status and the session id the answer
+/// gave, if any.
+async fn echo_with_id(url: &str, sid: &str, id: u64) -> (u16, Option<String>) {
+    let r = http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"text":"hi"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("answer");
+    let given = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = r.status().as_u16();
+    let body = r.text().await.expect("body");
+    if status == 200 {
+        assert!(body.contains("hi"), "the echo came back: {body}");
+    }
+    (status, given)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_session_failover_a_session_whose_endpoint_is_gone_moves_to_a_live_one_once() {
+    let old = Upstream::demo().await;
+    let new = Upstream::demo().await;
+    let dns = Arc::new(TestResolver::default());
+    dns.set(NAME, &[old.addr]);
+    let gw = Gateway::start_resolving(
+        &pool_config(&format!(
+            "    url: http://{NAME}/mcp\n    discovery:\n      refresh: 100ms\n    session_failover: reinitialize\n"
+        )),
+        dns.clone(),
+    )
+    .await;
+    gw.wait_metrics("the first answer in use", |m| {
+        m.contains(&endpoints_gauge("healthy", 1))
+    })
+    .await;
+    let sid = initialize(&gw.url, 1).await;
+    assert_eq!(echo_with_id(&gw.url, &sid, 2).await.0, 200);
+
+    dns.set(NAME, &[new.addr]);
+    gw.wait_metrics("the old endpoint draining", |m| {
+        m.contains(&endpoints_gauge("draining", 1))
+    })
+    .await;
+    drop(old);
+    let (status, moved) = echo_with_id(&gw.url, &sid, 3).await;
+    assert_eq!(status, 200, "the call went on in a new session");
+    let moved = moved.expect("the answer names the new session");
+    assert_ne!(moved, sid);
+    assert_eq!(served_by(&gw, "tools/call", 3).await, new.addr.to_string());
+
+    // A client that keeps the old id is not given a new session on every request.
+    let (status, again) = echo_with_id(&gw.url, &sid, 4).await;
+    assert_eq!(status, 200);
+    assert!(again.is_some(), "told the new id again");
+    assert_eq!(
+        echo_with_id(&gw.url, &moved, 5).await.0,
+        200,
+        "the new id works"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("portcullis_session_failovers_total{upstream=\"main\"} 1"),
+        "one move for three calls: {m}"
+    );
+    drop(new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_session_failover_the_same_session_gets_404() {
+    let old = Upstream::demo().await;
+    let new = Upstream::demo().await;
+    let gw = Gateway::start(&pool_config(&format!(
+        "    url: {}\n    endpoints: [\"{}\"]\n",
+        old.url, old.addr
+    )))
+    .await;
+    let sid = initialize(&gw.url, 1).await;
+    // The endpoint leaves the config (a reload): its session is unknown now.
+    let text = std::fs::read_to_string(&gw.config_path).expect("config");
+    gw.write_file(
+        "portcullis.yaml",
+        &text.replace(
+            &format!("[\"{}\"]", old.addr),
+            &format!("[\"{}\"]", new.addr),
+        ),
+    );
+    gw.wait_metrics("the reload", |m| {
+        m.contains("portcullis_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
+    assert_eq!(echo_with_id(&gw.url, &sid, 2).await.0, 404);
+    drop(old);
+}

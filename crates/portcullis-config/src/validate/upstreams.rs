@@ -7,7 +7,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use http::{HeaderName, HeaderValue, Uri};
 
 use crate::error::ConfigError;
-use crate::file::{CredentialFile, Http2File, IdentityHeadersFile, UpstreamFile};
+use crate::file::{
+    CredentialFile, Http2File, IdentityHeadersFile, SessionFailoverFile, UpstreamFile,
+};
 use crate::model::{Discovery, HealthCheck, Http2, IdentityHeaders, Upstream};
 use crate::scope::Scope;
 
@@ -163,6 +165,7 @@ pub(super) fn upstream(
         endpoints,
         discovery,
         health_check,
+        reinitialize_lost_sessions: up.session_failover == SessionFailoverFile::Reinitialize,
         connect_timeout: up.connect_timeout,
         read_timeout: up.read_timeout,
         write_timeout: up.write_timeout,
@@ -487,6 +490,16 @@ mod pool_tests {
             "upstreams.pool.health_check.every",
             "every",
         );
+        refused(
+            "    url: http://127.0.0.1:1/mcp\n    session_failover: sometimes\n",
+            "upstreams.pool.session_failover",
+            "sometimes",
+        );
+        let c = load("    url: http://127.0.0.1:1/mcp\n    session_failover: reinitialize\n")
+            .expect("valid");
+        assert!(c.upstreams[0].reinitialize_lost_sessions);
+        let c = load("    url: http://127.0.0.1:1/mcp\n").expect("valid");
+        assert!(!c.upstreams[0].reinitialize_lost_sessions, "404 by default");
         // Without discovery a name that does not resolve is still a load error.
         refused(
             "    url: http://search.tools.svc.invalid:8080/mcp\n",

@@ -27,6 +27,9 @@ pub struct Sealing<'a> {
     /// the client sent it: an upstream that repeats its session id gets the client's own
     /// id back, so the client's session id stays the same for the whole session.
     pub presented: Option<(&'a [u8], &'a str, &'a [u8])>,
+    /// The session the answer belongs to when the upstream moved it to a new one (its
+    /// endpoint was gone): the client gets that session's id.
+    pub moved: Option<&'a [u8]>,
 }
 
 /// How the body of the answer is carried.
@@ -93,6 +96,16 @@ pub fn build(
         }
         resp.append_header(name.clone(), value.clone())
             .map_err(|e| e.to_string())?;
+    }
+    if let (Some(sealing), Some(id)) = (sealing, sealing.and_then(|s| s.moved)) {
+        if !resp.headers.contains_key(MCP_SESSION_ID) {
+            let sealed = sealing
+                .seal
+                .seal(sealing.owner, sealing.bound, sealing.replica, id)
+                .ok_or("Mcp-Session-Id is not visible ASCII")?;
+            resp.append_header(MCP_SESSION_ID, sealed)
+                .map_err(|e| e.to_string())?;
+        }
     }
     let body_allowed = !(no_body || status == 204 || status == 304 || (100..200).contains(&status));
     let sse = up
@@ -162,6 +175,7 @@ mod tests {
             },
             replica: "0a0b0c0d",
             presented: None,
+            moved: None,
         };
         build(up, Some(&sealing), rewritten, http10, cx).expect("built")
     }
@@ -179,6 +193,7 @@ mod tests {
             },
             replica,
             presented,
+            moved: None,
         };
         let same = sealing(
             "0a0b0c0d",
@@ -312,6 +327,7 @@ mod tests {
             },
             replica: "0a0b0c0d",
             presented: None,
+            moved: None,
         };
         assert!(build(&u, Some(&sealing), false, false, &mut Ctx::new(None)).is_err());
     }

@@ -293,7 +293,10 @@ upstreams:\n  alpha:\n    url: http://127.0.0.1:9/mcp\n  beta:\n    url: http://
         );
         let d = message(&snap, 0, None, Bytes::from(body), &mut cx("tools/call")).expect("routed");
         let text = String::from_utf8(d.body.to_vec()).expect("utf-8");
-        assert!(text.contains(args), "numbers, escapes and key order kept: {text}");
+        assert!(
+            text.contains(args),
+            "numbers, escapes and key order kept: {text}"
+        );
         assert_eq!(sent(&d)["params"]["name"], "echo");
     }
 

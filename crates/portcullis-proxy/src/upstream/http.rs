@@ -25,9 +25,11 @@ use pingora_core::utils::tls::{parse_x509, CertKey, WrappedX509};
 use pingora_error::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use portcullis_config::Http2;
+use portcullis_mcp::ProtocolVersion;
 
 use super::endpoints::{Endpoints, InFlight};
-use super::{Answer, Failure, Inbound, Outbound, Served, Upstream, Wait};
+use super::failover::{self, Moves};
+use super::{Answer, Failure, Inbound, Outbound, OwnedPin, Sender, Served, Upstream, Wait};
 use crate::metrics::Metrics;
 
 /// HTTP/2 streams one upstream connection carries at once before another is opened.
@@ -37,6 +39,8 @@ const H2_STREAMS_PER_CONNECTION: usize = 100;
 pub struct HttpUpstream {
     config: portcullis_config::Upstream,
     endpoints: Endpoints,
+    /// Sessions moved off endpoints that are gone (`session_failover`).
+    moves: Arc<Moves>,
     connector: Arc<Connector>,
     metrics: Arc<Metrics>,
 }
@@ -58,6 +62,7 @@ impl HttpUpstream {
         );
         HttpUpstream {
             endpoints,
+            moves: previous.map_or_else(Default::default, |p| p.moves.clone()),
             config,
             connector,
             metrics,
@@ -89,7 +94,64 @@ impl HttpUpstream {
         }
     }
 
+    /// One exchange. A session that moved (`session_failover`) goes where it went; one
+    /// whose endpoint is gone moves now, where the upstream allows it.
     async fn exchange(
+        &self,
+        method: Method,
+        out: Outbound<'_>,
+        body: Option<Bytes>,
+    ) -> Result<Inbound, Failure> {
+        let failover = self.config.reinitialize_lost_sessions && method != Method::DELETE;
+        let Some(named) = out.session.filter(|_| failover) else {
+            return self.exchange_at(method, out, body).await;
+        };
+        let named = OwnedPin {
+            replica: named.replica.into(),
+            id: named.id.to_vec(),
+        };
+        let went = self.moves.get(&named);
+        let now = went.as_ref().map_or(out, |to| Outbound {
+            session: Some(to.pin()),
+            ..out
+        });
+        match self.exchange_at(method.clone(), now, body.clone()).await {
+            Err(Failure::UnknownSession) => {
+                // Nothing was sent: the request goes to a new session, once.
+                let version = match out.sender {
+                    Sender::Client(c) => c
+                        .head
+                        .headers
+                        .get("mcp-protocol-version")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(ProtocolVersion::ASSUMED_WITHOUT_HEADER.as_str())
+                        .to_owned(),
+                    Sender::Gateway { version, .. } => version.to_owned(),
+                };
+                let to = failover::reinitialize(self, &version).await?;
+                self.moves.put(&named, &to);
+                self.metrics
+                    .session_failovers
+                    .with_label_values(&[self.config.name.as_str()])
+                    .inc();
+                tracing::info!(upstream = %self.config.name, "a session whose endpoint is gone moved to a new session");
+                let moved = Outbound {
+                    session: Some(to.pin()),
+                    ..out
+                };
+                let mut inbound = self.exchange_at(method, moved, body).await?;
+                inbound.served.moved = Some(to);
+                Ok(inbound)
+            }
+            Ok(mut inbound) => {
+                inbound.served.moved = went;
+                Ok(inbound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn exchange_at(
         &self,
         method: Method,
         out: Outbound<'_>,
@@ -205,6 +267,7 @@ impl HttpUpstream {
             served: Served {
                 endpoint: Some(ep.addr),
                 replica: ep.token().clone(),
+                moved: None,
             },
         })
     }

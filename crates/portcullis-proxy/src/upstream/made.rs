@@ -61,6 +61,7 @@ pub fn answer(
         served: Served {
             endpoint: None,
             replica: replica.clone(),
+            moved: None,
         },
     })
 }

@@ -11,6 +11,7 @@
 //! stages only ever see `dyn Upstream` (docs/architecture.md says how each fits).
 
 pub mod endpoints;
+pub mod failover;
 pub mod federated;
 pub mod http;
 pub mod made;
@@ -95,6 +96,9 @@ pub struct Served {
     pub endpoint: Option<SocketAddr>,
     /// The endpoint's replica token (sealed into session ids it creates).
     pub replica: Arc<str>,
+    /// The session this answer belongs to, when it is not the one the client named:
+    /// its endpoint was gone and the upstream opened a new one (`session_failover`).
+    pub moved: Option<OwnedPin>,
 }
 
 /// An upstream's answer, as it arrives.

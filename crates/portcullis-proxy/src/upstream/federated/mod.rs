@@ -496,6 +496,7 @@ impl FederatedUpstream {
             served: super::Served {
                 endpoint: None,
                 replica: self.replica.clone(),
+                moved: None,
             },
         })
     }
