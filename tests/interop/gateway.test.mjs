@@ -33,6 +33,7 @@ import crypto from "node:crypto";
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, "..", "..");
 const PORTCULLIS_BIN = process.env.PORTCULLIS_BIN || path.join(REPO, "target", "debug", "portcullis");
+const FIXTURE_BIN = process.env.FIXTURE_BIN || path.join(REPO, "target", "debug", "portcullis-conformance-fixture");
 const EVERYTHING_JS = path.join(HERE, "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js");
 const PRELOAD = path.join(HERE, "force-loopback.mjs");
 
@@ -709,7 +710,7 @@ describe("over https: the SDK client trusts the test CA (NODE_EXTRA_CA_CERTS) an
   );
 });
 
-describe("a federated route over two server-everything members: the SDK client answers each member's sampling and elicitation", () => {
+describe("a federated route over two server-everything members and an rmcp server: the SDK client answers each member's sampling and elicitation", () => {
   let tmp;
   const members = [];
   let gateway;
@@ -722,6 +723,12 @@ describe("a federated route over two server-everything members: the SDK client a
       tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-fleet-"));
       tempDirs.add(tmp);
       members.push(await startEverything(), await startEverything());
+      // A third member on another SDK: the rmcp conformance fixture, built with the workspace.
+      const fixture = new Child("rmcp fixture", FIXTURE_BIN, ["--listen", "127.0.0.1:0"], { cwd: HERE, env: process.env });
+      const fixtureUrl = await fixture.waitForLine("the fixture's listening line", (line) => {
+        const m = /^listening (http:\/\/\S+)$/.exec(line.trim());
+        return m ? m[1] : undefined;
+      });
       const configFile = path.join(tmp, "portcullis.yaml");
       fs.writeFileSync(
         configFile,
@@ -736,12 +743,14 @@ access_log:
 routes:
   - path: /mcp
     name: fleet
-    members: [north, south]
+    members: [north, south, rusty]
 upstreams:
   north:
     url: http://127.0.0.1:${members[0].port}/mcp
   south:
     url: http://127.0.0.1:${members[1].port}/mcp
+  rusty:
+    url: ${fixtureUrl}
 `,
       );
       gateway = await startGateway(configFile);
@@ -780,7 +789,14 @@ upstreams:
       assert.equal(client.getServerVersion()?.name, "portcullis fleet");
       const { tools } = await client.listTools();
       const names = tools.map((t) => t.name);
-      for (const n of ["north__echo", "south__echo", "north__trigger-sampling-request", "south__trigger-elicitation-request"]) {
+      for (const n of [
+        "north__echo",
+        "south__echo",
+        "north__trigger-sampling-request",
+        "south__trigger-elicitation-request",
+        "rusty__test_simple_text",
+        "rusty__test_sampling",
+      ]) {
         assert.ok(names.includes(n), `${n} in ${names.join(", ")}`);
       }
       assert.ok(!names.includes("echo"), "no unprefixed names");
@@ -791,15 +807,17 @@ upstreams:
   );
 
   it(
-    "sampling from both members at once: each answer goes back to the member that asked",
+    "sampling from all three members at once (two SDKs): each answer goes back to the member that asked",
     async () => {
-      const [north, south] = await Promise.all([
+      const [north, south, rusty] = await Promise.all([
         client.callTool({ name: "north__trigger-sampling-request", arguments: { prompt: "from the north" } }),
         client.callTool({ name: "south__trigger-sampling-request", arguments: { prompt: "from the south" } }),
+        client.callTool({ name: "rusty__test_sampling", arguments: { prompt: "from rust" } }),
       ]);
       assert.match(north.content[0].text, /sampled <[^>]*from the north>/, north.content[0].text);
       assert.match(south.content[0].text, /sampled <[^>]*from the south>/, south.content[0].text);
-      assert.equal(sampled.length, 2, `one sampling request each: ${JSON.stringify(sampled)}`);
+      assert.match(rusty.content[0].text, /sampled <from rust>/, rusty.content[0].text);
+      assert.equal(sampled.length, 3, `one sampling request each: ${JSON.stringify(sampled)}`);
     },
     { timeout: TEST_TIMEOUT_MS },
   );
