@@ -899,3 +899,44 @@ upstreams:\n  alpha:\n    url: {}\n  beta:\n    url: {}\n  gamma:\n    url: {}\n
         "beta:tool1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_from_the_merged_stream_gives_back_every_member_stream() {
+    let m = members().await;
+    let gw = federated(&m, "      separator: __\n").await;
+    let (sid, stream) = session_with_stream(&gw).await;
+    gw.wait_metrics("the merged stream open", |m| {
+        m.contains("portcullis_standalone_streams_open 1")
+    })
+    .await;
+    drop(stream);
+    gw.wait_metrics("the merged stream closed", |m| {
+        m.contains("portcullis_standalone_streams_open 0")
+    })
+    .await;
+    // Had alpha's own GET stream stayed open, alpha (rmcp) would keep sending to it and
+    // give a second stream nothing: the new stream hearing alpha proves it was closed.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut again = get_stream(&gw, &sid, None).await;
+        notify(
+            &gw,
+            &sid,
+            "alpha",
+            serde_json::json!({"logs": 1, "say": "after"}),
+        )
+        .await;
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            again.until(|e| log_text(e) == Some("alpha: after")).await
+        })
+        .await;
+        if heard.is_ok() {
+            break;
+        }
+        // The member may not have noticed the closed connection yet: try again.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alpha's stream for the vanished client was never closed"
+        );
+    }
+}
