@@ -752,6 +752,34 @@ pub fn messages(body: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Reads one HTTP/1.1 request (head and `Content-Length` body) off `s`, as text;
+/// `None` once the connection closes.
+pub async fn read_request(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some(text);
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A raw-socket upstream on loopback for what an MCP SDK will not send: `serve`
 /// handles each accepted connection. Returns its `http://.../mcp` URL and the accept
 /// loop's task.

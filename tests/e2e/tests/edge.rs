@@ -716,32 +716,6 @@ async fn gate_series_exist_from_load_and_log_writes_trigger_no_reload() {
     );
 }
 
-/// Reads one request (head and Content-Length body) from `s`; `None` once it closes.
-async fn read_request(s: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return Some(text);
-            }
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
 /// An upstream that answers a call named "first" and, on the same kept-alive
 /// connection, reads the next call and closes without answering it. It counts the
 /// arrivals of that second call.

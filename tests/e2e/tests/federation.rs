@@ -940,3 +940,80 @@ async fn a_client_that_vanishes_from_the_merged_stream_gives_back_every_member_s
         );
     }
 }
+
+/// A member with sessions that offers no GET stream (405), counting the GETs it gets.
+async fn member_without_stream() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = gets.clone();
+    let (url, _task) = raw_upstream(move |mut s| {
+        let gets = counted.clone();
+        async move {
+            while let Some(req) = read_request(&mut s).await {
+                let answer = if req.starts_with("GET ") {
+                    gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    "HTTP/1.1 405 Method Not Allowed\r\nallow: POST, DELETE\r\ncontent-length: 0\r\n\r\n".to_owned()
+                } else if req.contains("\"initialize\"") {
+                    let body = r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"quiet","version":"1"}}}"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: quiet-1\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n".to_owned()
+                };
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (url, gets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_answers_405_to_get_is_left_out_of_the_stream_without_a_storm() {
+    let alpha = Upstream::serve(|| Member {
+        who: "alpha",
+        tools: 2,
+        page: 10,
+        poke: Arc::default(),
+    })
+    .await;
+    let (quiet, gets) = member_without_stream().await;
+    let gw = Gateway::start(&format!(
+        "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
+routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, quiet]\n    federation:\n      grace: 1s\n\
+upstreams:\n  alpha:\n    url: {}\n  quiet:\n    url: {quiet}\n",
+        alpha.url
+    ))
+    .await;
+    let (sid, mut stream) = session_with_stream(&gw).await;
+    assert_eq!(
+        gets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the member was asked for its stream"
+    );
+    // Past the grace period and the debounce window, nothing may arrive: a member that
+    // offers no stream is not a member that went away.
+    let quiet_window =
+        tokio::time::timeout(std::time::Duration::from_millis(2500), stream.next()).await;
+    assert!(quiet_window.is_err(), "a quiet stream: {quiet_window:?}");
+    notify(
+        &gw,
+        &sid,
+        "alpha",
+        serde_json::json!({"logs": 1, "say": "tick"}),
+    )
+    .await;
+    let (_, before) = stream.until(|e| log_text(e) == Some("alpha: tick")).await;
+    assert!(
+        !before.iter().any(is_list_changed),
+        "no list_changed for a member that offers no stream: {before:?}"
+    );
+    assert_eq!(
+        gets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a 405 is not asked again"
+    );
+    drop(alpha);
+}
