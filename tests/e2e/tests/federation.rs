@@ -1017,3 +1017,63 @@ upstreams:\n  alpha:\n    url: {}\n  quiet:\n    url: {quiet}\n",
     );
     drop(alpha);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_at_initialize_joins_the_session_once_it_is_back() {
+    let member = |who| {
+        move || Member {
+            who,
+            tools: 2,
+            page: 10,
+            poke: Arc::default(),
+        }
+    };
+    let alpha = Upstream::serve(member("alpha")).await;
+    let beta = Upstream::serve(member("beta")).await;
+    // gamma's address, with nothing listening on it yet.
+    let gamma_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let gw = Gateway::start(&format!(
+        "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
+routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, beta, gamma]\n    federation:\n      list_cache_ttl: 0s\n      fanout_timeout: 2s\n\
+upstreams:\n  alpha:\n    url: {}\n  beta:\n    url: {}\n  gamma:\n    url: http://{gamma_addr}/mcp\n    connect_timeout: 1s\n",
+        alpha.url, beta.url
+    ))
+    .await;
+    let c = connect_session(&gw.url).await;
+    let names =
+        |tools: Vec<Tool>| -> Vec<String> { tools.iter().map(|t| t.name.to_string()).collect() };
+    let before = names(c.service.list_all_tools().await.expect("tools"));
+    assert!(
+        !before.iter().any(|n| n.starts_with("gamma__"))
+            && before.iter().any(|n| n == "beta__echo"),
+        "{before:?}"
+    );
+
+    let gamma = Upstream::serve_at(gamma_addr, member("gamma")).await;
+    // A call to it joins it to the session (once its last failed try is old enough).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let called = loop {
+        match call(&c, "gamma__tool1").await {
+            Ok(text) => break text,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "gamma never joined the session: {e:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(called, "gamma:tool1");
+    let after = names(c.service.list_all_tools().await.expect("tools"));
+    assert!(
+        after.iter().any(|n| n == "gamma__echo"),
+        "listed now: {after:?}"
+    );
+    assert_eq!(
+        call(&c, "gamma__echo").await.expect("in its session"),
+        "gamma:echo"
+    );
+    drop((alpha, beta, gamma));
+}

@@ -84,16 +84,30 @@ pub async fn send(
     cx.fanned_out = dest.gated_by.is_none();
     let upstream = &*dest.upstream;
     let name = upstream.name();
-    let session = dest.session.as_ref();
+    let sender = Sender::Client(ClientRequest {
+        head: req,
+        principal: cx.principal.as_deref(),
+        peer: cx.peer.map(|p| p.ip()),
+        peer_trusted: cx.peer_trusted,
+        renamed: cx.upstream_tool.as_deref(),
+        uncompressed: sending.rewritten,
+    });
+    // A member not in the client's session yet joins it first.
+    let joined = match &dest.join {
+        Some(j) if dest.session.is_none() => {
+            let asking = Outbound {
+                sender,
+                session: Some(j.session.pin()),
+                wait: Wait::Answer,
+                answer_by: sending.answer_by,
+            };
+            j.fed.join(&asking, j.member).await
+        }
+        _ => None,
+    };
+    let session = dest.session.as_ref().or(joined.as_ref());
     let out = Outbound {
-        sender: Sender::Client(ClientRequest {
-            head: req,
-            principal: cx.principal.as_deref(),
-            peer: cx.peer.map(|p| p.ip()),
-            peer_trusted: cx.peer_trusted,
-            renamed: cx.upstream_tool.as_deref(),
-            uncompressed: sending.rewritten,
-        }),
+        sender,
         session: session.map(OwnedPin::pin),
         wait: sending.wait,
         answer_by: sending.answer_by,

@@ -48,6 +48,19 @@ pub struct Destination {
     /// On a federated route, the key of the member it was routed to (its request ids
     /// are mapped on the way back).
     pub member: Option<String>,
+    /// A member not in the client's session yet: joined to it before the message is
+    /// sent (docs/federation.md).
+    pub join: Option<Join>,
+}
+
+/// A member to join to the client's session before sending.
+pub struct Join {
+    /// The route's federated upstream.
+    pub fed: Arc<FederatedUpstream>,
+    /// The member.
+    pub member: usize,
+    /// The client's (federated) session.
+    pub session: OwnedPin,
 }
 
 /// Where a message `body` on `route` goes, in the client's `session`.
@@ -96,13 +109,23 @@ pub fn message(
     let pin = session.as_ref().map(OwnedPin::pin);
     let body = serde_json::to_vec(&msg)
         .map_err(|e| Refusal::InvalidRequest(format!("cannot rewrite the message: {e}")))?;
+    let member_session = fed.member_session(pin, m);
+    let join = match (&member_session, session) {
+        (None, Some(client)) => Some(Join {
+            fed: fed.clone(),
+            member: m,
+            session: client,
+        }),
+        _ => None,
+    };
     Ok(Destination {
         upstream: snap.upstream(up),
         gated_by: Some(up),
-        session: fed.member_session(pin, m),
+        session: member_session,
         session_ids: SessionIds::Drop,
         body: Bytes::from(body),
         member: Some(fed.names().key(m).to_owned()),
+        join,
     })
 }
 
@@ -124,6 +147,7 @@ fn single(snap: &Snapshot, route: usize, session: Option<OwnedPin>, body: Bytes)
         session_ids: SessionIds::Seal,
         body,
         member: None,
+        join: None,
     }
 }
 
@@ -135,6 +159,7 @@ fn fanned(fed: &Arc<FederatedUpstream>, session: Option<OwnedPin>, body: Bytes) 
         session_ids: SessionIds::Seal,
         body,
         member: None,
+        join: None,
     }
 }
 

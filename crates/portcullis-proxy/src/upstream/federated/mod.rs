@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod ids;
+pub mod joins;
 pub mod members;
 pub mod merge;
 pub mod names;
@@ -27,6 +28,7 @@ use portcullis_mcp::{Envelope, Kind};
 use serde_json::{json, Map, Value};
 
 use self::cache::{ListCache, Page, PageKey};
+use self::joins::{Hello, Joins};
 use self::members::MemberSession;
 use self::merge::Listing;
 use self::names::Names;
@@ -57,6 +59,8 @@ pub struct FederatedUpstream {
     members: Vec<Arc<HttpUpstream>>,
     seal: SessionSeal,
     cache: Arc<ListCache>,
+    /// Members this replica joined to sessions after their initialize.
+    joins: Arc<Joins>,
     replica: Arc<str>,
     metrics: Arc<Metrics>,
 }
@@ -98,6 +102,7 @@ impl FederatedUpstream {
             members,
             seal,
             cache,
+            joins: previous.map_or_else(Default::default, |p| p.joins.clone()),
             replica: Arc::from(FEDERATED_REPLICA),
             metrics,
         }
@@ -118,13 +123,63 @@ impl FederatedUpstream {
         self.spec.members[m].upstream
     }
 
-    /// Member `m`'s own session inside the federated session `pin`, if it has one.
+    /// Member `m`'s own session inside the federated session `pin` (or joined to it
+    /// later by this replica), if it has one.
     pub fn member_session(&self, pin: Option<Pin<'_>>, m: usize) -> Option<OwnedPin> {
+        self.sessions(pin).into_iter().nth(m).flatten()
+    }
+
+    /// Joins member `m` to the client's session (`out.session`, a federated one) when it
+    /// is not in it: the member is initialized with what the client said at its own
+    /// initialize ([`joins`]). `None` when it cannot be (no session, tried too recently,
+    /// the member does not answer).
+    pub async fn join(&self, out: &Outbound<'_>, m: usize) -> Option<OwnedPin> {
+        let pin = out.session?;
+        if let Some(have) = self.member_session(Some(pin), m) {
+            return Some(have);
+        }
         let key = self.names.key(m);
-        members::decode(pin?.id)?
-            .into_iter()
-            .find(|s| s.member == key)
-            .map(|s| s.pin())
+        if !self.joins.may_try(pin.id, key) {
+            return None;
+        }
+        let hello = Hello::of(&members::decode(pin.id)?)?;
+        let body = Bytes::from(hello.initialize().to_string());
+        let joined = self
+            .ask(m, out, None, body, "initialize")
+            .await
+            .filter(|a| {
+                a.message
+                    .as_ref()
+                    .is_some_and(|v| v.get("result").is_some())
+            })
+            .and_then(|a| a.session);
+        self.joins.put(pin.id, key, joined.clone());
+        let member = joined?;
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.ask(
+            m,
+            out,
+            Some(&member),
+            Bytes::from(initialized.to_string()),
+            "notifications/initialized",
+        )
+        .await;
+        tracing::info!(route = %self.name, member = key, "a member joined a session after its initialize");
+        Some(member)
+    }
+
+    /// Joins every member missing from the client's session that may be tried now.
+    async fn join_missing(&self, out: &Outbound<'_>) {
+        let Some(pin) = out.session else { return };
+        let missing: Vec<usize> = self
+            .sessions(Some(pin))
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(m, _)| m)
+            .filter(|m| self.joins.may_try(pin.id, self.names.key(*m)))
+            .collect();
+        join_all(missing.into_iter().map(|m| self.join(out, m))).await;
     }
 
     /// Forgets member `m`'s cached lists (it said they changed).
@@ -132,13 +187,16 @@ impl FederatedUpstream {
         self.cache.forget(self.names.key(m));
     }
 
-    /// Every member's session inside `pin`, by member.
+    /// Every member's session inside `pin` (or joined to it by this replica), by member.
     fn sessions(&self, pin: Option<Pin<'_>>) -> Vec<Option<OwnedPin>> {
         let all = pin.and_then(|p| members::decode(p.id)).unwrap_or_default();
         (0..self.members.len())
             .map(|m| {
                 let key = self.names.key(m);
-                all.iter().find(|s| s.member == key).map(MemberSession::pin)
+                all.iter()
+                    .find(|s| s.member == key)
+                    .map(MemberSession::pin)
+                    .or_else(|| self.joins.get(pin?.id, key))
             })
             .collect()
     }
@@ -242,6 +300,25 @@ impl FederatedUpstream {
         }
         let borrowed: Vec<(&str, &Value)> = results.iter().map(|(k, v)| (*k, v)).collect();
         let merged = merge::initialize(&self.name, &borrowed);
+        if !sessions.is_empty() {
+            // For members that join the session later.
+            let asked: Value = serde_json::from_slice(body).unwrap_or_default();
+            let hello = Hello {
+                version: merged["protocolVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                capabilities: asked
+                    .pointer("/params/capabilities")
+                    .cloned()
+                    .unwrap_or_else(|| json!({})),
+                client_info: asked
+                    .pointer("/params/clientInfo")
+                    .cloned()
+                    .unwrap_or_else(|| json!({})),
+            };
+            sessions.push(hello.entry());
+        }
         let sid = members::encode(&sessions);
         let mut headers: Vec<(&'static str, &[u8])> = vec![("content-type", b"application/json")];
         if !sid.is_empty() {
@@ -292,6 +369,8 @@ impl FederatedUpstream {
             },
             Some(_) => return Reply::Error(-32602, "Invalid cursor".into()),
         };
+        // A member that was not in the session at its initialize may be now.
+        self.join_missing(out).await;
         let sessions = self.sessions(out.session);
         let id = env.id.map(|r| r.get()).unwrap_or("0");
         let pages = join_all(positions.iter().map(|(m, cursor)| {
