@@ -92,7 +92,9 @@ impl Prober {
             .upstreams
             .iter()
             .map(|up| {
-                let any = up.endpoints().active().iter().any(|e| e.healthy());
+                // What the probes found, not the streaks: an endpoint is healthy
+                // until proven otherwise, but an upstream is up only once reached.
+                let any = up.endpoints().active().iter().any(|e| e.reached());
                 self.metrics
                     .upstream_up
                     .with_label_values(&[up.config().name.as_str()])
@@ -138,8 +140,11 @@ impl Prober {
 /// When an upstream was last probed, and which endpoints it had then.
 type Probed = (Instant, Vec<SocketAddr>);
 
+/// The upstream's endpoints, sorted (an answer in another order is the same set).
 fn active_addrs(up: &HttpUpstream) -> Vec<SocketAddr> {
-    up.endpoints().active().iter().map(|e| e.addr).collect()
+    let mut addrs: Vec<SocketAddr> = up.endpoints().active().iter().map(|e| e.addr).collect();
+    addrs.sort_unstable();
+    addrs
 }
 
 #[async_trait]

@@ -33,7 +33,7 @@ const TAG_LEN: usize = 16;
 /// The longest client session id opened (a token for the longest upstream id fits).
 const MAX_ID_LEN: usize = 6 * 1024;
 /// The longest upstream session id sealed (a federated route's holds every member's).
-const MAX_UPSTREAM_ID_LEN: usize = 4 * 1024;
+pub const MAX_UPSTREAM_ID_LEN: usize = 4 * 1024;
 /// The token layout of a list cursor (tokens of another layout never open as one).
 const CURSOR_VERSION: u8 = 2;
 /// The longest cursor opened.

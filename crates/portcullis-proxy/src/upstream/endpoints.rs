@@ -34,6 +34,8 @@ pub fn replica_token(addr: &SocketAddr) -> String {
 /// endpoint, so a reload does not forget it.
 #[derive(Default)]
 struct Probed {
+    /// Whether the last probe reached it (readiness reads this, not the streaks).
+    reached: AtomicBool,
     unhealthy: AtomicBool,
     /// Good probes in a row (while unhealthy) or failed ones (while healthy).
     streak: AtomicU32,
@@ -65,6 +67,11 @@ impl Endpoint {
     /// probe says otherwise: DNS lists a pod only once it is ready).
     pub fn healthy(&self) -> bool {
         !self.probed.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last health probe reached it (false before the first).
+    pub fn reached(&self) -> bool {
+        self.probed.reached.load(Ordering::Relaxed)
     }
 
     /// Calls and streams in flight to it from this process.
@@ -111,6 +118,8 @@ pub struct Endpoints {
     breaker: Option<portcullis_traffic::BreakerSpec>,
     health: HealthCheck,
     drain: Duration,
+    /// The DNS names the endpoints come from, with discovery.
+    names: Option<Vec<String>>,
     set: ArcSwap<Set>,
     next: AtomicUsize,
     metrics: Arc<Metrics>,
@@ -132,14 +141,16 @@ impl Endpoints {
             breaker: cfg.breaker,
             health: cfg.health_check,
             drain: cfg.discovery.as_ref().map_or(Duration::ZERO, |d| d.drain),
+            names: cfg.discovery.as_ref().map(|d| d.names.clone()),
             set: ArcSwap::from_pointee(Set::default()),
             next: AtomicUsize::new(0),
             metrics,
         };
         let before = previous.map(|p| p.set.load_full());
+        let same_names = previous.is_some_and(|p| p.names == pool.names);
         let (addrs, draining): (Vec<SocketAddr>, Vec<(SocketAddr, Instant)>) =
             match (&cfg.discovery, &before) {
-                (Some(_), Some(b)) => (
+                (Some(_), Some(b)) if same_names => (
                     b.active.iter().map(|e| e.addr).collect(),
                     b.draining.iter().map(|(e, at)| (e.addr, *at)).collect(),
                 ),
@@ -330,6 +341,7 @@ impl Endpoints {
     /// of selection, `healthy_after` successes in a row put it back.
     pub fn probed(&self, e: &Endpoint, ok: bool) {
         let p = &e.probed;
+        p.reached.store(ok, Ordering::Relaxed);
         let unhealthy = p.unhealthy.load(Ordering::Relaxed);
         // The streak counts probes that argue for a change of state.
         if ok != unhealthy {
@@ -359,63 +371,131 @@ impl Endpoints {
     /// draining ones that came back rejoin, and drains older than `discovery.drain` end.
     /// Returns whether the endpoints taking new sessions changed.
     pub fn resolved(&self, addrs: &[SocketAddr], dial: &dyn Fn(SocketAddr) -> HttpPeer) -> bool {
-        let old = self.set.load_full();
-        let now = Instant::now();
         let mut unique: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
         for a in addrs {
             if !unique.contains(a) {
                 unique.push(*a);
             }
         }
-        let active: Vec<Arc<Endpoint>> = unique
-            .iter()
-            .map(|a| {
-                old.find_addr(*a)
-                    .unwrap_or_else(|| Arc::new(self.endpoint(*a, dial)))
-            })
-            .collect();
-        let changed = active.len() != old.active.len()
-            || active
-                .iter()
-                .zip(&old.active)
-                .any(|(a, b)| a.addr != b.addr);
-        let mut draining: Vec<(Arc<Endpoint>, Instant)> = old
-            .draining
-            .iter()
-            .filter(|(e, since)| {
-                !unique.contains(&e.addr) && now.duration_since(*since) < self.drain
-            })
-            .cloned()
-            .collect();
-        for e in &old.active {
-            if !unique.contains(&e.addr) {
-                draining.push((e.clone(), now));
+        let mut changed = false;
+        let mut gone: Vec<SocketAddr> = Vec::new();
+        // rcu: a concurrent forget() is not undone, nor does it undo this.
+        let before = self.set.rcu(|old| {
+            let now = Instant::now();
+            // Same addresses in another order (round-robin DNS) is no change.
+            changed = unique.len() != old.active.len()
+                || unique
+                    .iter()
+                    .any(|a| !old.active.iter().any(|e| e.addr == *a));
+            if !changed {
+                return Arc::clone(old);
             }
-        }
+            let active: Vec<Arc<Endpoint>> = unique
+                .iter()
+                .map(|a| {
+                    old.find_addr(*a)
+                        .unwrap_or_else(|| Arc::new(self.endpoint(*a, dial)))
+                })
+                .collect();
+            let mut draining: Vec<(Arc<Endpoint>, Instant)> = Vec::new();
+            gone.clear();
+            for (e, since) in &old.draining {
+                if unique.contains(&e.addr) {
+                    continue;
+                }
+                if now.duration_since(*since) < self.drain {
+                    draining.push((e.clone(), *since));
+                } else {
+                    gone.push(e.addr);
+                }
+            }
+            for e in &old.active {
+                if !unique.contains(&e.addr) {
+                    draining.push((e.clone(), now));
+                }
+            }
+            Arc::new(Set { active, draining })
+        });
         if changed {
-            let joined: Vec<String> = active.iter().map(|e| e.addr.to_string()).collect();
+            let now = self.set.load();
+            let joined: Vec<String> = now.active.iter().map(|e| e.addr.to_string()).collect();
             tracing::info!(upstream = %self.upstream, endpoints = %joined.join(","),
-                draining = draining.len(), "endpoints re-resolved");
+                draining = now.draining.len(), "endpoints re-resolved");
+        } else {
+            // Drains still end on time when the answer stays the same.
+            self.end_drains(&before);
         }
-        self.set.store(Arc::new(Set { active, draining }));
+        self.forget_series(&gone);
         self.report();
         changed
     }
 
+    /// Ends drains older than `discovery.drain`.
+    fn end_drains(&self, seen: &Set) {
+        let expired = |since: &Instant| since.elapsed() >= self.drain;
+        if !seen.draining.iter().any(|(_, since)| expired(since)) {
+            return;
+        }
+        let mut gone = Vec::new();
+        self.set.rcu(|old| {
+            gone = old
+                .draining
+                .iter()
+                .filter(|(_, since)| expired(since))
+                .map(|(e, _)| e.addr)
+                .collect();
+            Arc::new(Set {
+                active: old.active.clone(),
+                draining: old
+                    .draining
+                    .iter()
+                    .filter(|(_, since)| !expired(since))
+                    .cloned()
+                    .collect(),
+            })
+        });
+        self.forget_series(&gone);
+    }
+
     /// Forgets a draining endpoint that refused a connection: its sessions are gone.
     pub fn forget(&self, e: &Endpoint) {
-        let old = self.set.load_full();
-        let draining = old
-            .draining
-            .iter()
-            .filter(|(d, _)| d.addr != e.addr)
-            .cloned()
-            .collect();
-        self.set.store(Arc::new(Set {
-            active: old.active.clone(),
-            draining,
-        }));
+        self.set.rcu(|old| {
+            Arc::new(Set {
+                active: old.active.clone(),
+                draining: old
+                    .draining
+                    .iter()
+                    .filter(|(d, _)| d.addr != e.addr)
+                    .cloned()
+                    .collect(),
+            })
+        });
+        if !self.set.load().active.iter().any(|a| a.addr == e.addr) {
+            self.forget_series(&[e.addr]);
+        }
         self.report();
+    }
+
+    /// Removes the breaker series of endpoints that are gone for good, so pods coming
+    /// and going do not grow the metrics without end.
+    fn forget_series(&self, gone: &[SocketAddr]) {
+        if self.breaker.is_none() {
+            return;
+        }
+        for addr in gone {
+            let endpoint = addr.to_string();
+            let _ = self
+                .metrics
+                .breaker_state
+                .remove_label_values(&[self.upstream.as_str(), endpoint.as_str()]);
+            for state in ["closed", "open", "half_open"] {
+                let _ = self.metrics.breaker_transitions.remove_label_values(&[
+                    self.upstream.as_str(),
+                    endpoint.as_str(),
+                    state,
+                ]);
+            }
+        }
     }
 
     /// Sets `portcullis_upstream_endpoints{upstream, state}`.

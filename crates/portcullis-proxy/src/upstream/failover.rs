@@ -41,6 +41,13 @@ impl Moves {
         (at.elapsed() < REMEMBER).then(|| to.clone())
     }
 
+    /// Forgets where `from` went (the session was ended).
+    pub fn forget(&self, from: &OwnedPin) {
+        if let Ok(mut moved) = self.moved.lock() {
+            moved.remove(&(from.replica.to_string(), from.id.clone()));
+        }
+    }
+
     /// Remembers that `from` went to `to`.
     pub fn put(&self, from: &OwnedPin, to: &OwnedPin) {
         let Ok(mut moved) = self.moved.lock() else {

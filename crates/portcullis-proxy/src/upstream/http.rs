@@ -41,6 +41,8 @@ pub struct HttpUpstream {
     endpoints: Endpoints,
     /// Sessions moved off endpoints that are gone (`session_failover`).
     moves: Arc<Moves>,
+    /// Held while a session is moved, so concurrent requests move it once.
+    failing_over: tokio::sync::Mutex<()>,
     connector: Arc<Connector>,
     metrics: Arc<Metrics>,
 }
@@ -63,6 +65,7 @@ impl HttpUpstream {
         HttpUpstream {
             endpoints,
             moves: previous.map_or_else(Default::default, |p| p.moves.clone()),
+            failing_over: tokio::sync::Mutex::new(()),
             config,
             connector,
             metrics,
@@ -102,7 +105,10 @@ impl HttpUpstream {
         out: Outbound<'_>,
         body: Option<Bytes>,
     ) -> Result<Inbound, Failure> {
-        let failover = self.config.reinitialize_lost_sessions && method != Method::DELETE;
+        // The gateway's own background messages (a cancellation, say) do not open
+        // sessions.
+        let failover =
+            self.config.reinitialize_lost_sessions && matches!(out.sender, Sender::Client(_));
         let Some(named) = out.session.filter(|_| failover) else {
             return self.exchange_at(method, out, body).await;
         };
@@ -115,8 +121,30 @@ impl HttpUpstream {
             session: Some(to.pin()),
             ..out
         });
+        if method == Method::DELETE {
+            // Ending a moved session ends the session it moved to.
+            if went.is_some() {
+                self.moves.forget(&named);
+            }
+            return self.exchange_at(method, now, body).await;
+        }
         match self.exchange_at(method.clone(), now, body.clone()).await {
             Err(Failure::UnknownSession) => {
+                // One failover at a time: requests in flight on the same lost session
+                // find the move the first one made.
+                let _one = self.failing_over.lock().await;
+                if let Some(to) = self.moves.get(&named).filter(|to| {
+                    went.as_ref()
+                        .is_none_or(|w| w.id != to.id || w.replica != to.replica)
+                }) {
+                    let moved = Outbound {
+                        session: Some(to.pin()),
+                        ..out
+                    };
+                    let mut inbound = self.exchange_at(method, moved, body).await?;
+                    inbound.served.moved = Some(to);
+                    return Ok(inbound);
+                }
                 // Nothing was sent: the request goes to a new session, once.
                 let version = match out.sender {
                     Sender::Client(c) => c

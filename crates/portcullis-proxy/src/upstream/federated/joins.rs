@@ -5,7 +5,8 @@
 //! when a list or a call needs such a member, the gateway initializes it with the same
 //! hello, in the caller's name, and remembers the member's session here. Each replica
 //! joins on its own (the client's sealed id cannot grow under it), at most once per
-//! member per session, and tries a member that failed again only after [`RETRY`].
+//! member per session (concurrent requests start one join), and tries a member that
+//! failed again only after [`RETRY`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -80,11 +81,34 @@ impl Hello {
     }
 }
 
+/// How long a join may be under way before another may start (its request was
+/// dropped, say).
+const JOINING: Duration = Duration::from_secs(30);
+
 /// One member's state in one session.
 #[derive(Clone)]
 enum Joined {
     In(OwnedPin, Instant),
     Failed(Instant),
+    /// A join is under way (concurrent lists do not start another).
+    Joining(Instant),
+}
+
+impl Joined {
+    fn at(&self) -> Instant {
+        match self {
+            Joined::In(_, at) | Joined::Failed(at) | Joined::Joining(at) => *at,
+        }
+    }
+
+    /// Whether a join may start now.
+    fn may_try(&self) -> bool {
+        match self {
+            Joined::Failed(at) => at.elapsed() >= RETRY,
+            Joined::Joining(at) => at.elapsed() >= JOINING,
+            Joined::In(_, at) => at.elapsed() >= REMEMBER,
+        }
+    }
 }
 
 /// The members this replica joined to sessions: by the session (its member sessions as
@@ -109,10 +133,40 @@ impl Joins {
         let Ok(joined) = self.joined.lock() else {
             return false;
         };
-        match joined.get(&(session.to_vec(), member.to_owned())) {
-            None => true,
-            Some(Joined::Failed(at)) => at.elapsed() >= RETRY,
-            Some(Joined::In(_, at)) => at.elapsed() >= REMEMBER,
+        joined
+            .get(&(session.to_vec(), member.to_owned()))
+            .is_none_or(Joined::may_try)
+    }
+
+    /// Starts a join of the member to `session` when one may be tried now, so that
+    /// concurrent requests start one join, not one each; false when it may not.
+    pub fn begin(&self, session: &[u8], member: &str) -> bool {
+        let Ok(mut joined) = self.joined.lock() else {
+            return false;
+        };
+        let key = (session.to_vec(), member.to_owned());
+        if !joined.get(&key).is_none_or(Joined::may_try) {
+            return false;
+        }
+        Self::make_room(&mut joined);
+        joined.insert(key, Joined::Joining(Instant::now()));
+        true
+    }
+
+    /// Forgets stale entries, then the oldest, when the map is full.
+    fn make_room(joined: &mut HashMap<(Vec<u8>, String), Joined>) {
+        if joined.len() < MAX_JOINS {
+            return;
+        }
+        joined.retain(|_, j| !j.may_try() || matches!(j, Joined::In(..)));
+        if joined.len() >= MAX_JOINS {
+            let oldest = joined
+                .iter()
+                .min_by_key(|(_, j)| j.at())
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                joined.remove(&k);
+            }
         }
     }
 
@@ -121,17 +175,7 @@ impl Joins {
         let Ok(mut joined) = self.joined.lock() else {
             return;
         };
-        if joined.len() >= MAX_JOINS {
-            joined.retain(|_, j| match j {
-                Joined::In(_, at) => at.elapsed() < REMEMBER,
-                Joined::Failed(at) => at.elapsed() < RETRY,
-            });
-            if joined.len() >= MAX_JOINS {
-                if let Some(k) = joined.keys().next().cloned() {
-                    joined.remove(&k);
-                }
-            }
-        }
+        Self::make_room(&mut joined);
         let now = Instant::now();
         let state = match pin {
             Some(p) => Joined::In(p, now),
@@ -169,6 +213,8 @@ mod tests {
     fn a_failed_join_waits_before_it_is_tried_again() {
         let joins = Joins::default();
         assert!(joins.may_try(b"s", "gamma"));
+        assert!(joins.begin(b"s", "gamma"));
+        assert!(!joins.begin(b"s", "gamma"), "one join at a time");
         joins.put(b"s", "gamma", None);
         assert!(!joins.may_try(b"s", "gamma"), "not at once");
         assert!(joins.get(b"s", "gamma").is_none());

@@ -139,10 +139,12 @@ impl FederatedUpstream {
             return Some(have);
         }
         let key = self.names.key(m);
-        if !self.joins.may_try(pin.id, key) {
+        let Some(hello) = members::decode(pin.id).and_then(|all| Hello::of(&all)) else {
+            return None;
+        };
+        if !self.joins.begin(pin.id, key) {
             return None;
         }
-        let hello = Hello::of(&members::decode(pin.id)?)?;
         let body = Bytes::from(hello.initialize().to_string());
         let joined = self
             .ask(m, out, None, body, "initialize")
@@ -318,6 +320,11 @@ impl FederatedUpstream {
                     .unwrap_or_else(|| json!({})),
             };
             sessions.push(hello.entry());
+            if members::encode(&sessions).len() > crate::sessions::MAX_UPSTREAM_ID_LEN {
+                // The members' own ids come first: without the hello, members that
+                // were not in the session at first cannot join it later.
+                sessions.pop();
+            }
         }
         let sid = members::encode(&sessions);
         let mut headers: Vec<(&'static str, &[u8])> = vec![("content-type", b"application/json")];
@@ -819,9 +826,14 @@ impl Upstream for FederatedUpstream {
             let open = match opened {
                 Ok(Ok(i)) => match i.answer.head().status.as_u16() {
                     200 => Some(i),
-                    // This member offers no stream for the session: it is left out.
-                    _ => continue,
+                    // This member offers no stream, or no longer has the session: it
+                    // is left out.
+                    404 | 405 => continue,
+                    // Busy or failing now (409, 429, 5xx): its feed keeps trying.
+                    _ => None,
                 },
+                // The member's endpoint is gone with its session.
+                Ok(Err(Failure::UnknownSession)) => continue,
                 // Down or slow now: its feed keeps trying.
                 _ => None,
             };

@@ -57,6 +57,8 @@ pub const DEBOUNCE: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest wait between reconnections to a member's stream.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a member's stream must last for its next reconnection to be quick again.
+const STABLE: Duration = Duration::from_secs(5);
 /// The largest event read from a member's stream.
 const MAX_EVENT: usize = 4 * 1024 * 1024;
 /// Events in flight from the feeds to the client.
@@ -129,7 +131,7 @@ struct Listen {
     /// The client's request id, which is also the subscription's id.
     id: Value,
     /// Members whose acknowledgment is awaited.
-    waiting: usize,
+    waiting: BTreeSet<usize>,
     /// The union of what members accepted so far.
     accepted: serde_json::Map<String, Value>,
     /// When the acknowledgment goes out at the latest; `None` once it has.
@@ -179,7 +181,11 @@ impl Merged {
         let mut feeds = Vec::with_capacity(parts.len());
         let listen = listen.map(|id| Listen {
             id,
-            waiting: parts.iter().filter(|p| p.open.is_some()).count(),
+            waiting: parts
+                .iter()
+                .filter(|p| p.open.is_some())
+                .map(|p| p.member)
+                .collect(),
             accepted: serde_json::Map::new(),
             ack_by: Some(Instant::now() + route.fanout_timeout),
             finished: false,
@@ -273,8 +279,9 @@ impl Merged {
                 }
             }
         }
-        l.waiting = l.waiting.saturating_sub(1);
-        if l.waiting == 0 {
+        // Counted per member: a member that reconnects and acknowledges again is one.
+        l.waiting.remove(&m);
+        if l.waiting.is_empty() {
             self.acknowledge();
         }
     }
@@ -460,6 +467,13 @@ impl Answer for Merged {
                     // Every feed ended: no member has a stream any more.
                     None => {
                         self.acknowledge();
+                        // What was gathered still goes out.
+                        if self.pending_since.take().is_some() {
+                            for method in std::mem::take(&mut self.pending) {
+                                let message = self.own_message(&method, None);
+                                self.out.push_back(message);
+                            }
+                        }
                         match self.listen.as_mut() {
                             Some(l) if !l.finished => {
                                 l.finished = true;
@@ -561,7 +575,7 @@ async fn feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) {
             }
             Ok(mut i) => match i.answer.head().status.as_u16() {
                 200 => {
-                    backoff = FIRST_BACKOFF;
+                    let opened = Instant::now();
                     if tx.send(Feed::Up(m)).await.is_err() {
                         return;
                     }
@@ -588,6 +602,11 @@ async fn feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) {
                             }
                         }
                     }
+                    // Only a stream that lasted earns a quick reconnection: one that
+                    // ends at once (an empty body, an event too large to take) backs off.
+                    if opened.elapsed() >= STABLE {
+                        backoff = FIRST_BACKOFF;
+                    }
                 }
                 // No stream offered, or the member no longer has this session: asking
                 // again would only repeat the answer.
@@ -601,6 +620,8 @@ async fn feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) {
                 }
                 _ => {}
             },
+            // The member's endpoint is gone with its session: nothing to reconnect to.
+            Err(Failure::UnknownSession) => return,
             Err(e) => {
                 tracing::debug!(member = part.upstream.name(), error = ?e, "a member's GET stream failed");
             }
