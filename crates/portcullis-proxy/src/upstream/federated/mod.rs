@@ -139,9 +139,7 @@ impl FederatedUpstream {
             return Some(have);
         }
         let key = self.names.key(m);
-        let Some(hello) = members::decode(pin.id).and_then(|all| Hello::of(&all)) else {
-            return None;
-        };
+        let hello = members::decode(pin.id).and_then(|all| Hello::of(&all))?;
         if !self.joins.begin(pin.id, key) {
             return None;
         }
