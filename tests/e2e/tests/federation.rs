@@ -1077,3 +1077,73 @@ upstreams:\n  alpha:\n    url: {}\n  beta:\n    url: {}\n  gamma:\n    url: http
     );
     drop((alpha, beta, gamma));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_later_is_added_to_the_open_get_stream() {
+    let member = |who| {
+        move || Member {
+            who,
+            tools: 2,
+            page: 10,
+            poke: Arc::default(),
+        }
+    };
+    let alpha = Upstream::serve(member("alpha")).await;
+    let gamma_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let gw = Gateway::start(&format!(
+        "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
+server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
+routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, gamma]\n    federation:\n      fanout_timeout: 2s\n\
+upstreams:\n  alpha:\n    url: {}\n  gamma:\n    url: http://{gamma_addr}/mcp\n    connect_timeout: 1s\n",
+        alpha.url
+    ))
+    .await;
+    let (sid, mut stream) = session_with_stream(&gw).await;
+    let gamma = Upstream::serve_at(gamma_addr, member("gamma")).await;
+    // The first call that reaches gamma joins it to the session.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, msgs) = in_session(
+            &gw.url,
+            &sid,
+            serde_json::json!({"jsonrpc": "2.0", "id": 60, "method": "tools/call",
+                "params": {"name": "gamma__notify", "arguments": {"logs": 1, "say": "joined"}}}),
+        )
+        .await;
+        if status == 200
+            && msgs
+                .iter()
+                .any(|m| m["result"]["content"][0]["text"] == "notified")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gamma never joined");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Its GET stream joins the one the client has open, and says it again.
+    loop {
+        notify(
+            &gw,
+            &sid,
+            "gamma",
+            serde_json::json!({"logs": 1, "say": "on the stream"}),
+        )
+        .await;
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+            stream
+                .until(|e| log_text(e) == Some("gamma: on the stream"))
+                .await
+        })
+        .await;
+        if heard.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gamma's stream never joined the open one"
+        );
+    }
+    drop((alpha, gamma));
+}

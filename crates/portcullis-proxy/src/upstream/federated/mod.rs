@@ -563,6 +563,7 @@ impl FederatedUpstream {
         parts: Vec<stream::Part>,
         opener: stream::Opener,
         listen: Option<Value>,
+        joining: Option<stream::Joining>,
     ) -> Result<Inbound, Failure> {
         let route = stream::Route {
             keys: (0..self.members.len())
@@ -573,6 +574,7 @@ impl FederatedUpstream {
             grace: self.spec.grace,
             replica: self.replica.clone(),
             fanout_timeout: self.spec.fanout_timeout,
+            joining,
         };
         let merged = stream::Merged::start(route, parts, opener, listen)?;
         Ok(Inbound {
@@ -649,7 +651,7 @@ impl FederatedUpstream {
                 &self.replica,
             );
         }
-        self.merged(parts, opener, Some(id))
+        self.merged(parts, opener, Some(id), None)
     }
 
     /// The listen request as member `m` gets it: its own resources among those named
@@ -846,7 +848,15 @@ impl Upstream for FederatedUpstream {
         if parts.is_empty() {
             return no_stream();
         }
-        self.merged(parts, opener, None)
+        let joining = out.session.map(|pin| stream::Joining {
+            session: OwnedPin {
+                replica: pin.replica.into(),
+                id: pin.id.to_vec(),
+            },
+            upstreams: self.members.clone(),
+            joins: self.joins.clone(),
+        });
+        self.merged(parts, opener, None, joining)
     }
 
     /// Ends every member's session.

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 
 use super::cache::ListCache;
 use super::ids;
+use super::joins::Joins;
 use super::names::Names;
 use crate::upstream::http::HttpUpstream;
 use crate::upstream::{
@@ -85,6 +86,8 @@ enum Feed {
     Event(usize, Event),
     /// Its stream ended or could not be opened; the feed tries again.
     Down(usize),
+    /// The feed gave up (the member has no stream for the session).
+    Ended,
 }
 
 /// How a member's stream is opened.
@@ -124,6 +127,20 @@ pub struct Route {
     pub replica: Arc<str>,
     /// How long members have to acknowledge a listen.
     pub fanout_timeout: Duration,
+    /// On a GET stream: the client's (federated) session, every member's upstream and
+    /// the members this replica joins to sessions, so a member that joins the session
+    /// while the stream is open is added to it.
+    pub joining: Option<Joining>,
+}
+
+/// What a GET stream needs to add members that join its session later.
+pub struct Joining {
+    /// The client's session.
+    pub session: OwnedPin,
+    /// Every member's upstream, by member.
+    pub upstreams: Vec<Arc<HttpUpstream>>,
+    /// The route's joins.
+    pub joins: Arc<Joins>,
 }
 
 /// What a merged listen stream keeps besides the events.
@@ -157,7 +174,19 @@ pub struct Merged {
     pending_since: Option<Instant>,
     listen: Option<Listen>,
     out: std::collections::VecDeque<Bytes>,
+    /// Feeds still running.
+    live: usize,
+    /// Which members have a feed.
+    fed: Vec<bool>,
+    /// For new feeds (members joining a GET stream's session).
+    tx: Option<mpsc::Sender<Feed>>,
+    opener: Opener,
+    /// When joined members are looked for next (GET streams).
+    join_check: Option<Instant>,
 }
+
+/// How often an open GET stream looks for members that joined its session.
+const JOIN_CHECK: Duration = Duration::from_secs(2);
 
 impl Merged {
     /// Starts a feed for every part and merges them; `listen` is the client's request
@@ -190,14 +219,17 @@ impl Merged {
             ack_by: Some(Instant::now() + route.fanout_timeout),
             finished: false,
         });
+        let mut fed = vec![false; n];
+        let live = parts.len();
         for part in parts {
             positions[part.member] = part.last_id.clone();
+            fed[part.member] = true;
             if part.open.is_none() {
                 away[part.member] = Some(Instant::now());
             }
-            let task = tokio::spawn(feed(part, opener.clone(), tx.clone()));
-            feeds.push(task.abort_handle());
+            feeds.push(spawn_feed(part, opener.clone(), tx.clone()));
         }
+        let joining = route.joining.is_some();
         Ok(Merged {
             head,
             rx,
@@ -210,7 +242,42 @@ impl Merged {
             pending_since: None,
             listen,
             out: Default::default(),
+            live,
+            fed,
+            tx: joining.then_some(tx),
+            opener,
+            join_check: joining.then(|| Instant::now() + JOIN_CHECK),
         })
+    }
+
+    /// Starts feeds for members that joined the session since the stream opened.
+    fn add_joined(&mut self) {
+        let (Some(j), Some(tx)) = (&self.route.joining, &self.tx) else {
+            return;
+        };
+        for m in 0..self.fed.len() {
+            if self.fed[m] {
+                continue;
+            }
+            let Some(pin) = j.joins.get(&j.session.id, &self.route.keys[m]) else {
+                continue;
+            };
+            let Some(upstream) = j.upstreams.get(m) else {
+                continue;
+            };
+            self.fed[m] = true;
+            self.live += 1;
+            let part = Part {
+                member: m,
+                upstream: upstream.clone(),
+                opening: Opening::Get(pin),
+                last_id: None,
+                open: None,
+            };
+            self.feeds
+                .push(spawn_feed(part, self.opener.clone(), tx.clone()));
+        }
+        self.join_check = Some(Instant::now() + JOIN_CHECK);
     }
 
     /// `method`'s params as the gateway sends them: with the subscription's id on a
@@ -228,6 +295,27 @@ impl Merged {
             msg["params"] = params;
         }
         Bytes::from(sse(None, &msg.to_string()))
+    }
+
+    /// The stream's last words once every feed ended: the acknowledgment if it never
+    /// went, what was gathered, and a listen's final result. False when nothing is left.
+    fn finish(&mut self) -> bool {
+        self.acknowledge();
+        if self.pending_since.take().is_some() {
+            for method in std::mem::take(&mut self.pending) {
+                let message = self.own_message(&method, None);
+                self.out.push_back(message);
+            }
+        }
+        if let Some(l) = self.listen.as_mut().filter(|l| !l.finished) {
+            l.finished = true;
+            let id = l.id.clone();
+            let done = serde_json::json!({"jsonrpc": "2.0", "id": id,
+                "result": {"_meta": {ids::SUBSCRIPTION_ID: id}}});
+            self.out
+                .push_back(Bytes::from(sse(None, &done.to_string())));
+        }
+        !self.out.is_empty()
     }
 
     /// The merged acknowledgment, once.
@@ -297,7 +385,8 @@ impl Merged {
             .filter_map(|(a, d)| a.filter(|_| !d).map(|t| t + self.route.grace))
             .min();
         let ack = self.listen.as_ref().and_then(|l| l.ack_by);
-        [debounce, grace, ack].into_iter().flatten().min()
+        let joined = self.join_check.filter(|_| self.fed.iter().any(|f| !f));
+        [debounce, grace, ack, joined].into_iter().flatten().min()
     }
 
     fn changed(&mut self, method: &str) {
@@ -309,6 +398,9 @@ impl Merged {
     /// notifications go out.
     fn tick(&mut self) {
         let now = Instant::now();
+        if self.join_check.is_some_and(|t| now >= t) {
+            self.add_joined();
+        }
         for m in 0..self.away.len() {
             if let Some(since) = self.away[m] {
                 if !self.dropped[m] && now >= since + self.route.grace {
@@ -345,6 +437,7 @@ impl Merged {
             Feed::Down(m) => {
                 self.away[m].get_or_insert_with(Instant::now);
             }
+            Feed::Ended => self.live = self.live.saturating_sub(1),
             Feed::Event(m, event) => self.event(m, event),
         }
     }
@@ -460,31 +553,18 @@ impl Answer for Merged {
             if let Some(b) = self.out.pop_front() {
                 return Ok(Some(b));
             }
+            if self.live == 0 {
+                // Every feed ended: no member has a stream any more.
+                if !self.finish() {
+                    return Ok(None);
+                }
+                continue;
+            }
             let due = self.next_due();
             tokio::select! {
                 feed = self.rx.recv() => match feed {
                     Some(f) => self.take(f),
-                    // Every feed ended: no member has a stream any more.
-                    None => {
-                        self.acknowledge();
-                        // What was gathered still goes out.
-                        if self.pending_since.take().is_some() {
-                            for method in std::mem::take(&mut self.pending) {
-                                let message = self.own_message(&method, None);
-                                self.out.push_back(message);
-                            }
-                        }
-                        match self.listen.as_mut() {
-                            Some(l) if !l.finished => {
-                                l.finished = true;
-                                let id = l.id.clone();
-                                let done = serde_json::json!({"jsonrpc": "2.0", "id": id,
-                                    "result": {"_meta": {ids::SUBSCRIPTION_ID: id}}});
-                                self.out.push_back(Bytes::from(sse(None, &done.to_string())));
-                            }
-                            _ => return Ok(None),
-                        }
-                    }
+                    None => self.live = 0,
                 },
                 _ = sleep_until(due) => self.tick(),
             }
@@ -550,6 +630,15 @@ pub fn is_stream(i: &Inbound) -> bool {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.trim_start().starts_with("text/event-stream"))
+}
+
+/// Runs `part`'s feed on a task of its own, saying when it gives up.
+fn spawn_feed(part: Part, opener: Opener, tx: mpsc::Sender<Feed>) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        feed(part, opener, tx.clone()).await;
+        let _ = tx.send(Feed::Ended).await;
+    })
+    .abort_handle()
 }
 
 /// Reads one member's stream to the client, opening it again when it ends, until the
