@@ -84,6 +84,8 @@ fn capabilities(answers: &[(&str, &Value)]) -> Map<String, Value> {
             union(&mut caps, c);
         }
     }
+    // A federated route does not route tasks/* (yet): it must not offer them.
+    caps.remove("tasks");
     caps
 }
 
@@ -186,12 +188,14 @@ mod tests {
     fn capabilities_are_the_union_of_the_members() {
         let a = json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": false}, "logging": {}},
             "instructions": "use a"});
-        let b = json!({"protocolVersion": "2025-03-26", "capabilities": {"tools": {"listChanged": true}, "prompts": {}}});
+        let b = json!({"protocolVersion": "2025-03-26", "capabilities": {"tools": {"listChanged": true}, "prompts": {},
+            "tasks": {"list": {}, "requests": {"tools": {"call": {}}}}}});
         let r = initialize("/mcp", &[("a", &a), ("b", &b)]);
         assert_eq!(r["protocolVersion"], "2025-03-26");
         assert_eq!(
             r["capabilities"],
-            json!({"tools": {"listChanged": true}, "logging": {}, "prompts": {}})
+            json!({"tools": {"listChanged": true}, "logging": {}, "prompts": {}}),
+            "tasks are not offered on a federated route"
         );
         assert_eq!(r["instructions"], "[a]\nuse a");
         assert!(r["serverInfo"]["name"].as_str().is_some());
