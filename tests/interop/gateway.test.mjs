@@ -22,7 +22,14 @@ import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { CreateMessageRequestSchema, ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
+import {
+  CallToolResultSchema,
+  CreateMessageRequestSchema,
+  CreateTaskResultSchema,
+  ElicitRequestSchema,
+  GetTaskResultSchema,
+  ListTasksResultSchema,
+} from "@modelcontextprotocol/sdk/types.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   discoverOAuthProtectedResourceMetadata,
@@ -818,6 +825,43 @@ upstreams:
       assert.match(south.content[0].text, /sampled <[^>]*from the south>/, south.content[0].text);
       assert.match(rusty.content[0].text, /sampled <from rust>/, rusty.content[0].text);
       assert.equal(sampled.length, 3, `one sampling request each: ${JSON.stringify(sampled)}`);
+    },
+    { timeout: TEST_TIMEOUT_MS },
+  );
+
+  it(
+    "a task run by one member: created, polled, listed and its result fetched through the gateway",
+    async () => {
+      const created = await client.request(
+        {
+          method: "tools/call",
+          params: { name: "south__simulate-research-query", arguments: { topic: "gateways" }, task: { ttl: 60_000 } },
+        },
+        CreateTaskResultSchema,
+      );
+      const taskId = created.task.taskId;
+      assert.match(taskId, /^south~/, `the task id names its member: ${taskId}`);
+      const listed = await client.request({ method: "tasks/list", params: {} }, ListTasksResultSchema);
+      assert.ok(
+        listed.tasks.some((t) => t.taskId === taskId),
+        `tasks/list merges the members' tasks: ${JSON.stringify(listed.tasks)}`,
+      );
+      const deadline = Date.now() + TEST_TIMEOUT_MS - 5_000;
+      let task;
+      for (;;) {
+        task = await client.request({ method: "tasks/get", params: { taskId } }, GetTaskResultSchema);
+        assert.equal(task.taskId, taskId, "tasks/get answers with the id the client knows");
+        if (task.status === "completed" || task.status === "failed") break;
+        assert.ok(Date.now() < deadline, `the task never finished: ${JSON.stringify(task)}`);
+        await delay(200);
+      }
+      assert.equal(task.status, "completed", JSON.stringify(task));
+      const result = await client.request({ method: "tasks/result", params: { taskId } }, CallToolResultSchema);
+      assert.match(result.content[0].text, /gateways/, "the member's result for its task");
+      await assert.rejects(
+        client.request({ method: "tasks/get", params: { taskId: "nobody~\"x\"" } }, GetTaskResultSchema),
+        "a task id no member owns is refused",
+      );
     },
     { timeout: TEST_TIMEOUT_MS },
   );

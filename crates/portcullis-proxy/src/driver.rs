@@ -410,7 +410,7 @@ impl Gateway {
             route,
             (status, sse),
             watches.deadline.is_some(),
-            dest.member.as_deref(),
+            dest.member.as_deref().map(|m| (m, dest.tasks)),
             cx,
         );
         let principal = cx.principal.clone();
@@ -503,7 +503,7 @@ impl Gateway {
         route: usize,
         (status, sse): (u16, bool),
         deadline: bool,
-        member: Option<&str>,
+        member: Option<(&str, bool)>,
         cx: &Ctx,
     ) -> Transform {
         let r = &snap.config.routes[route];
@@ -533,10 +533,22 @@ impl Gateway {
                 };
             }
         }
-        if let (Some(member), true) = (member, sse) {
-            filters.push(Box::new(MemberIds {
+        match member {
+            Some((member, tasks)) if sse => filters.push(Box::new(MemberIds {
                 member: member.to_owned(),
-            }));
+                tasks,
+            })),
+            // A JSON answer about a task: its task ids are mapped whole.
+            Some((member, true)) if filters.is_empty() && status == 200 => {
+                return Transform::MemberJson {
+                    ids: Box::new(MemberIds {
+                        member: member.to_owned(),
+                        tasks: true,
+                    }),
+                    buf: Vec::new(),
+                };
+            }
+            _ => {}
         }
         if filters.is_empty() {
             return Transform::Pass;

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::ctx::{Ctx, Op};
 use crate::snapshot::Snapshot;
-use crate::upstream::federated::FederatedUpstream;
+use crate::upstream::federated::{ids, FederatedUpstream};
 use crate::upstream::{OwnedPin, Upstream};
 
 /// What the answer's `Mcp-Session-Id` becomes on its way to the client.
@@ -51,6 +51,9 @@ pub struct Destination {
     /// A member not in the client's session yet: joined to it before the message is
     /// sent (docs/federation.md).
     pub join: Option<Join>,
+    /// The answer may carry task ids (a task-augmented call, `tasks/*`): they are
+    /// mapped on the way back.
+    pub tasks: bool,
 }
 
 /// A member to join to the client's session before sending.
@@ -87,18 +90,35 @@ pub fn message(
     let (field, asked) = kind
         .target(&msg)
         .ok_or_else(|| Refusal::InvalidParams(format!("params must name the {}", kind.what())))?;
-    let mapped = if kind.by_uri(field) {
-        fed.names().inward_uri(&asked)
-    } else {
-        fed.names().inward(&asked)
+    let mapped = match field {
+        Field::TaskId => {
+            ids::inward_task_id(&asked).and_then(|(key, own)| Some((fed.names().member(key)?, own)))
+        }
+        _ if kind.by_uri(field) => fed
+            .names()
+            .inward_uri(&asked)
+            .map(|(m, own)| (m, own.to_owned())),
+        _ => fed
+            .names()
+            .inward(&asked)
+            .map(|(m, own)| (m, own.to_owned())),
     };
     let Some((m, own)) = mapped else {
+        if field == Field::TaskId {
+            return Err(Refusal::InvalidParams(format!("no such task: {asked}")));
+        }
         return Err(Refusal::Hidden {
             kind: kind.unknown(field),
             name: asked,
         });
     };
-    let own = own.to_owned();
+    // A task-augmented call, or a request about a task: task ids in the answer are
+    // named after the member.
+    let tasks = field == Field::TaskId
+        || msg
+            .get("params")
+            .and_then(|p| raw(p))
+            .is_some_and(|p| p.contains_key("task"));
     kind.set_target(&mut msg, field, &own)
         .ok_or_else(|| Refusal::InvalidRequest("cannot rewrite the message".into()))?;
     let up = fed.upstream_index(m);
@@ -126,6 +146,7 @@ pub fn message(
         body: Bytes::from(body),
         member: Some(fed.names().key(m).to_owned()),
         join,
+        tasks,
     })
 }
 
@@ -148,6 +169,7 @@ fn single(snap: &Snapshot, route: usize, session: Option<OwnedPin>, body: Bytes)
         body,
         member: None,
         join: None,
+        tasks: false,
     }
 }
 
@@ -160,6 +182,7 @@ fn fanned(fed: &Arc<FederatedUpstream>, session: Option<OwnedPin>, body: Bytes) 
         body,
         member: None,
         join: None,
+        tasks: false,
     }
 }
 
@@ -174,6 +197,8 @@ enum Targeted {
     Resource,
     /// `params.ref.name` (a prompt) or `params.ref.uri` (a resource template).
     Completion,
+    /// `params.taskId`, a task's (named after its member by the gateway).
+    Task,
 }
 
 /// Which field held the target.
@@ -183,6 +208,7 @@ enum Field {
     Uri,
     RefName,
     RefUri,
+    TaskId,
 }
 
 impl Targeted {
@@ -194,6 +220,7 @@ impl Targeted {
                 Targeted::Resource
             }
             "completion/complete" => Targeted::Completion,
+            "tasks/get" | "tasks/result" | "tasks/cancel" => Targeted::Task,
             _ => return None,
         })
     }
@@ -204,6 +231,7 @@ impl Targeted {
             Targeted::Prompt => "prompt (a string name)",
             Targeted::Resource => "resource (a string uri)",
             Targeted::Completion => "prompt or resource template (ref.name or ref.uri)",
+            Targeted::Task => "task (a string taskId)",
         }
     }
 
@@ -213,6 +241,7 @@ impl Targeted {
         match self {
             Targeted::Tool | Targeted::Prompt => Some((Field::Name, text(&params, "name")?)),
             Targeted::Resource => Some((Field::Uri, text(&params, "uri")?)),
+            Targeted::Task => Some((Field::TaskId, text(&params, "taskId")?)),
             Targeted::Completion => {
                 let r = raw(params.get("ref")?)?;
                 match text(&r, "type")?.as_str() {
@@ -232,7 +261,7 @@ impl Targeted {
         match (self, field) {
             (Targeted::Tool, _) => Unknown::Tool,
             (_, Field::Name | Field::RefName) => Unknown::Prompt,
-            (_, Field::Uri | Field::RefUri) => Unknown::Resource,
+            (_, Field::Uri | Field::RefUri | Field::TaskId) => Unknown::Resource,
         }
     }
 
@@ -242,6 +271,7 @@ impl Targeted {
         match field {
             Field::Name => params.insert("name".into(), own),
             Field::Uri => params.insert("uri".into(), own),
+            Field::TaskId => params.insert("taskId".into(), own),
             Field::RefName | Field::RefUri => {
                 let mut r = raw(params.get("ref")?)?;
                 let key = if field == Field::RefName {
@@ -307,6 +337,31 @@ upstreams:\n  alpha:\n    url: http://127.0.0.1:9/mcp\n  beta:\n    url: http://
         assert_eq!(sent(&d)["params"]["name"], "echo");
         assert_eq!(sent(&d)["params"]["arguments"]["x"], 1);
         assert_eq!(cx.upstream_tool.as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn a_task_request_goes_to_the_member_running_the_task() {
+        let snap = snap();
+        let body =
+            r#"{"jsonrpc":"2.0","id":4,"method":"tasks/get","params":{"taskId":"beta~\"t-9\""}}"#;
+        let d = message(&snap, 0, None, Bytes::from(body), &mut cx("tasks/get")).expect("routed");
+        assert_eq!(d.upstream.name(), "beta");
+        assert_eq!(sent(&d)["params"]["taskId"], "t-9");
+        assert!(d.tasks, "its answer's task ids are mapped back");
+        for bad in [r#""t-9""#, r#""gamma~\"t\"""#, r#""beta~7""#, "7"] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":4,"method":"tasks/result","params":{{"taskId":{bad}}}}}"#
+            );
+            let r = message(&snap, 0, None, Bytes::from(body), &mut cx("tasks/result"));
+            assert!(
+                matches!(r, Err(Refusal::InvalidParams(_))),
+                "{bad}: {:?}",
+                r.err()
+            );
+        }
+        let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"alpha__slow","task":{"ttl":1000}}}"#;
+        let d = message(&snap, 0, None, Bytes::from(body), &mut cx("tools/call")).expect("routed");
+        assert!(d.tasks, "a task-augmented call");
     }
 
     #[test]

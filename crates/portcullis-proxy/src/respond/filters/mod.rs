@@ -225,6 +225,13 @@ pub enum Transform {
     },
     /// An SSE stream through filters.
     Events(Box<Chain>),
+    /// A federated member's JSON answer that may carry task ids, read whole and mapped.
+    MemberJson {
+        /// The member's id mapping.
+        ids: Box<member::MemberIds>,
+        /// The body so far.
+        buf: Vec<u8>,
+    },
 }
 
 impl Transform {
@@ -237,7 +244,7 @@ impl Transform {
     pub fn push(&mut self, chunk: Bytes) -> Result<Bytes, TooLarge> {
         match self {
             Transform::Pass => Ok(chunk),
-            Transform::Json { buf, .. } => {
+            Transform::Json { buf, .. } | Transform::MemberJson { buf, .. } => {
                 if buf.len() + chunk.len() > policy::MAX_LIST_BYTES {
                     return Err(TooLarge);
                 }
@@ -253,6 +260,7 @@ impl Transform {
         match self {
             Transform::Pass => Bytes::new(),
             Transform::Json { filter, buf } => Bytes::from(filter.whole_json(buf)),
+            Transform::MemberJson { ids, buf } => Bytes::from(ids.whole_json(buf)),
             Transform::Events(chain) => chain.finish(),
         }
     }
@@ -261,7 +269,9 @@ impl Transform {
     pub fn effects(&mut self) -> Effects {
         match self {
             Transform::Events(chain) => chain.effects(),
-            Transform::Json { .. } | Transform::Pass => Effects::default(),
+            Transform::Json { .. } | Transform::MemberJson { .. } | Transform::Pass => {
+                Effects::default()
+            }
         }
     }
 

@@ -8,7 +8,10 @@
 //!   both send id 1; the client sees `"<member>~<the member's id as JSON>"`, and its
 //!   answer goes back to that member only, with the member's own id.
 //!
-//! Neither needs a table: the id itself says where it goes, so any replica maps it.
+//! - **Task ids** (2025-11-25 tasks) the same way, so `tasks/get`, `tasks/result` and
+//!   `tasks/cancel` reach the member that runs the task.
+//!
+//! None needs a table: the id itself says where it goes, so any replica maps it.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -59,6 +62,48 @@ pub fn inward_request_id(id: &Value) -> Option<(&str, Value)> {
     matches!(own, Value::String(_) | Value::Number(_)).then_some((member, own))
 }
 
+/// Where a message carries a task id (2025-11-25 tasks): a task-augmented request's
+/// `CreateTaskResult`, a task (`tasks/get`, `tasks/cancel`), a result or message
+/// related to a task, a status notification.
+const TASK_IDS: [&str; 5] = [
+    "/result/task/taskId",
+    "/result/taskId",
+    "/result/_meta/io.modelcontextprotocol~1related-task/taskId",
+    "/params/taskId",
+    "/params/_meta/io.modelcontextprotocol~1related-task/taskId",
+];
+
+/// Names member `member` in every task id of `msg` (a message from the member), so the
+/// client's `tasks/*` requests find their way back; the items of a `tasks/list` page
+/// too. Returns whether anything changed.
+pub fn outward_task_ids(member: &str, msg: &mut Value) -> bool {
+    let mut changed = false;
+    let mut map = |slot: Option<&mut Value>| {
+        if let Some(id @ Value::String(_)) = slot {
+            *id = outward_request_id(member, id);
+            changed = true;
+        }
+    };
+    for at in TASK_IDS {
+        map(msg.pointer_mut(at));
+    }
+    if let Some(Value::Array(tasks)) = msg.pointer_mut("/result/tasks") {
+        for t in tasks {
+            map(t.get_mut("taskId"));
+        }
+    }
+    changed
+}
+
+/// The member and its own task id behind a task id the client sends.
+pub fn inward_task_id(id: &str) -> Option<(&str, String)> {
+    let (member, own) = id.split_once(REQUEST_SEP)?;
+    match serde_json::from_str::<Value>(own).ok()? {
+        Value::String(s) => Some((member, s)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +121,29 @@ mod tests {
         );
         for bad in ["7", "f1.", "f1.!!", "f1.e30", &"f1.".repeat(4000)] {
             assert_eq!(positions(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn task_ids_are_named_where_the_protocol_carries_them_and_nowhere_else() {
+        let mut created = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": "t1", "status": "working"}}});
+        assert!(outward_task_ids("north", &mut created));
+        let client = created["result"]["task"]["taskId"]
+            .as_str()
+            .expect("string")
+            .to_owned();
+        assert_eq!(inward_task_id(&client), Some(("north", "t1".to_owned())));
+        let mut status = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/tasks/status", "params": {"taskId": "t1"}});
+        assert!(outward_task_ids("north", &mut status));
+        let mut listed = serde_json::json!({"jsonrpc": "2.0", "id": 2, "result": {"tasks": [{"taskId": "a"}, {"taskId": "b"}]}});
+        assert!(outward_task_ids("north", &mut listed));
+        assert_eq!(listed["result"]["tasks"][1]["taskId"], "north~\"b\"");
+        // A tool's own output that happens to hold a "taskId" is left alone.
+        let mut tool = serde_json::json!({"jsonrpc": "2.0", "id": 3, "result": {"content": [], "structuredContent": {"taskId": "jira-7"}}});
+        assert!(!outward_task_ids("north", &mut tool));
+        assert_eq!(tool["result"]["structuredContent"]["taskId"], "jira-7");
+        for bad in ["t1", "north~t1", "north~7", "north~\"unterminated"] {
+            assert_eq!(inward_task_id(bad), None, "{bad}");
         }
     }
 

@@ -13,35 +13,52 @@ pub struct Listing {
     pub items: &'static str,
     /// The field of an item that names it.
     pub key: &'static str,
-    /// Whether that field is a URI (wrapped) rather than a name (prefixed).
-    pub uri: bool,
+    /// How that field is mapped.
+    pub naming: Naming,
+}
+
+/// How a listed item's naming field is shown to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// A tool or prompt name: prefixed.
+    Name,
+    /// A resource URI or template: wrapped.
+    Uri,
+    /// A task id: named after the member; the list is never cached (tasks change).
+    Task,
 }
 
 /// The lists a federated route merges.
-pub const LISTINGS: [Listing; 4] = [
+pub const LISTINGS: [Listing; 5] = [
     Listing {
         method: "tools/list",
         items: "tools",
         key: "name",
-        uri: false,
+        naming: Naming::Name,
     },
     Listing {
         method: "prompts/list",
         items: "prompts",
         key: "name",
-        uri: false,
+        naming: Naming::Name,
     },
     Listing {
         method: "resources/list",
         items: "resources",
         key: "uri",
-        uri: true,
+        naming: Naming::Uri,
     },
     Listing {
         method: "resources/templates/list",
         items: "resourceTemplates",
         key: "uriTemplate",
-        uri: true,
+        naming: Naming::Uri,
+    },
+    Listing {
+        method: "tasks/list",
+        items: "tasks",
+        key: "taskId",
+        naming: Naming::Task,
     },
 ];
 
@@ -84,8 +101,6 @@ fn capabilities(answers: &[(&str, &Value)]) -> Map<String, Value> {
             union(&mut caps, c);
         }
     }
-    // A federated route does not route tasks/* (yet): it must not offer them.
-    caps.remove("tasks");
     caps
 }
 
@@ -188,14 +203,12 @@ mod tests {
     fn capabilities_are_the_union_of_the_members() {
         let a = json!({"protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": false}, "logging": {}},
             "instructions": "use a"});
-        let b = json!({"protocolVersion": "2025-03-26", "capabilities": {"tools": {"listChanged": true}, "prompts": {},
-            "tasks": {"list": {}, "requests": {"tools": {"call": {}}}}}});
+        let b = json!({"protocolVersion": "2025-03-26", "capabilities": {"tools": {"listChanged": true}, "prompts": {}}});
         let r = initialize("/mcp", &[("a", &a), ("b", &b)]);
         assert_eq!(r["protocolVersion"], "2025-03-26");
         assert_eq!(
             r["capabilities"],
-            json!({"tools": {"listChanged": true}, "logging": {}, "prompts": {}}),
-            "tasks are not offered on a federated route"
+            json!({"tools": {"listChanged": true}, "logging": {}, "prompts": {}})
         );
         assert_eq!(r["instructions"], "[a]\nuse a");
         assert!(r["serverInfo"]["name"].as_str().is_some());

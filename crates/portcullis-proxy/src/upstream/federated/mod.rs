@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use self::cache::{ListCache, Page, PageKey};
 use self::joins::{Hello, Joins};
 use self::members::MemberSession;
-use self::merge::Listing;
+use self::merge::{Listing, Naming};
 use self::names::Names;
 use super::http::HttpUpstream;
 use super::own::{self, Answered};
@@ -422,10 +422,13 @@ impl FederatedUpstream {
     fn outward_item(&self, m: usize, listing: Listing, item: &Value) -> Option<Value> {
         let mut item = item.as_object()?.clone();
         let own = item.get(listing.key)?.as_str()?;
-        let mapped = if listing.uri {
-            self.names.outward_uri(m, own)?
-        } else {
-            self.names.outward(m, own)?
+        let mapped = match listing.naming {
+            Naming::Uri => self.names.outward_uri(m, own)?,
+            Naming::Name => self.names.outward(m, own)?,
+            Naming::Task => {
+                let id = ids::outward_request_id(self.names.key(m), &Value::from(own));
+                id.as_str()?.to_owned()
+            }
         };
         item.insert(listing.key.into(), Value::String(mapped));
         Some(Value::Object(item))
@@ -456,7 +459,13 @@ impl FederatedUpstream {
                 .with_label_values(&[self.name.as_str(), source])
                 .inc();
         };
-        if let Some(page) = self.cache.fresh(&key, self.spec.list_cache_ttl) {
+        // Tasks come and go as they run: their list is never served from the cache.
+        let cacheable = listing.naming != Naming::Task;
+        if let Some(page) = self
+            .cache
+            .fresh(&key, self.spec.list_cache_ttl)
+            .filter(|_| cacheable)
+        {
             count("cache");
             return Some(page);
         }
@@ -475,10 +484,13 @@ impl FederatedUpstream {
         match fetched {
             Some(page) => {
                 let page = Arc::new(page);
-                self.cache.put(key, page.clone());
+                if cacheable {
+                    self.cache.put(key, page.clone());
+                }
                 count("upstream");
                 Some(page)
             }
+            None if !cacheable => None,
             None => {
                 let kept = self.cache.last_good(&key, self.spec.grace);
                 if kept.is_some() {

@@ -469,6 +469,8 @@ impl Merged {
             tracing::debug!(member = %self.route.keys[m], "a member's stream carried an event that is not JSON");
             return;
         };
+        // Task ids (a status notification, a request about a task) name the member.
+        ids::outward_task_ids(&self.route.keys[m], &mut msg);
         let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
         if method.is_none() {
             // A member's final result of its listen: the client gets the gateway's own
