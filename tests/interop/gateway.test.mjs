@@ -717,7 +717,7 @@ describe("over https: the SDK client trusts the test CA (NODE_EXTRA_CA_CERTS) an
   );
 });
 
-describe("a federated route over two server-everything members and an rmcp server: the SDK client answers each member's sampling and elicitation", () => {
+describe("a federated route over two server-everything members and three rmcp servers with overlapping tools: lists, calls, sampling, elicitation and tasks", () => {
   let tmp;
   const members = [];
   let gateway;
@@ -730,12 +730,18 @@ describe("a federated route over two server-everything members and an rmcp serve
       tmp = fs.mkdtempSync(path.join(os.tmpdir(), "portcullis-interop-fleet-"));
       tempDirs.add(tmp);
       members.push(await startEverything(), await startEverything());
-      // A third member on another SDK: the rmcp conformance fixture, built with the workspace.
-      const fixture = new Child("rmcp fixture", FIXTURE_BIN, ["--listen", "127.0.0.1:0"], { cwd: HERE, env: process.env });
-      const fixtureUrl = await fixture.waitForLine("the fixture's listening line", (line) => {
-        const m = /^listening (http:\/\/\S+)$/.exec(line.trim());
-        return m ? m[1] : undefined;
-      });
+      // Three more members on another SDK, with the same tool names as each other: the
+      // rmcp conformance fixture, built with the workspace.
+      const fixtureUrls = [];
+      for (const n of [1, 2, 3]) {
+        const fixture = new Child(`rmcp fixture ${n}`, FIXTURE_BIN, ["--listen", "127.0.0.1:0"], { cwd: HERE, env: process.env });
+        fixtureUrls.push(
+          await fixture.waitForLine("the fixture's listening line", (line) => {
+            const m = /^listening (http:\/\/\S+)$/.exec(line.trim());
+            return m ? m[1] : undefined;
+          }),
+        );
+      }
       const configFile = path.join(tmp, "portcullis.yaml");
       fs.writeFileSync(
         configFile,
@@ -750,14 +756,18 @@ access_log:
 routes:
   - path: /mcp
     name: fleet
-    members: [north, south, rusty]
+    members: [north, south, rust1, rust2, rust3]
 upstreams:
   north:
     url: http://127.0.0.1:${members[0].port}/mcp
   south:
     url: http://127.0.0.1:${members[1].port}/mcp
-  rusty:
-    url: ${fixtureUrl}
+  rust1:
+    url: ${fixtureUrls[0]}
+  rust2:
+    url: ${fixtureUrls[1]}
+  rust3:
+    url: ${fixtureUrls[2]}
 `,
       );
       gateway = await startGateway(configFile);
@@ -801,29 +811,37 @@ upstreams:
         "south__echo",
         "north__trigger-sampling-request",
         "south__trigger-elicitation-request",
-        "rusty__test_simple_text",
-        "rusty__test_sampling",
+        "rust1__test_simple_text",
+        "rust2__test_simple_text",
+        "rust3__test_simple_text",
+        "rust1__test_sampling",
       ]) {
         assert.ok(names.includes(n), `${n} in ${names.join(", ")}`);
       }
       assert.ok(!names.includes("echo"), "no unprefixed names");
       const res = await client.callTool({ name: "south__echo", arguments: { message: "to the south" } });
       assert.deepEqual(res.content, [{ type: "text", text: "Echo: to the south" }]);
+      // Five members, every name once: the overlapping names apart under their prefixes.
+      assert.equal(new Set(names).size, names.length, "no name twice");
+      for (const rust of ["rust1", "rust2", "rust3"]) {
+        const simple = await client.callTool({ name: `${rust}__test_simple_text`, arguments: {} });
+        assert.equal(simple.content[0].type, "text", `${rust} answered`);
+      }
     },
     { timeout: TEST_TIMEOUT_MS },
   );
 
   it(
-    "sampling from all three members at once (two SDKs): each answer goes back to the member that asked",
+    "sampling from three members at once (two SDKs): each answer goes back to the member that asked",
     async () => {
-      const [north, south, rusty] = await Promise.all([
+      const [north, south, rust] = await Promise.all([
         client.callTool({ name: "north__trigger-sampling-request", arguments: { prompt: "from the north" } }),
         client.callTool({ name: "south__trigger-sampling-request", arguments: { prompt: "from the south" } }),
-        client.callTool({ name: "rusty__test_sampling", arguments: { prompt: "from rust" } }),
+        client.callTool({ name: "rust1__test_sampling", arguments: { prompt: "from rust" } }),
       ]);
       assert.match(north.content[0].text, /sampled <[^>]*from the north>/, north.content[0].text);
       assert.match(south.content[0].text, /sampled <[^>]*from the south>/, south.content[0].text);
-      assert.match(rusty.content[0].text, /sampled <from rust>/, rusty.content[0].text);
+      assert.match(rust.content[0].text, /sampled <from rust>/, rust.content[0].text);
       assert.equal(sampled.length, 3, `one sampling request each: ${JSON.stringify(sampled)}`);
     },
     { timeout: TEST_TIMEOUT_MS },
