@@ -87,9 +87,9 @@ pub fn message(
     // Read only as deep as the target: the arguments stay the bytes they came as.
     let mut msg: Raw = serde_json::from_slice(&body)
         .map_err(|e| Refusal::InvalidRequest(format!("the message is not JSON: {e}")))?;
-    let (field, asked) = kind
-        .target(&msg)
-        .ok_or_else(|| Refusal::InvalidParams(format!("params must name the {}", kind.what())))?;
+    let unnamed = || Refusal::InvalidParams(format!("params must name the {}", kind.what()));
+    let mut params = msg.get("params").and_then(|p| raw(p)).ok_or_else(unnamed)?;
+    let (field, asked) = kind.target(&params).ok_or_else(unnamed)?;
     let mapped = match field {
         Field::TaskId => {
             ids::inward_task_id(&asked).and_then(|(key, own)| Some((fed.names().member(key)?, own)))
@@ -114,12 +114,8 @@ pub fn message(
     };
     // A task-augmented call, or a request about a task: task ids in the answer are
     // named after the member.
-    let tasks = field == Field::TaskId
-        || msg
-            .get("params")
-            .and_then(|p| raw(p))
-            .is_some_and(|p| p.contains_key("task"));
-    kind.set_target(&mut msg, field, &own)
+    let tasks = field == Field::TaskId || params.contains_key("task");
+    kind.set_target(&mut msg, &mut params, field, &own)
         .ok_or_else(|| Refusal::InvalidRequest("cannot rewrite the message".into()))?;
     let up = fed.upstream_index(m);
     if method == "tools/call" {
@@ -235,13 +231,12 @@ impl Targeted {
         }
     }
 
-    fn target(self, msg: &Raw) -> Option<(Field, String)> {
-        let params = raw(msg.get("params")?)?;
+    fn target(self, params: &Raw) -> Option<(Field, String)> {
         let text = |v: &Raw, key: &str| serde_json::from_str::<String>(v.get(key)?.get()).ok();
         match self {
-            Targeted::Tool | Targeted::Prompt => Some((Field::Name, text(&params, "name")?)),
-            Targeted::Resource => Some((Field::Uri, text(&params, "uri")?)),
-            Targeted::Task => Some((Field::TaskId, text(&params, "taskId")?)),
+            Targeted::Tool | Targeted::Prompt => Some((Field::Name, text(params, "name")?)),
+            Targeted::Resource => Some((Field::Uri, text(params, "uri")?)),
+            Targeted::Task => Some((Field::TaskId, text(params, "taskId")?)),
             Targeted::Completion => {
                 let r = raw(params.get("ref")?)?;
                 match text(&r, "type")?.as_str() {
@@ -265,8 +260,7 @@ impl Targeted {
         }
     }
 
-    fn set_target(self, msg: &mut Raw, field: Field, own: &str) -> Option<()> {
-        let mut params = raw(msg.get("params")?)?;
+    fn set_target(self, msg: &mut Raw, params: &mut Raw, field: Field, own: &str) -> Option<()> {
         let own = serde_json::value::to_raw_value(own).ok()?;
         match field {
             Field::Name => params.insert("name".into(), own),
