@@ -1018,29 +1018,55 @@ upstreams:\n  alpha:\n    url: {}\n  quiet:\n    url: {quiet}\n",
     drop(alpha);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_down_at_initialize_joins_the_session_once_it_is_back() {
-    let member = |who| {
-        move || Member {
-            who,
-            tools: 2,
-            page: 10,
-            poke: Arc::default(),
-        }
-    };
-    let alpha = Upstream::serve(member("alpha")).await;
-    let beta = Upstream::serve(member("beta")).await;
-    // gamma's address, with nothing listening on it yet.
-    let gamma_addr = std::net::TcpListener::bind("127.0.0.1:0")
+/// A member with two tools (`echo`, `tool1`) on one page.
+fn small(who: &'static str) -> impl Fn() -> Member + Send + Sync + 'static {
+    move || Member {
+        who,
+        tools: 2,
+        page: 10,
+        poke: Arc::default(),
+    }
+}
+
+/// A loopback address nothing listens on yet: a member that is not up.
+fn not_listening() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .expect("a free port");
-    let gw = Gateway::start(&format!(
+        .expect("a free port")
+}
+
+/// A gateway whose route `fleet` federates `members` (name, URL), with `federation`
+/// settings (YAML under `federation:`).
+async fn fleet_of(members: &[(&str, String)], federation: &str) -> Gateway {
+    let names: Vec<&str> = members.iter().map(|(n, _)| *n).collect();
+    let upstreams: String = members
+        .iter()
+        .map(|(n, url)| format!("  {n}:\n    url: {url}\n    connect_timeout: 1s\n"))
+        .collect();
+    Gateway::start(&format!(
         "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
 server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
-routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, beta, gamma]\n    federation:\n      list_cache_ttl: 0s\n      fanout_timeout: 2s\n\
-upstreams:\n  alpha:\n    url: {}\n  beta:\n    url: {}\n  gamma:\n    url: http://{gamma_addr}/mcp\n    connect_timeout: 1s\n",
-        alpha.url, beta.url
+routes:\n  - path: /mcp\n    name: fleet\n    members: [{}]\n    federation:\n{federation}\
+upstreams:\n{upstreams}",
+        names.join(", ")
     ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_at_initialize_joins_the_session_once_it_is_back() {
+    let member = small;
+    let alpha = Upstream::serve(small("alpha")).await;
+    let beta = Upstream::serve(small("beta")).await;
+    let gamma_addr = not_listening();
+    let gw = fleet_of(
+        &[
+            ("alpha", alpha.url.clone()),
+            ("beta", beta.url.clone()),
+            ("gamma", format!("http://{gamma_addr}/mcp")),
+        ],
+        "      list_cache_ttl: 0s\n      fanout_timeout: 2s\n",
+    )
     .await;
     let c = connect_session(&gw.url).await;
     let names =
@@ -1080,25 +1106,16 @@ upstreams:\n  alpha:\n    url: {}\n  beta:\n    url: {}\n  gamma:\n    url: http
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_joins_later_is_added_to_the_open_get_stream() {
-    let member = |who| {
-        move || Member {
-            who,
-            tools: 2,
-            page: 10,
-            poke: Arc::default(),
-        }
-    };
-    let alpha = Upstream::serve(member("alpha")).await;
-    let gamma_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    let gw = Gateway::start(&format!(
-        "listeners:\n  public: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
-server:\n  threads: 2\n  grace_period: 0s\n  work_stealing: true\n\
-routes:\n  - path: /mcp\n    name: fleet\n    members: [alpha, gamma]\n    federation:\n      fanout_timeout: 2s\n\
-upstreams:\n  alpha:\n    url: {}\n  gamma:\n    url: http://{gamma_addr}/mcp\n    connect_timeout: 1s\n",
-        alpha.url
-    ))
+    let member = small;
+    let alpha = Upstream::serve(small("alpha")).await;
+    let gamma_addr = not_listening();
+    let gw = fleet_of(
+        &[
+            ("alpha", alpha.url.clone()),
+            ("gamma", format!("http://{gamma_addr}/mcp")),
+        ],
+        "      fanout_timeout: 2s\n",
+    )
     .await;
     let (sid, mut stream) = session_with_stream(&gw).await;
     let gamma = Upstream::serve_at(gamma_addr, member("gamma")).await;

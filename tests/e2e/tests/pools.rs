@@ -49,22 +49,7 @@ async fn initialize(url: &str, id: u64) -> String {
 
 /// A `tools/call` of `echo` in session `sid` with id `id`; the HTTP status.
 async fn echo(url: &str, sid: &str, id: u64) -> u16 {
-    http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(
-            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-                "params":{"name":"echo","arguments":{"text":"hi"}}})
-            .to_string(),
-        )
-        .send()
-        .await
-        .expect("answer")
-        .status()
-        .as_u16()
+    echo_with_id(url, sid, id).await.0
 }
 
 /// The endpoint the access log says served JSON-RPC id `id` with `method`.
