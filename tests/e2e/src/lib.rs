@@ -615,21 +615,27 @@ pub async fn connect_session_with_token(url: &str, token: &str) -> Client {
 
 /// A raw `initialize` (2025-11-25) with a bearer token; returns the session id.
 pub async fn initialize_raw(url: &str, token: &str) -> String {
-    let r = http_client()
+    initialize_raw_as(url, Some(token), 0).await
+}
+
+/// A raw `initialize` (2025-11-25) with JSON-RPC id `id` and a bearer token if given;
+/// returns the session id.
+pub async fn initialize_raw_as(url: &str, token: Option<&str>, id: u64) -> String {
+    let mut req = http_client()
         .post(url)
-        .bearer_auth(token)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .body(
-            serde_json::json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
                 "protocolVersion":"2025-11-25","capabilities":{},
                 "clientInfo":{"name":"raw","version":"1"}}})
             .to_string(),
-        )
-        .send()
-        .await
-        .expect("initialize");
-    assert_eq!(r.status(), 200);
+        );
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("initialize");
+    assert_eq!(r.status(), 200, "initialize {id}");
     let sid = r.headers()["mcp-session-id"]
         .to_str()
         .expect("visible ASCII")

@@ -25,26 +25,24 @@ upstreams:\n  main:\n    connect_timeout: 1s\n{upstream}"
 
 /// A raw initialize with JSON-RPC id `id`; the session id.
 async fn initialize(url: &str, id: u64) -> String {
-    let r = http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(
-            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
-                "protocolVersion":"2025-11-25","capabilities":{},
-                "clientInfo":{"name":"raw","version":"1"}}})
-            .to_string(),
-        )
-        .send()
-        .await
-        .expect("initialize");
-    assert_eq!(r.status(), 200, "initialize {id}");
-    let sid = r.headers()["mcp-session-id"]
-        .to_str()
-        .expect("visible ASCII")
-        .to_owned();
-    let _ = r.text().await;
-    sid
+    initialize_raw_as(url, None, id).await
+}
+
+/// A gateway in front of the DNS name [`NAME`] as `dns` answers it, with `more` YAML
+/// under the upstream, once the first answer is in use.
+async fn discovering(dns: &Arc<TestResolver>, more: &str) -> Gateway {
+    let gw = Gateway::start_resolving(
+        &pool_config(&format!(
+            "    url: http://{NAME}/mcp\n    discovery:\n      refresh: 100ms\n{more}"
+        )),
+        dns.clone(),
+    )
+    .await;
+    gw.wait_metrics("the first answer in use", |m| {
+        m.contains(&endpoints_gauge("healthy", 1))
+    })
+    .await;
+    gw
 }
 
 /// A `tools/call` of `echo` in session `sid` with id `id`; the HTTP status.
@@ -72,17 +70,7 @@ async fn new_sessions_follow_the_dns_answer_and_a_replaced_endpoint_s_sessions_e
     let new = Upstream::demo().await;
     let dns = Arc::new(TestResolver::default());
     dns.set(NAME, &[old.addr]);
-    let gw = Gateway::start_resolving(
-        &pool_config(&format!(
-            "    url: http://{NAME}/mcp\n    discovery:\n      refresh: 100ms\n      drain: 1m\n"
-        )),
-        dns.clone(),
-    )
-    .await;
-    gw.wait_metrics("the first answer in use", |m| {
-        m.contains(&endpoints_gauge("healthy", 1))
-    })
-    .await;
+    let gw = discovering(&dns, "      drain: 1m\n").await;
     gw.wait_for("/readyz", 200).await;
 
     let pinned = initialize(&gw.url, 1).await;
@@ -282,17 +270,7 @@ async fn with_session_failover_a_session_whose_endpoint_is_gone_moves_to_a_live_
     let new = Upstream::demo().await;
     let dns = Arc::new(TestResolver::default());
     dns.set(NAME, &[old.addr]);
-    let gw = Gateway::start_resolving(
-        &pool_config(&format!(
-            "    url: http://{NAME}/mcp\n    discovery:\n      refresh: 100ms\n    session_failover: reinitialize\n"
-        )),
-        dns.clone(),
-    )
-    .await;
-    gw.wait_metrics("the first answer in use", |m| {
-        m.contains(&endpoints_gauge("healthy", 1))
-    })
-    .await;
+    let gw = discovering(&dns, "    session_failover: reinitialize\n").await;
     let sid = initialize(&gw.url, 1).await;
     assert_eq!(echo_with_id(&gw.url, &sid, 2).await.0, 200);
 
