@@ -613,6 +613,18 @@ pub async fn connect_session_with_token(url: &str, token: &str) -> Client {
     }
 }
 
+/// A raw 2025-11-25 POST of `body` in session `sid`, every header right; add a token
+/// or more headers before sending.
+pub fn session_post(url: &str, sid: &str, body: String) -> reqwest::RequestBuilder {
+    http_client()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body)
+}
+
 /// A raw `initialize` (2025-11-25) with a bearer token; returns the session id.
 pub async fn initialize_raw(url: &str, token: &str) -> String {
     initialize_raw_as(url, Some(token), 0).await
@@ -808,42 +820,20 @@ where
 
 /// An upstream that answers every POST with the request headers it received.
 pub async fn header_mirror() -> (String, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     raw_upstream(|mut s| async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Read the head and the whole body (Content-Length framed).
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            let head = serde_json::to_string(&text[..end]).unwrap_or_default();
-                            let body =
-                                format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"head":{head}}}}}"#);
-                            let resp = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: keep-alive, x-hop\r\nx-hop: secret\r\nkeep-alive: timeout=5\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = s.write_all(resp.as_bytes()).await;
-                            buf.clear();
-                        }
-                    }
-                }
+        while let Some(text) = read_request(&mut s).await {
+            let end = text.find("\r\n\r\n").unwrap_or(text.len());
+            let head = serde_json::to_string(&text[..end]).unwrap_or_default();
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"head":{head}}}}}"#);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: keep-alive, x-hop\r\nx-hop: secret\r\nkeep-alive: timeout=5\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
     })
     .await
 }

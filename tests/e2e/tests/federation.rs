@@ -494,13 +494,7 @@ async fn in_session(
     sid: &str,
     body: serde_json::Value,
 ) -> (u16, Vec<serde_json::Value>) {
-    let r = http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(body.to_string())
+    let r = session_post(url, sid, body.to_string())
         .send()
         .await
         .expect("answer");

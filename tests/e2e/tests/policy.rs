@@ -391,14 +391,8 @@ async fn a_call_before_any_list_is_judged_from_the_gateways_own_walk() {
 
 /// A raw POST on a policy route: status and JSON-RPC error code.
 async fn raw_post(gw: &Gateway, token: &str, sid: &str, body: Value) -> (u16, Value) {
-    let r = http_client()
-        .post(&gw.url)
+    let r = session_post(&gw.url, sid, body.to_string())
         .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(body.to_string())
         .send()
         .await
         .expect("answer");

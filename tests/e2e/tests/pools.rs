@@ -197,14 +197,12 @@ async fn new_sessions_go_past_an_endpoint_busy_with_a_long_call() {
     let held = {
         let (url, sid) = (gw.url.clone(), busy.clone());
         tokio::spawn(async move {
-            http_client()
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-session-id", sid)
-                .header("mcp-protocol-version", "2025-11-25")
-                .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"gate","arguments":{}}}"#)
-                .send()
+            session_post(
+                &url,
+                &sid,
+                r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"gate","arguments":{}}}"#.to_owned(),
+            )
+            .send()
                 .await
                 .expect("answer")
                 .text()
@@ -237,20 +235,16 @@ async fn new_sessions_go_past_an_endpoint_busy_with_a_long_call() {
 /// A `tools/call` of `echo` in session `sid`; the status and the session id the answer
 /// gave, if any.
 async fn echo_with_id(url: &str, sid: &str, id: u64) -> (u16, Option<String>) {
-    let r = http_client()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .body(
-            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-                "params":{"name":"echo","arguments":{"text":"hi"}}})
-            .to_string(),
-        )
-        .send()
-        .await
-        .expect("answer");
+    let r = session_post(
+        url,
+        sid,
+        serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":"hi"}}})
+        .to_string(),
+    )
+    .send()
+    .await
+    .expect("answer");
     let given = r
         .headers()
         .get("mcp-session-id")
